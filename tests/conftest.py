@@ -1,0 +1,30 @@
+"""Suite-wide test settings: `gpu` tests skip without CUDA, `postgres` tests without a server binary."""
+
+from __future__ import annotations
+
+import glob
+import shutil
+
+import pytest
+import torch
+
+
+def postgres_bin_dir() -> str | None:
+    """The folder holding pg_ctl and initdb, or None when no PostgreSQL server is installed."""
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if shutil.which("initdb", path=candidate) and shutil.which("pg_ctl", path=candidate):
+            return candidate
+    found = shutil.which("initdb")
+    return found.rsplit("/", 1)[0] if found and shutil.which("pg_ctl") else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    no_pg = pytest.mark.skip(reason="needs a PostgreSQL server (initdb/pg_ctl not found)")
+    has_cuda = torch.cuda.is_available()
+    has_pg = postgres_bin_dir() is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(no_cuda)
+        if "postgres" in item.keywords and not has_pg:
+            item.add_marker(no_pg)
