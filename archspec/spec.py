@@ -3,17 +3,47 @@
 A spec names its block kinds once (``blocks``: symbol -> block spec, discriminated on ``type``)
 and says how they stack (``layout``), plus the model-wide settings, an optional training section
 and an optional data task. ``archspec.layout`` expands the layout into the concrete layer list;
-``archspec.builder`` turns a spec into modules.
+``archspec.builder`` turns a spec into modules; ``archspec.loader`` reads YAML into a ModelSpec with
+file/line in every error.
+
+Rules that span fields raise ``archspec.errors.FieldError`` carrying the path of the offending value,
+so the loader can point at its line. ModelSpec checks: every layout symbol is defined in ``blocks``
+(with a did-you-mean hint) and the layout parses; each block's ``check_model(d_model)`` (SSD: head_dim
+divides expand * d_model and ngroups divides the head count; attention: n_heads divides d_model when
+head_dim is not given). The check that ``vocab_size`` covers the data task's vocabulary needs
+``archspec.data`` (torch), so it runs in the loader. User block types join the ``blocks`` union
+through ``register_block_spec``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+import re
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from archspec.data.config import DataConfig
+from archspec.errors import FieldError
+
+__all__ = [
+    "AttentionSpec",
+    "BlockSpec",
+    "Layout",
+    "LayoutItem",
+    "MLPSpec",
+    "ModelSpec",
+    "RatioLayout",
+    "RepeatGroup",
+    "SSDSpec",
+    "TrainingSpec",
+    "block_spec_types",
+    "register_block_spec",
+    "unregister_block_spec",
+]
+
+SYMBOL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""Block symbols are identifiers, so that the layout pattern grammar can name them."""
 
 
 class _Strict(BaseModel):
@@ -37,7 +67,9 @@ class SSDSpec(_Strict):
     dt_min: float = Field(0.001, gt=0, description="dt initialisation range, lower end")
     dt_max: float = Field(0.1, gt=0, description="dt initialisation range, upper end")
     dt_init_floor: float = Field(1e-4, gt=0)
-    dt_limit: tuple[float, float] = Field((0.0, math.inf), description="clamp of dt after softplus")
+    dt_limit: tuple[float, float] = Field(
+        (0.0, math.inf), description="clamp of dt after softplus; default [0, .inf] (no clamp)"
+    )
     A_init_range: tuple[float, float] = Field((1.0, 16.0), description="-A drawn uniformly from this range")
     D_has_hdim: bool = Field(False, description="skip connection D per channel instead of per head")
     rmsnorm: bool = Field(True, description="gated RMSNorm before out_proj")
@@ -56,14 +88,46 @@ class SSDSpec(_Strict):
     @model_validator(mode="after")
     def _ranges(self) -> SSDSpec:
         if self.dt_min > self.dt_max:
-            raise ValueError(f"dt_min ({self.dt_min}) must not exceed dt_max ({self.dt_max})")
+            raise FieldError(("dt_min",), f"dt_min ({self.dt_min}) must not exceed dt_max ({self.dt_max})")
         lo, hi = self.A_init_range
         if not 0 < lo <= hi:
-            raise ValueError(f"A_init_range must satisfy 0 < low <= high, got {self.A_init_range}")
+            raise FieldError(("A_init_range",), f"must satisfy 0 < low <= high, got {list(self.A_init_range)}")
         lo, hi = self.dt_limit
         if not 0 <= lo < hi:
-            raise ValueError(f"dt_limit must satisfy 0 <= low < high, got {self.dt_limit}")
+            raise FieldError(("dt_limit",), f"must satisfy 0 <= low < high, got {list(self.dt_limit)}")
         return self
+
+    def d_inner(self, d_model: int) -> int:
+        """Inner width expand * d_model."""
+        return self.expand * d_model
+
+    def nheads(self, d_model: int) -> int:
+        """SSD heads d_inner // head_dim."""
+        return self.d_inner(d_model) // self.head_dim
+
+    def check_model(self, d_model: int) -> None:
+        """Rules that need d_model: head_dim divides d_inner; ngroups divides nheads. Raises FieldError."""
+        d_inner = self.d_inner(d_model)
+        if d_inner % self.head_dim:
+            fits = [p for p in range(32, 257) if d_inner % p == 0]
+            hint = (
+                f"use a head_dim that divides {d_inner}, e.g. {min(fits, key=lambda p: (abs(p - self.head_dim), p))}"
+                if fits
+                else "change d_model or expand"
+            )
+            raise FieldError(
+                ("head_dim",),
+                f"head_dim {self.head_dim} does not divide d_inner = expand * d_model = "
+                f"{self.expand} * {d_model} = {d_inner}",
+                hint,
+            )
+        nheads = self.nheads(d_model)
+        if nheads % self.ngroups:
+            raise FieldError(
+                ("ngroups",),
+                f"ngroups {self.ngroups} does not divide nheads = d_inner / head_dim = "
+                f"{d_inner} / {self.head_dim} = {nheads}",
+            )
 
 
 class AttentionSpec(_Strict):
@@ -84,8 +148,21 @@ class AttentionSpec(_Strict):
     @model_validator(mode="after")
     def _gqa(self) -> AttentionSpec:
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+            raise FieldError(("n_kv_heads",), f"n_kv_heads {self.n_kv_heads} does not divide n_heads {self.n_heads}")
         return self
+
+    def head_size(self, d_model: int) -> int:
+        """head_dim, defaulting to d_model // n_heads."""
+        return self.head_dim if self.head_dim is not None else d_model // self.n_heads
+
+    def check_model(self, d_model: int) -> None:
+        """Without an explicit head_dim, n_heads must divide d_model. Raises FieldError."""
+        if self.head_dim is None and d_model % self.n_heads:
+            raise FieldError(
+                ("n_heads",),
+                f"n_heads {self.n_heads} does not divide d_model {d_model} (head_dim defaults to d_model // n_heads)",
+                "set head_dim or choose n_heads dividing d_model",
+            )
 
 
 class MLPSpec(_Strict):
@@ -107,14 +184,43 @@ class MLPSpec(_Strict):
         return -(-raw // self.multiple_of) * self.multiple_of
 
 
-BlockSpec = Annotated[Union[SSDSpec, AttentionSpec, MLPSpec], Field(discriminator="type")]
+_BUILTIN_BLOCKS: dict[str, type[BaseModel]] = {"ssd": SSDSpec, "attention": AttentionSpec, "mlp": MLPSpec}
+_BLOCK_SPECS: dict[str, type[BaseModel]] = dict(_BUILTIN_BLOCKS)
+
+
+def _block_union(specs: dict[str, type[BaseModel]]) -> Any:
+    return Annotated[Union[tuple(specs.values())], Field(discriminator="type")]
+
+
+BlockSpec = _block_union(_BLOCK_SPECS)
+"""Any block spec, chosen by its ``type`` field (the built-ins; ``block_spec_types()`` includes registered ones)."""
+
+
+def _layout_item_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "symbol"
+    if isinstance(value, (dict, RepeatGroup)):
+        return "group"
+    return None
 
 
 class RepeatGroup(_Strict):
     """``{repeat: N, layers: [...]}``: the layer list repeated N times."""
 
     repeat: int = Field(ge=1)
-    layers: list[Union[str, RepeatGroup]] = Field(min_length=1)
+    layers: list[LayoutItem] = Field(min_length=1)
+
+
+LayoutItem = Annotated[
+    Union[Annotated[str, Tag("symbol")], Annotated[RepeatGroup, Tag("group")]],
+    Discriminator(
+        _layout_item_kind,
+        custom_error_type="layout_item",
+        custom_error_message="must be a block symbol or a mapping {repeat: N, layers: [...]}",
+    ),
+]
+"""One entry of an explicit layout list: a block symbol or a nested repeat group."""
+RepeatGroup.model_rebuild()
 
 
 class RatioLayout(_Strict):
@@ -134,13 +240,38 @@ class RatioLayout(_Strict):
     def _shares(cls, v: dict[str, float]) -> dict[str, float]:
         for name, share in v.items():
             if not 0 <= share <= 1:
-                raise ValueError(f"share of {name!r} must be between 0 and 1, got {share}")
-        if sum(v.values()) > 1:
-            raise ValueError(f"shares add up to {sum(v.values()):.3f}, more than 1")
+                raise FieldError((name,), f"share must be between 0 and 1, got {share}")
+        total = sum(v.values())
+        if total > 1:
+            shown = " + ".join(f"{share:g}" for share in v.values())
+            raise FieldError((), f"shares add up to {shown} = {total:g}, more than 1")
         return v
 
 
-Layout = Union[str, list[Union[str, RepeatGroup]], RatioLayout]
+def _layout_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "pattern"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, (dict, RatioLayout)):
+        return "ratio"
+    return None
+
+
+Layout = Annotated[
+    Union[
+        Annotated[str, Tag("pattern")],
+        Annotated[list[LayoutItem], Tag("list")],
+        Annotated[RatioLayout, Tag("ratio")],
+    ],
+    Discriminator(
+        _layout_kind,
+        custom_error_type="layout_type",
+        custom_error_message="must be a pattern string, a list of symbols / repeat groups, "
+        "or a mapping {n_layers, base, ratios, placement}",
+    ),
+]
+"""A pattern string, an explicit list, or a ratio layout; ``archspec.layout`` expands it."""
 
 
 class TrainingSpec(_Strict):
@@ -164,7 +295,10 @@ class TrainingSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    """A whole language model: embeddings, a pre-norm residual stack of blocks, final norm, LM head."""
+    """A whole language model: embeddings, a pre-norm residual stack of blocks, final norm, LM head.
+
+    Block symbols are identifiers (``[A-Za-z_][A-Za-z0-9_]*``); cross-field rules: see the module docstring.
+    """
 
     name: str
     description: str = ""
@@ -181,7 +315,78 @@ class ModelSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     data: DataConfig | None = None
 
+    @field_validator("blocks")
+    @classmethod
+    def _symbols(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for symbol in v:
+            if not SYMBOL_RE.fullmatch(symbol):
+                raise FieldError(
+                    (symbol,),
+                    f"block symbol {symbol!r} is not an identifier",
+                    "use letters, digits and '_', starting with a letter",
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ModelSpec:
+        from archspec.layout import expand  # layout imports this module
+
+        for symbol, block in self.blocks.items():
+            check = getattr(block, "check_model", None)
+            if check is not None:
+                try:
+                    check(self.d_model)
+                except FieldError as err:
+                    raise FieldError(("blocks", symbol, *err.path), err.message, err.hint) from None
+                except ValueError as err:
+                    raise FieldError(("blocks", symbol), str(err)) from None
+        expand(self.layout, self.blocks)
+        return self
+
     @property
     def padded_vocab_size(self) -> int:
         m = self.pad_vocab_size_multiple
         return -(-self.vocab_size // m) * m
+
+
+def block_spec_types() -> dict[str, type[BaseModel]]:
+    """The block spec classes by ``type`` name: the built-ins and every registered one."""
+    return dict(_BLOCK_SPECS)
+
+
+def register_block_spec(cls: type[BaseModel], *, replace: bool = False) -> type[BaseModel]:
+    """Add a user block spec to the ``blocks`` union of ModelSpec; returns ``cls`` (usable as a decorator).
+
+    ``cls`` is a pydantic model with a field ``type: Literal["name"] = "name"``. After registration YAML with
+    ``type: name`` validates and the JSON Schema lists it. The class may define ``check_model(d_model)``,
+    raising ``archspec.errors.FieldError`` for rules that need the model width. Register the module for
+    the builder separately (``archspec.blocks.registry.register_module``).
+    Raises ValueError when ``cls`` is not such a model, or the name is taken and ``replace`` is false.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+        raise ValueError(f"cls: expected a pydantic BaseModel subclass, got {cls!r}")
+    field = cls.model_fields.get("type")
+    args = get_args(field.annotation) if field is not None else ()
+    if field is None or get_origin(field.annotation) is not Literal or len(args) != 1 or not isinstance(args[0], str):
+        raise ValueError(f"cls: {cls.__name__} needs a field `type: Literal[\"name\"]` with a single string value")
+    name = args[0]
+    if name in _BLOCK_SPECS and _BLOCK_SPECS[name] is not cls and not replace:
+        raise ValueError(f"cls: block type {name!r} is already registered; pass replace=True to override it")
+    _BLOCK_SPECS[name] = cls
+    _rebuild_blocks()
+    return cls
+
+
+def unregister_block_spec(name: str) -> None:
+    """Remove a registered user block type (built-in types stay). Raises ValueError for an unknown name."""
+    if name in _BUILTIN_BLOCKS:
+        raise ValueError(f"name: {name!r} is a built-in block type and cannot be removed")
+    if name not in _BLOCK_SPECS:
+        raise ValueError(f"name: no registered block type {name!r}; registered: {', '.join(sorted(_BLOCK_SPECS))}")
+    del _BLOCK_SPECS[name]
+    _rebuild_blocks()
+
+
+def _rebuild_blocks() -> None:
+    ModelSpec.model_fields["blocks"].annotation = dict[str, _block_union(_BLOCK_SPECS)]
+    ModelSpec.model_rebuild(force=True)
