@@ -1,0 +1,411 @@
+"""Training a spec on its data task with Lightning: budget -> steps, checkpoints, exact resume, result.json.
+
+``train(spec, out_dir=...)`` leaves in ``out_dir``: ``spec.yaml`` (the spec as run: data, seed and step count
+resolved), ``checkpoints/last.ckpt`` (saved after every validation), ``logs/version_<k>/metrics.csv`` (one per call)
+and ``result.json``.
+Calling it again on the same ``out_dir`` with the same arguments continues from ``last.ckpt`` and ends with the
+weights an uninterrupted run would have; an ``out_dir`` holding a different spec is refused untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, Dataset
+
+from archspec.accounting import steps_for_budget
+from archspec.data import TaskDataModule, parse_data_config, task_vocab_size
+from archspec.data.seeding import make_generator
+from archspec.errors import SpecError
+from archspec.lightning_module import LMModule
+from archspec.loader import dump_spec, load_spec
+from archspec.spec import ModelSpec
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+class RunDirError(ValueError):
+    """``out_dir`` already holds a run of a different spec (or a spec.yaml that cannot be read)."""
+
+
+@dataclass
+class TrainResult:
+    """What one ``train`` call produced. FLOPs follow ``archspec.accounting`` (training = 3 x forward).
+
+    steps: optimizer steps done in total (resumed runs included); tokens: input positions trained on;
+    train_flops: tokens x train FLOPs per token; val_loss / val_accuracy: the final validation;
+    best_val_loss: the lowest validation loss in ``history`` (step 0, the untrained model, included);
+    history: one record per validation ``{step, tokens, flops, train_loss, val_loss, val_accuracy}`` with
+    train_loss the mean since the previous record (None at step 0); tokens_per_second: training tokens of this
+    call per second of training wall time (validation excluded); peak_memory_bytes: see ``peak_memory_source``
+    ("cuda_max_memory_allocated" on a GPU, "process_peak_rss" on the CPU: the peak resident set of the whole
+    process so far); wall_seconds: duration of this call; checkpoint_path: ``out_dir/checkpoints/last.ckpt``.
+    """
+
+    steps: int
+    tokens: int
+    train_flops: int
+    val_loss: float | None
+    val_accuracy: float | None
+    best_val_loss: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    tokens_per_second: float | None = None
+    peak_memory_bytes: int | None = None
+    peak_memory_source: str = ""
+    wall_seconds: float = 0.0
+    checkpoint_path: str = ""
+    out_dir: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (NaN and infinities become None)."""
+        return _json_safe(asdict(self))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------- data order
+class ResumableBatches:
+    """Shuffled training batches of a map-style dataset that a checkpoint can resume mid-epoch.
+
+    Epoch e visits the items in the order ``randperm(len(dataset))`` drawn from a generator seeded by
+    ``(seed, "train-order", e)``, in batches of ``batch_size`` (a last partial batch is dropped, so every
+    optimizer step sees the same number of tokens). The position (epoch, batches done) is advanced by
+    ``AdvanceBatches`` after each training batch; Lightning saves ``state_dict()`` in checkpoints and
+    restores it, so a resumed run continues with exactly the batches an uninterrupted run would see.
+    Items are dicts of tensors; batches are their ``default_collate`` (dict of (batch_size, ...) tensors).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size}")
+        if len(dataset) < batch_size:
+            raise ValueError(f"batch_size: {batch_size} exceeds the {len(dataset)} training examples")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.done = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset) // self.batch_size
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.done >= len(self):
+            self.epoch, self.done = self.epoch + 1, 0
+        order = torch.randperm(len(self.dataset), generator=make_generator(self.seed, "train-order", str(self.epoch)))
+        batches = order[: len(self) * self.batch_size].view(len(self), self.batch_size)[self.done :]
+        yield from DataLoader(self.dataset, batch_sampler=batches.tolist())
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "done": self.done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.done = int(state["epoch"]), int(state["done"])
+
+
+class AdvanceBatches(Callback):
+    """Counts each finished training batch into the position of a ``ResumableBatches``."""
+
+    def __init__(self, batches: ResumableBatches) -> None:
+        self.batches = batches
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.batches.done += 1
+
+
+# --------------------------------------------------------------------------------------------- callbacks
+class History(Callback):
+    """Records one entry per validation (see ``TrainResult.history``); kept in checkpoints."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not isinstance(pl_module, LMModule):
+            return
+        metrics = trainer.callback_metrics
+        self.history.append({
+            "step": int(trainer.global_step),
+            "tokens": int(pl_module.tokens_seen),
+            "flops": int(pl_module.flops_seen),
+            "train_loss": pl_module.pop_mean_train_loss(),
+            "val_loss": float(metrics["val_loss"]) if "val_loss" in metrics else None,
+            "val_accuracy": float(metrics["val_accuracy"]) if "val_accuracy" in metrics else None,
+        })
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(record) for record in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(record) for record in state_dict["history"]]
+
+
+class ValidateAtEnd(Callback):
+    """Stops the fit right after the last optimizer step, which makes Lightning validate once more there."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
+
+class TrainClock(Callback):
+    """Wall time of training inside ``fit`` with validation taken out, and the tokens trained meanwhile."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.tokens = 0
+        self._start: float | None = None
+        self._tokens_at_start = 0
+
+    def _tick(self, pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self._start = time.perf_counter()
+        self._tokens_at_start = getattr(pl_module, "tokens_seen", 0)
+
+    def _tock(self, pl_module: pl.LightningModule) -> None:
+        if self._start is None:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self.seconds += time.perf_counter() - self._start
+        self.tokens += getattr(pl_module, "tokens_seen", 0) - self._tokens_at_start
+        self._start = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._tick(pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._tock(pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._tick(pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._tock(pl_module)
+
+
+# --------------------------------------------------------------------------------------------- run directory
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if a == b else [f"{prefix or '<spec>'}: {a!r} -> {b!r}"]
+
+
+def claim_out_dir(out_dir: Path, spec: ModelSpec) -> None:
+    """Create ``out_dir`` and write ``spec.yaml``; if one is there already it must hold the same spec.
+
+    Raises RunDirError (nothing in ``out_dir`` is changed) when the stored spec differs or does not load.
+    """
+    path = out_dir / "spec.yaml"
+    if path.exists():
+        try:
+            previous = load_spec(path)
+        except SpecError as exc:
+            raise RunDirError(f"out_dir: {out_dir} holds a spec.yaml that does not load ({exc}); "
+                              "use another out_dir or remove it") from exc
+        if previous != spec:
+            diff = _differences(previous.model_dump(), spec.model_dump())
+            shown = "; ".join(diff[:5]) + (f"; ... {len(diff) - 5} more" if len(diff) > 5 else "")
+            raise RunDirError(f"out_dir: {out_dir} already holds a run of a different spec ({shown}); "
+                              "use another out_dir or remove it")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, dump_spec(spec))
+
+
+# --------------------------------------------------------------------------------------------- resolution
+def resolve_run_spec(
+    spec: ModelSpec, *, data: Any = None, max_steps: int | None = None,
+    budget_flops: float | None = None, seed: int | None = None,
+) -> ModelSpec:
+    """The spec as it will run: ``data`` in place of ``spec.data``, the seed, and ``training.max_steps`` fixed.
+
+    Steps: ``max_steps`` if given; else ``steps_for_budget`` of ``budget_flops`` (or ``training.budget_flops``)
+    at ``batch_size * accumulate_grad_batches`` sequences of ``data.seq_len`` tokens per step; else
+    ``training.max_steps``. ``training.budget_flops`` keeps the budget that set the steps (None otherwise).
+    """
+    if max_steps is not None and budget_flops is not None:
+        raise ValueError("max_steps, budget_flops: pass at most one of them")
+    if data is None:
+        data = spec.data
+    elif isinstance(data, dict):
+        data = parse_data_config(data)
+    if data is None:
+        raise ValueError("data: the spec has no data section; pass data=<a DataConfig>")
+    if task_vocab_size(data) > spec.vocab_size:
+        raise ValueError(f"data: the {data.task} task needs vocab_size >= {task_vocab_size(data)}, "
+                         f"the spec has vocab_size {spec.vocab_size}")
+    cfg = spec.training
+    if max_steps is not None:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"max_steps: expected a positive int, got {max_steps!r}")
+        budget = None
+    else:
+        budget = budget_flops if budget_flops is not None else cfg.budget_flops
+        if budget is not None:
+            batch = cfg.batch_size * cfg.accumulate_grad_batches
+            max_steps = steps_for_budget(spec, budget, batch, data.seq_len)
+        else:
+            max_steps = cfg.max_steps
+    seed = cfg.seed if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    training = cfg.model_copy(update={"max_steps": max_steps, "budget_flops": budget, "seed": seed})
+    return spec.model_copy(update={"training": training, "data": data})
+
+
+def uses_cuda(accelerator: str) -> bool:
+    """Whether the Trainer's ``accelerator`` ("auto", "cpu", "gpu" or "cuda") puts the run on a CUDA device."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``"auto"`` -> ``"bf16-mixed"`` when training on a CUDA device with bf16 support, else ``"32-true"``."""
+    if precision != "auto":
+        return precision
+    cuda = uses_cuda(accelerator) and torch.cuda.is_available()
+    return "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _peak_memory(on_cuda: bool) -> tuple[int, str]:
+    if on_cuda:
+        return int(torch.cuda.max_memory_allocated()), "cuda_max_memory_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "process_peak_rss"
+
+
+# --------------------------------------------------------------------------------------------- train
+def train(
+    spec: ModelSpec,
+    *,
+    out_dir: str | os.PathLike[str],
+    data: Any = None,
+    max_steps: int | None = None,
+    budget_flops: float | None = None,
+    seed: int | None = None,
+    callbacks: Sequence[Callback] = (),
+    accelerator: str = "auto",
+    devices: int = 1,
+    resume: bool = True,
+    progress_bar: bool = True,
+    log_every: int = 50,
+) -> TrainResult:
+    """Train ``spec`` on ``data`` (default ``spec.data``) for the resolved steps; see ``resolve_run_spec``.
+
+    Validates the untrained model (step 0), every ``training.val_every_steps`` optimizer steps and after the
+    last step (``training.val_batches`` batches each). ``resume`` continues from ``out_dir/checkpoints/
+    last.ckpt`` when present; ``resume=False`` starts over in the same ``out_dir``. ``callbacks`` are added to
+    the Trainer (e.g. an Optuna pruning callback monitoring "val_loss"). Returns the TrainResult, also written
+    to ``out_dir/result.json``. Raises RunDirError if ``out_dir`` holds a different spec, ValueError on bad
+    arguments.
+    """
+    if devices != 1:
+        raise ValueError(f"devices: only single-device training is supported, got {devices}")
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise ValueError(f"accelerator: expected 'auto', 'cpu' or 'gpu', got {accelerator!r}")
+    started = time.perf_counter()
+    run_spec = resolve_run_spec(spec, data=data, max_steps=max_steps, budget_flops=budget_flops, seed=seed)
+    cfg = run_spec.training
+    out = Path(out_dir)
+    claim_out_dir(out, run_spec)
+    ckpt_dir = out / CHECKPOINT_DIR
+    last = ckpt_dir / LAST_CHECKPOINT
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = TaskDataModule(run_spec.data, cfg.batch_size, cfg.seed)
+    datamodule.setup("fit")
+    train_batches = ResumableBatches(datamodule.train_dataset, cfg.batch_size, cfg.seed)
+    val_loader = datamodule.val_dataloader()
+    module = LMModule(run_spec)
+
+    precision = resolve_precision(cfg.precision, accelerator)
+    on_cuda = uses_cuda(accelerator)
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    history, clock = History(), TrainClock()
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST_CHECKPOINT.removesuffix(".ckpt"), monitor=None,
+                                 save_top_k=1, save_last=False, enable_version_counter=False)
+    common = dict(
+        accelerator="gpu" if accelerator == "cuda" else accelerator,
+        devices=devices,
+        precision=precision,
+        limit_val_batches=cfg.val_batches if cfg.val_batches is not None else 1.0,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        default_root_dir=out,
+    )
+    ckpt_path = str(last) if resume and last.exists() else None
+    if ckpt_path is None:  # step 0: the untrained model, seen by History only (not by the caller's callbacks)
+        pl.Trainer(**common, callbacks=[history], logger=False, enable_checkpointing=False).validate(
+            module, dataloaders=val_loader, verbose=False)
+    trainer = pl.Trainer(
+        **common,
+        max_steps=cfg.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.grad_clip,
+        gradient_clip_algorithm="norm",
+        val_check_interval=cfg.val_every_steps * cfg.accumulate_grad_batches,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        callbacks=[AdvanceBatches(train_batches), history, clock, ValidateAtEnd(), *callbacks, checkpoint],
+        logger=CSVLogger(save_dir=out, name="logs"),
+        log_every_n_steps=max(1, min(log_every, len(train_batches))),
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+
+    records = history.history
+    final = records[-1] if records else {}
+    val_losses = [r["val_loss"] for r in records if r["val_loss"] is not None and math.isfinite(r["val_loss"])]
+    peak, peak_source = _peak_memory(on_cuda)
+    result = TrainResult(
+        steps=int(trainer.global_step),
+        tokens=int(module.tokens_seen),
+        train_flops=int(module.flops_seen),
+        val_loss=final.get("val_loss"),
+        val_accuracy=final.get("val_accuracy"),
+        best_val_loss=min(val_losses) if val_losses else None,
+        history=[dict(r) for r in records],
+        tokens_per_second=clock.tokens / clock.seconds if clock.seconds > 0 and clock.tokens > 0 else None,
+        peak_memory_bytes=peak,
+        peak_memory_source=peak_source,
+        wall_seconds=time.perf_counter() - started,
+        checkpoint_path=str(last),
+        out_dir=str(out),
+    )
+    _write_atomic(out / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    return result

@@ -1,0 +1,155 @@
+"""The archspec command: validate, summary, schema and train in-process through main(argv); one real script run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from archspec.accounting import account, steps_for_budget
+from archspec.cli import build_parser, main, parse_flops
+from archspec.layout import describe_layout, expand_layout
+from archspec.loader import load_spec
+from archspec.training import claim_out_dir, resolve_run_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "specs" / "tiny-hybrid.yaml")
+TINY_SET = [
+    "d_model=32", "vocab_size=32", "blocks.M.d_state=16", "blocks.M.chunk_size=16",
+    "data.vocab_size=32", "data.seq_len=32", "data.num_kv_pairs=2", "data.num_train=64", "data.num_val=16",
+    "training.batch_size=8", "training.warmup_steps=1", "training.val_every_steps=1000",
+]
+
+
+def _set_args(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def _bad_spec(tmp_path: Path) -> tuple[Path, int]:
+    """A copy of tiny-hybrid.yaml with d_state 512 (over the limit); returns the path and that line number."""
+    lines = Path(TINY).read_text().splitlines()
+    line = next(i for i, text in enumerate(lines) if "d_state:" in text)
+    lines[line] = lines[line].replace("32", "512")
+    path = tmp_path / "bad.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path, line + 1
+
+
+def test_validate_prints_ok_for_each_shipped_spec(capsys):
+    specs = [str(ROOT / "specs" / name) for name in ("tiny-hybrid.yaml", "tiny-mamba2.yaml", "mamba2-130m.yaml")]
+    assert main(["validate", *specs]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in out] == specs
+    assert all(": OK" in line for line in out)
+
+
+def test_validate_reports_file_line_and_field_on_stderr_and_exits_2(tmp_path, capsys):
+    bad, line = _bad_spec(tmp_path)
+    assert main(["validate", TINY, str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert f"{TINY}: OK" in captured.out  # the good file is still checked
+    assert captured.err.startswith(f"error: {bad}:{line} blocks.M.d_state:")
+    assert "512" in captured.err and "Traceback" not in captured.err
+
+
+def test_validate_applies_set_overrides(capsys):
+    assert main(["validate", TINY, "--set", "blocks.M.d_state=300"]) == 2
+    assert "blocks.M.d_state" in capsys.readouterr().err
+
+
+def test_summary_prints_the_table_totals_and_compact_layout(capsys):
+    path = ROOT / "specs" / "mamba2-130m.yaml"
+    assert main(["summary", str(path), "--seq-len", "4096"]) == 0
+    out = capsys.readouterr().out
+    spec = load_spec(path)
+    acc = account(spec, 4096)
+    assert any(line.startswith("total") for line in out.splitlines())
+    assert f"params {acc.params:,}" in out
+    assert "seq_len 4096" in out
+    assert out.rstrip().endswith(f"layout: {describe_layout(expand_layout(spec))}")
+    assert "layout: M*24" in out
+
+
+def test_summary_of_a_bad_spec_exits_2_without_traceback(tmp_path, capsys):
+    bad, _ = _bad_spec(tmp_path)
+    assert main(["summary", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_schema_writes_json_schema_to_a_file(tmp_path, capsys):
+    out = tmp_path / "sub" / "schema.json"
+    assert main(["schema", "--out", str(out)]) == 0
+    schema = json.loads(out.read_text())
+    assert {"blocks", "layout", "training", "data"} <= set(schema["properties"])
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1]) == schema  # first line: "wrote <path>"
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e12", 1e12), ("2.5T", 2.5e12), ("300G", 3e11), ("4k", 4e3),
+                                             ("1.5e3M", 1.5e9), ("7", 7.0), ("2P", 2e15)])
+def test_parse_flops_accepts_numbers_and_si_suffixes(text, value):
+    assert parse_flops(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "0", "-1e9", "3X", "1e400", "T"])
+def test_parse_flops_rejects_other_text(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="FLOP count"):
+        parse_flops(text)
+
+
+def test_train_runs_a_budget_given_with_a_suffix(tmp_path, capsys):
+    spec = load_spec(TINY, TINY_SET)
+    seq_len, batch = spec.data.seq_len, spec.training.batch_size
+    step_flops = account(spec, seq_len).train_flops_per_token * batch * seq_len
+    budget = f"{3.5 * step_flops / 1e6:.6f}M"
+    assert steps_for_budget(spec, parse_flops(budget), batch, seq_len) == 3
+    out = tmp_path / "run"
+    argv = ["train", TINY, "--out", str(out), "--budget", budget, "--seed", "1", "--accelerator", "cpu",
+            "--no-progress", *_set_args(TINY_SET)]
+    assert main(argv) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 3 and result["tokens"] == 3 * batch * seq_len
+    assert load_spec(out / "spec.yaml").training.seed == 1
+    assert "3 steps" in capsys.readouterr().out
+
+
+def test_train_refuses_a_run_dir_of_another_spec_with_exit_2(tmp_path, capsys):
+    out = tmp_path / "run"
+    claim_out_dir(out, resolve_run_spec(load_spec(TINY, [*TINY_SET, "training.lr=0.5"])))
+    before = (out / "spec.yaml").read_text()
+    argv = ["train", TINY, "--out", str(out), "--max-steps", "2", "--accelerator", "cpu", *_set_args(TINY_SET)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out_dir") and "different spec" in err and "Traceback" not in err
+    assert (out / "spec.yaml").read_text() == before and sorted(p.name for p in out.iterdir()) == ["spec.yaml"]
+
+
+def test_train_rejects_budget_together_with_max_steps(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", TINY, "--max-steps", "3", "--budget", "1e9"])
+    assert exit_info.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_parser_offers_every_command():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"validate", "summary", "train", "schema", "search", "compare", "bench"} <= set(sub.choices)
+
+
+def test_installed_archspec_script_validates_and_fails_cleanly(tmp_path):
+    script = Path(sys.executable).with_name("archspec")
+    if not script.exists():
+        script = Path(shutil.which("archspec") or "")
+    if not script.is_file():
+        pytest.skip("the archspec console script is not installed")
+    bad, line = _bad_spec(tmp_path)
+    run = subprocess.run([str(script), "validate", TINY, str(bad)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert f"{TINY}: OK" in run.stdout
+    assert run.stderr.startswith(f"error: {bad}:{line} blocks.M.d_state:") and "Traceback" not in run.stderr

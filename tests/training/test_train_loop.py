@@ -1,0 +1,208 @@
+"""train(): a tiny CPU run learns, budgets become steps, resume is exact, results are written, run dirs are kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from archspec.accounting import account, steps_for_budget
+from archspec.loader import load_spec
+from archspec.training import (
+    AdvanceBatches,
+    ResumableBatches,
+    RunDirError,
+    claim_out_dir,
+    resolve_precision,
+    resolve_run_spec,
+    train,
+)
+
+FAST_VAL = ["training.val_every_steps=1000"]  # validate only at step 0 and after the last step
+
+
+def _state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def _snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, make_tiny_spec):
+    spec = make_tiny_spec()
+    out = tmp_path_factory.mktemp("tiny_run")
+    return spec, out, train(spec, out_dir=out, progress_bar=False, accelerator="cpu")
+
+
+def test_tiny_hybrid_run_lowers_the_validation_loss(tiny_run):
+    spec, _, result = tiny_run
+    assert result.steps == spec.training.max_steps == 30
+    assert [r["step"] for r in result.history] == [0, 10, 20, 30]
+    initial = result.history[0]["val_loss"]
+    assert result.history[0]["train_loss"] is None
+    assert result.val_loss == result.history[-1]["val_loss"]
+    assert result.val_loss < 0.9 * initial
+    assert result.best_val_loss == min(r["val_loss"] for r in result.history)
+    assert 0.0 <= result.val_accuracy <= 1.0
+
+
+def test_tokens_and_flops_follow_the_accounting(tiny_run):
+    spec, _, result = tiny_run
+    seq_len, batch = spec.data.seq_len, spec.training.batch_size
+    assert result.tokens == 30 * batch * seq_len
+    assert result.train_flops == result.tokens * account(spec, seq_len).train_flops_per_token
+    assert [r["tokens"] for r in result.history] == [s * batch * seq_len for s in (0, 10, 20, 30)]
+    assert result.tokens_per_second > 0
+    assert result.peak_memory_source == "process_peak_rss" and result.peak_memory_bytes > 0
+
+
+def test_run_dir_holds_result_json_spec_and_last_checkpoint(tiny_run):
+    spec, out, result = tiny_run
+    stored = json.loads((out / "result.json").read_text())
+    assert stored["steps"] == result.steps and stored["history"] == result.to_dict()["history"]
+    assert not list(out.glob(".*tmp*"))
+    assert load_spec(out / "spec.yaml") == resolve_run_spec(spec)
+    assert Path(result.checkpoint_path) == out / "checkpoints" / "last.ckpt"
+    assert torch.load(result.checkpoint_path, weights_only=False)["global_step"] == 30
+
+
+def test_out_dir_of_another_spec_is_refused_and_left_unchanged(tiny_run, make_tiny_spec):
+    spec, out, _ = tiny_run
+    before = _snapshot(out)
+    other = make_tiny_spec("training.lr=0.02")
+    with pytest.raises(RunDirError, match=r"different spec.*training\.lr"):
+        train(other, out_dir=out, progress_bar=False, accelerator="cpu")
+    with pytest.raises(RunDirError, match="different spec"):
+        train(spec, out_dir=out, max_steps=31, progress_bar=False, accelerator="cpu", resume=False)
+    assert _snapshot(out) == before
+
+
+def test_budget_sets_the_steps_to_within_one_optimizer_step(tmp_path, make_tiny_spec):
+    spec = make_tiny_spec(*FAST_VAL)
+    seq_len = spec.data.seq_len
+    step_flops = account(spec, seq_len).train_flops_per_token * spec.training.batch_size * seq_len
+    budget = 4.6 * step_flops
+    assert steps_for_budget(spec, budget, spec.training.batch_size, seq_len) == 4
+    result = train(spec, out_dir=tmp_path, budget_flops=budget, progress_bar=False, accelerator="cpu")
+    assert result.steps == 4
+    assert 0 <= budget - result.train_flops < step_flops
+    stored = load_spec(tmp_path / "spec.yaml").training
+    assert (stored.max_steps, stored.budget_flops) == (4, budget)
+
+
+def test_resolve_run_spec_picks_steps_from_arguments_budget_or_spec(tiny_spec, make_tiny_spec):
+    seq_len, batch = tiny_spec.data.seq_len, tiny_spec.training.batch_size
+    step_flops = account(tiny_spec, seq_len).train_flops_per_token * batch * seq_len
+    assert resolve_run_spec(tiny_spec).training.max_steps == 30
+    assert resolve_run_spec(tiny_spec, max_steps=7, seed=3).training.model_dump(
+        include={"max_steps", "seed", "budget_flops"}) == {"max_steps": 7, "seed": 3, "budget_flops": None}
+    budgeted = make_tiny_spec(f"training.budget_flops={9.5 * step_flops}", "training.accumulate_grad_batches=2")
+    assert resolve_run_spec(budgeted).training.max_steps == 4  # 2 batches per optimizer step
+    assert resolve_run_spec(budgeted, max_steps=2).training.budget_flops is None
+    with pytest.raises(ValueError, match="max_steps, budget_flops"):
+        resolve_run_spec(tiny_spec, max_steps=3, budget_flops=1e9)
+    with pytest.raises(ValueError, match="max_steps"):
+        resolve_run_spec(tiny_spec, max_steps=0)
+    with pytest.raises(ValueError, match="data"):
+        resolve_run_spec(tiny_spec.model_copy(update={"data": None}))
+    with pytest.raises(ValueError, match="vocab_size"):
+        resolve_run_spec(tiny_spec, data=tiny_spec.data.model_copy(update={"vocab_size": 64}))
+
+
+class Crash(Callback):
+    """Raises at the start of the batch that would make optimizer step ``at_step + 1``."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_after_an_interruption_matches_the_uninterrupted_run(tmp_path, make_tiny_spec):
+    # 4 batches per epoch: the checkpoint at step 4 ends epoch 0, the run crosses two more epoch boundaries
+    spec = make_tiny_spec("training.max_steps=10", "training.val_every_steps=4", "training.warmup_steps=2",
+                       "data.num_train=32")
+    straight = train(spec, out_dir=tmp_path / "straight", progress_bar=False, accelerator="cpu")
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(spec, out_dir=resumed_dir, progress_bar=False, accelerator="cpu", callbacks=[Crash(at_step=6)])
+    assert torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert not (resumed_dir / "result.json").exists()
+    resumed = train(spec, out_dir=resumed_dir, progress_bar=False, accelerator="cpu")
+    assert (resumed.steps, resumed.tokens, resumed.train_flops) == (straight.steps, straight.tokens,
+                                                                    straight.train_flops)
+    assert resumed.val_loss == straight.val_loss
+    assert resumed.history == straight.history
+    a, b = _state_dict(tmp_path / "straight" / "checkpoints" / "last.ckpt"), _state_dict(Path(resumed.checkpoint_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    again = train(spec, out_dir=resumed_dir, progress_bar=False, accelerator="cpu")  # a finished run: nothing to do
+    assert (again.steps, again.tokens, again.history) == (resumed.steps, resumed.tokens, resumed.history)
+    assert again.tokens_per_second is None
+
+
+class StopAtFirstValidation(Callback):
+    """Acts like a pruner: records the steps it sees validated and stops the fit at the first one."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        self.seen.append(trainer.global_step)
+        trainer.should_stop = True
+
+
+def test_caller_callbacks_see_in_fit_validations_and_can_stop_the_run(tmp_path, make_tiny_spec):
+    spec = make_tiny_spec("training.max_steps=8", "training.val_every_steps=3")
+    stopper = StopAtFirstValidation()
+    result = train(spec, out_dir=tmp_path, progress_bar=False, accelerator="cpu", callbacks=[stopper])
+    assert stopper.seen == [3]  # not the step-0 validation of the untrained model
+    assert result.steps == 3 and [r["step"] for r in result.history] == [0, 3]
+    assert json.loads((tmp_path / "result.json").read_text())["steps"] == 3
+
+
+def test_resumable_batches_continue_mid_epoch_and_reshuffle_each_epoch():
+    data = [{"x": torch.tensor([i])} for i in range(10)]
+    seen = []
+    batches = ResumableBatches(data, batch_size=3, seed=5)
+    assert len(batches) == 3  # the partial batch is dropped
+    for epoch in range(2):
+        for batch in batches:
+            seen.append(batch["x"].flatten().tolist())
+            batches.done += 1  # what AdvanceBatches does after each training batch
+    assert sorted(sum(seen[:3], [])) == sorted(set(sum(seen[:3], [])))
+    assert seen[:3] != seen[3:]
+
+    restored = ResumableBatches(data, batch_size=3, seed=5)
+    restored.load_state_dict({"epoch": 1, "done": 1})
+    assert [b["x"].flatten().tolist() for b in restored] == seen[4:]
+    assert isinstance(AdvanceBatches(restored), Callback)
+    with pytest.raises(ValueError, match="batch_size"):
+        ResumableBatches(data, batch_size=11, seed=0)
+
+
+def test_claim_out_dir_writes_the_spec_once(tmp_path, tiny_spec):
+    claim_out_dir(tmp_path / "run", tiny_spec)
+    claim_out_dir(tmp_path / "run", tiny_spec)
+    assert load_spec(tmp_path / "run" / "spec.yaml") == tiny_spec
+    (tmp_path / "run" / "spec.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(RunDirError, match="does not load"):
+        claim_out_dir(tmp_path / "run", tiny_spec)
+
+
+def test_precision_auto_is_fp32_on_the_cpu():
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+def test_train_rejects_more_than_one_device(tmp_path, tiny_spec):
+    with pytest.raises(ValueError, match="devices"):
+        train(tiny_spec, out_dir=tmp_path, devices=2)
+    assert not tmp_path.joinpath("spec.yaml").exists()
