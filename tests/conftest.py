@@ -1,12 +1,20 @@
-"""Suite-wide test settings: `gpu` tests skip without CUDA, `postgres` tests without a server binary."""
+"""Suite-wide test settings: `gpu` tests skip without CUDA, `postgres` tests without a server binary.
+
+Without CUDA the Triton kernels run in Triton's interpreter: TRITON_INTERPRET is read when triton is first
+imported, so it is set here, before any test module imports archspec.kernels.ssd.
+"""
 
 from __future__ import annotations
 
 import glob
+import os
 import shutil
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def postgres_bin_dir() -> str | None:

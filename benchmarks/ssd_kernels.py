@@ -1,0 +1,270 @@
+"""Our Triton SSD scan against mamba_ssm's `mamba_chunk_scan_combined`, side by side on one GPU.
+
+Rows: 65,536 tokens per call (batch x seqlen for seqlen 2K, 8K, 32K), 64 heads of head_dim 64 and 128, one group,
+d_state 64/128/256, bf16, chunk 256, with dt_bias, softplus and D (nheads,) as the Mamba-2 mixer calls it.
+For each row: forward and forward+backward medians (triton.testing.do_bench), the memory floor (bytes that must
+move once: forward reads x, dt, B, C and writes y; forward+backward also reads dy and writes dx, ddt, dB, dC,
+over the device-to-device copy bandwidth measured here), our speed-up, and the agreement with mamba_ssm
+(relative Frobenius difference of y and of every gradient; both are bf16 computations). The table prints last.
+
+mamba_ssm: build a pure-Python wheel from its sdist (MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE
+pip wheel --no-deps --no-build-isolation .), install it with --no-deps. Its package __init__ imports CUDA
+extensions that such a wheel lacks, so `load_mamba_chunk_scan` registers an empty package module for
+`mamba_ssm` (keeping its search path) before importing mamba_ssm.ops.triton.ssd_combined, which needs only
+Triton, einops and torch.
+
+Usage: python benchmarks/ssd_kernels.py [--quick] [--sweep] [--profile] [--rep MS] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import types
+from typing import Callable
+
+import torch
+
+TOKENS = 65536
+NHEADS = 64
+CHUNK = 256
+
+
+def load_mamba_chunk_scan() -> Callable:
+    """mamba_ssm's mamba_chunk_scan_combined without running mamba_ssm/__init__.py (CUDA extensions)."""
+    spec = importlib.util.find_spec("mamba_ssm")
+    if spec is None or spec.submodule_search_locations is None:
+        raise RuntimeError("mamba_ssm is not installed (see this file's docstring)")
+    package = types.ModuleType("mamba_ssm")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["mamba_ssm"] = package
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    return mamba_chunk_scan_combined
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written), median of do_bench."""
+    from triton.testing import do_bench
+
+    src = torch.randn(256 * 1024 * 1024, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def make_inputs(batch: int, seqlen: int, headdim: int, dstate: int, seed: int) -> dict:
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    dev, bf16 = "cuda", torch.bfloat16
+
+    def randn(*shape: int, dtype: torch.dtype = bf16) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=dev, dtype=torch.float32).to(dtype)
+
+    def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(*shape, generator=gen, device=dev)
+
+    dt_init = torch.exp(uniform(math.log(1e-3), math.log(1e-1), NHEADS))
+    return {
+        "x": randn(batch, seqlen, NHEADS, headdim),
+        "dt": (0.5 * randn(batch, seqlen, NHEADS, dtype=torch.float32)).to(bf16),
+        "A": -torch.exp(uniform(0.0, math.log(16.0), NHEADS)),
+        "B": randn(batch, seqlen, 1, dstate),
+        "C": randn(batch, seqlen, 1, dstate),
+        "D": randn(NHEADS, dtype=torch.float32),
+        "dt_bias": dt_init + torch.log(-torch.expm1(-dt_init)),
+    }
+
+
+def floors(inputs: dict, bandwidth: float) -> tuple[float, float]:
+    """Memory floors in ms: forward (x, dt, B, C read; y written) and forward+backward (+ dy read, grads written)."""
+    streamed = sum(inputs[k].numel() * inputs[k].element_size() for k in ("x", "dt", "B", "C"))
+    y = inputs["x"].numel() * inputs["x"].element_size()
+    fwd = streamed + y
+    fwd_bwd = fwd + y + streamed  # dy read; dx, ddt, dB, dC written
+    return fwd / bandwidth * 1e3, fwd_bwd / bandwidth * 1e3
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def run_row(ours: Callable, theirs: Callable, batch: int, seqlen: int, headdim: int, dstate: int,
+            bandwidth: float, rep: int) -> dict:
+    from triton.testing import do_bench
+
+    inputs = make_inputs(batch, seqlen, headdim, dstate, seed=seqlen + headdim + dstate)
+    grad_names = ["x", "dt", "A", "B", "C", "D", "dt_bias"]
+    for k in grad_names:
+        inputs[k].requires_grad_(True)
+    kwargs = dict(D=inputs["D"], dt_bias=inputs["dt_bias"], dt_softplus=True)
+    args = [inputs[k] for k in ("x", "dt", "A", "B", "C")]
+
+    def fwd_ours():
+        return ours(*args, CHUNK, **kwargs)
+
+    def fwd_theirs():
+        return theirs(*args, CHUNK, **kwargs)
+
+    leaves = [inputs[k] for k in grad_names]
+    dy = torch.randn_like(inputs["x"])
+
+    def both(fn: Callable) -> Callable:
+        return lambda: torch.autograd.grad(fn(), leaves, dy)
+
+    with torch.no_grad():
+        y_ours, y_theirs = fwd_ours(), fwd_theirs()
+    agree = {"y": rel_diff(y_ours, y_theirs)}
+    g_ours, g_theirs = both(fwd_ours)(), both(fwd_theirs)()
+    for name, a, b in zip(grad_names, g_ours, g_theirs):
+        agree["d" + name] = rel_diff(a, b)
+    del y_ours, y_theirs, g_ours, g_theirs
+
+    def bench(fn: Callable, grad: bool) -> float:
+        if grad:
+            return do_bench(fn, warmup=10, rep=rep, return_mode="median")
+        with torch.no_grad():
+            return do_bench(fn, warmup=10, rep=rep, return_mode="median")
+
+    row = dict(batch=batch, seqlen=seqlen, headdim=headdim, dstate=dstate)
+    row["fwd_ours"] = bench(fwd_ours, False)
+    row["fwd_mamba"] = bench(fwd_theirs, False)
+    row["fb_ours"] = bench(both(fwd_ours), True)
+    row["fb_mamba"] = bench(both(fwd_theirs), True)
+    row["floor_fwd"], row["floor_fb"] = floors(inputs, bandwidth)
+    row["agree"] = agree
+    return row
+
+
+def profile_row(ours: Callable, theirs: Callable, headdim: int, dstate: int, seqlen: int) -> None:
+    """Prints the CUDA time per kernel of three forward+backward calls of each implementation."""
+    from torch.profiler import ProfilerActivity, profile
+
+    inputs = make_inputs(TOKENS // seqlen, seqlen, headdim, dstate, seed=0)
+    leaves = [inputs[k].requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
+    dy = torch.randn_like(inputs["x"])
+    for name, fn in (("ours", ours), ("mamba_ssm", theirs)):
+        def step() -> None:
+            y = fn(*leaves[:5], CHUNK, D=inputs["D"], dt_bias=inputs["dt_bias"], dt_softplus=True)
+            torch.autograd.grad(y, leaves, dy)
+        step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        print(f"profile {name} (3 x fwd+bwd, head_dim {headdim}, d_state {dstate}, seqlen {seqlen})")
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60))
+
+
+SWEEP = [
+    ("ARCHSPEC_SSD_STATE", "block_m=128"),
+    ("ARCHSPEC_SSD_STATE", "block_p=32,num_warps=4"),
+    ("ARCHSPEC_SSD_SCAN", "block_m=128,num_warps=8"),
+    ("ARCHSPEC_SSD_DX", "block_m=128,num_warps=8"),
+    ("ARCHSPEC_SSD_DCB", "num_warps=8"),
+]
+
+
+def sweep(ours: Callable, headdim: int, dstate: int, seqlen: int, rep: int) -> dict:
+    """Greedy tile-size search on one row: keeps each override (config.py's tuning hook) that cuts fwd+bwd time
+    by more than 3%. Leaves the kept overrides in os.environ and returns them."""
+    from triton.testing import do_bench
+
+    inputs = make_inputs(TOKENS // seqlen, seqlen, headdim, dstate, seed=1)
+    leaves = [inputs[k].requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
+    dy = torch.randn_like(inputs["x"])
+
+    def step() -> None:
+        y = ours(*leaves[:5], CHUNK, D=inputs["D"], dt_bias=inputs["dt_bias"], dt_softplus=True)
+        torch.autograd.grad(y, leaves, dy)
+
+    def timed() -> tuple[float, float]:
+        with torch.no_grad():
+            fwd = do_bench(lambda: ours(*leaves[:5], CHUNK, D=inputs["D"], dt_bias=inputs["dt_bias"],
+                                        dt_softplus=True), warmup=10, rep=rep, return_mode="median")
+        return fwd, do_bench(step, warmup=10, rep=rep, return_mode="median")
+
+    best_fwd, best = timed()
+    print(f"sweep baseline: fwd {best_fwd:.3f} ms, fwd+bwd {best:.3f} ms", flush=True)
+    kept: dict = {}
+    for name, value in SWEEP:
+        previous = os.environ.get(name)
+        os.environ[name] = value if previous is None else f"{previous},{value}"
+        fwd, total = timed()
+        keep = total < 0.97 * best
+        print(f"sweep {name}={os.environ[name]}: fwd {fwd:.3f} ms, fwd+bwd {total:.3f} ms -> "
+              f"{'keep' if keep else 'drop'}", flush=True)
+        if keep:
+            best, kept[name] = total, os.environ[name]
+        elif previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
+    print(f"sweep kept {kept}", flush=True)
+    return kept
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| head_dim | d_state | batch x seqlen | fwd ours | fwd mamba | fwd speed-up | fwd floor | "
+            "fwd+bwd ours | fwd+bwd mamba | fwd+bwd speed-up | fwd+bwd floor | max rel diff vs mamba |")
+    lines = [head, "|" + " --- |" * 12]
+    for r in rows:
+        worst = max(r["agree"].items(), key=lambda kv: kv[1])
+        lines.append(
+            f"| {r['headdim']} | {r['dstate']} | {r['batch']} x {r['seqlen']} | {r['fwd_ours']:.3f} | "
+            f"{r['fwd_mamba']:.3f} | {r['fwd_mamba'] / r['fwd_ours']:.2f}x | {r['floor_fwd']:.3f} | "
+            f"{r['fb_ours']:.3f} | {r['fb_mamba']:.3f} | {r['fb_mamba'] / r['fb_ours']:.2f}x | "
+            f"{r['floor_fb']:.3f} | {worst[0]} {worst[1]:.1e} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seqlen 8K only")
+    parser.add_argument("--headdims", default="64,128")
+    parser.add_argument("--dstates", default="64,128,256")
+    parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time in ms")
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for ssd_bench.json")
+    parser.add_argument("--profile", action="store_true", help="also print per-kernel times of one row")
+    parser.add_argument("--sweep", action="store_true", help="first tune tile sizes greedily on one row")
+    opts = parser.parse_args()
+
+    from archspec.kernels.ssd import ssd_scan_triton
+    import triton
+
+    theirs = load_mamba_chunk_scan()
+    bandwidth = copy_bandwidth()
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
+    if opts.sweep:
+        sweep(ssd_scan_triton, 64, 128, 8192, opts.rep)
+    if opts.profile:
+        try:
+            profile_row(ssd_scan_triton, theirs, 64, 128, 8192)
+        except Exception as exc:  # the table matters more than the profile
+            print(f"profile failed: {exc!r}")
+    seqlens = [8192] if opts.quick else [2048, 8192, 32768]
+    rows = []
+    for headdim in (int(v) for v in opts.headdims.split(",")):
+        for dstate in (int(v) for v in opts.dstates.split(",")):
+            for seqlen in seqlens:
+                start = time.time()
+                row = run_row(ssd_scan_triton, theirs, TOKENS // seqlen, seqlen, headdim, dstate, bandwidth, opts.rep)
+                rows.append(row)
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                                  if k != "agree"}), {k: f"{v:.1e}" for k, v in row["agree"].items()},
+                      f"{time.time() - start:.0f}s", flush=True)
+                torch.cuda.empty_cache()
+                if opts.out:
+                    with open(os.path.join(opts.out, "ssd_bench.json"), "w") as f:
+                        json.dump({"bandwidth": bandwidth, "rows": rows}, f, indent=1)
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""`ssd_scan_triton`: the differentiable Triton SSD scan (forward.py and backward*.py under one autograd.Function)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from ..checks import check_ssd_inputs
+from .config import MIN_CHUNK
+from .backward import ssd_backward
+from .forward import ForwardResult, ssd_forward
+from .layout import ChunkTable, build_chunk_table
+
+__all__ = ["ssd_scan_triton"]
+
+_NO_LIMIT = (0.0, float("inf"))
+
+
+class _SSDScan(torch.autograd.Function):
+    """Flattened SSD scan: x, z (T, nheads, headdim), dt (T, nheads), B, C (T, ngroups, dstate) -> (y, final)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                z: Optional[Tensor], dt_bias: Optional[Tensor], initial_states: Optional[Tensor], table: ChunkTable,
+                dt_softplus: bool, dt_limit: tuple[float, float]) -> tuple[Tensor, Tensor]:
+        fwd = ssd_forward(x, dt, A, B, C, table, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                          dt_limit=dt_limit, initial_states=initial_states)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, *fwd)
+        ctx.has_initial = initial_states is not None
+        ctx.table = table
+        ctx.dt_softplus = dt_softplus
+        ctx.dt_limit = dt_limit
+        ctx.set_materialize_grads(False)
+        return fwd.y, fwd.final_states
+
+    @staticmethod
+    def backward(ctx: Any, dy: Optional[Tensor], dfinal: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
+        x, dt, A, B, C, D, z, dt_bias, *saved = ctx.saved_tensors
+        fwd = ForwardResult(*saved)
+        if dy is None:
+            dy = torch.zeros_like(fwd.y)
+        g = ssd_backward(dy, dfinal, x, dt, A, B, C, ctx.table, fwd, D=D, z=z, dt_bias=dt_bias,
+                         dt_softplus=ctx.dt_softplus, dt_limit=ctx.dt_limit)
+        need = ctx.needs_input_grad
+
+        def cast(grad: Optional[Tensor], like: Optional[Tensor], i: int) -> Optional[Tensor]:
+            return grad.to(like.dtype) if grad is not None and like is not None and need[i] else None
+
+        return (cast(g.dx, x, 0), cast(g.ddt, dt, 1), cast(g.dA, A, 2), cast(g.dB, B, 3), cast(g.dC, C, 4),
+                cast(g.dD, D, 5), cast(g.dz, z, 6), cast(g.ddt_bias, dt_bias, 7),
+                g.dinitial_states if ctx.has_initial and need[8] else None, None, None, None)
+
+
+def _unit_last_stride(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def ssd_scan_triton(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = 256,
+    *,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    dt_bias: Optional[Tensor] = None,
+    dt_softplus: bool = False,
+    dt_limit: Sequence[float] = _NO_LIMIT,
+    initial_states: Optional[Tensor] = None,
+    cu_seqlens: Optional[Tensor] = None,
+    return_final_states: bool = False,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Mamba-2 SSD scan by the chunked algorithm in Triton; differentiable in every tensor argument.
+
+    x (batch, seqlen, nheads, headdim); dt (batch, seqlen, nheads); A (nheads,); B, C (batch, seqlen, ngroups,
+    dstate); D (nheads,) or (nheads, headdim); z like x; dt_bias (nheads,); initial_states (batch or nseqs,
+    nheads, headdim, dstate); cu_seqlens (nseqs + 1,) with batch 1. chunk_size: a power of two >= 16.
+    Matmul operands are in x.dtype (B, C, z cast to it), accumulation in float32.
+    Returns y (batch, seqlen, nheads, headdim) in x.dtype, or (y, final_states float32).
+    With cu_seqlens the chunk layout is read back to the host (one device sync).
+    """
+    batch, seqlen, nheads, headdim, ngroups, dstate = check_ssd_inputs(
+        x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_limit=dt_limit, initial_states=initial_states,
+        cu_seqlens=cu_seqlens)
+    if chunk_size < MIN_CHUNK:
+        raise ValueError(f"chunk_size must be at least {MIN_CHUNK} for the Triton kernels, got {chunk_size}")
+    if x.dtype == torch.float64:
+        raise ValueError("x must be float32, float16 or bfloat16 for the Triton kernels, got torch.float64")
+    table = build_chunk_table(batch, seqlen, chunk_size, cu_seqlens, x.device)
+    ntokens = batch * seqlen
+    flat = (ntokens, nheads, headdim)
+    lo, hi = float(dt_limit[0]), float(dt_limit[1])
+    y, final = _SSDScan.apply(
+        _unit_last_stride(x.reshape(flat)), _unit_last_stride(dt.reshape(ntokens, nheads)), A,
+        _unit_last_stride(B.to(x.dtype).reshape(ntokens, ngroups, dstate)),
+        _unit_last_stride(C.to(x.dtype).reshape(ntokens, ngroups, dstate)),
+        D, _unit_last_stride(z.reshape(flat)) if z is not None else None, dt_bias, initial_states, table,
+        bool(dt_softplus), (lo, hi))
+    y = y.reshape(batch, seqlen, nheads, headdim)
+    return (y, final) if return_final_states else y

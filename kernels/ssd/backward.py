@@ -1,0 +1,360 @@
+"""Backward SSD kernels that work per chunk, and the launcher of the whole backward pass.
+
+With dh_c = dL/d(state at the end of chunk c) (from backward_states), per chunk and head:
+- `_dx_kernel`: dxp_j = exp(s_last - s_j) dh_c B_j + sum_{t>=j} CB_tj exp(s_t - s_j) dy_t;
+  dx_j = dt'_j dxp_j + D dy_j; dL/d dt'_j (as a multiplier) = x_j . dxp_j; dL/dD; and two log-decay terms:
+  dy_j . exp(s_j) C_j h_in (the entering state's output) and dt'_j exp(s_last - s_j) x_j . dh_c B_j (the path
+  to the chunk's end state).
+- `_dcb_kernel`: dCB_tj = sum over the group's heads of exp(s_t - s_j) dt'_j (dy_t . x_j), t >= j; per head the
+  score terms G_tj = dCB_tj CB_tj, whose row sums add to (and column sums take from) the log-decay gradient.
+- `_dbc_kernel`: dC_t = sum_heads exp(s_t) dy_t h_c + sum_{j<=t} dCB_tj B_j;
+  dB_j = sum_heads dt'_j exp(s_last - s_j) x_j dh_c + sum_{t>=j} dCB_tj C_t.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
+from .common import dot_precision, mm
+from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, pow2, state_config
+from .forward import ForwardResult, dt_limit_flags
+from .layout import ChunkTable
+
+__all__ = ["Gradients", "ssd_backward"]
+
+
+@triton.jit
+def _dx_kernel(
+    x_ptr, dy_ptr, b_ptr, c_ptr, cb_ptr, states_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
+    dx_ptr, ds_ptr, dsend_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
+    stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
+    stride_dx_t, stride_dx_h,
+    ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PREC: tl.constexpr,
+):
+    blocks_p = tl.cdiv(headdim, BLOCK_P)
+    head = tl.program_id(0) // blocks_p
+    pid_p = tl.program_id(0) % blocks_p
+    pid_j = tl.program_id(1)
+    chunk = tl.program_id(2).to(tl.int64)
+    group = head // heads_per_group
+    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
+    clen = tl.load(chunk_len_ptr + chunk)
+    if pid_j * BLOCK_M < clen:
+        offs_j = pid_j * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        mask_j = offs_j < clen
+        mask_p = offs_p < headdim
+        row = head.to(tl.int64) * ntokens + c0
+        s_j = tl.load(s_ptr + row + offs_j, mask=mask_j, other=0.0)
+        dt_j = tl.load(dtp_ptr + row + offs_j, mask=mask_j, other=0.0)
+        s_last = tl.load(s_ptr + row + clen - 1)
+        x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
+        dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
+        b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
+        c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
+        mask = mask_j[:, None] & mask_p[None, :]
+        tile_j = offs_j[:, None] * stride_x_t + offs_p[None, :]
+        tile_dy = offs_j[:, None] * stride_dy_t + offs_p[None, :]
+
+        # through the chunk's end state: exp(s_last - s_j) B_j dh^T; and the output of the entering state
+        # h_in, exp(s_j) C_j h_in^T, whose product with dy_j is the log-decay gradient of that path
+        acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+        y_in = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+        state_off = (chunk * nheads + head) * headdim * dstate
+        for n0 in range(0, dstate, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < dstate
+            mask_jn = mask_j[:, None] & mask_n[None, :]
+            mask_np = mask_n[:, None] & mask_p[None, :]
+            tile_t = offs_p[None, :] * dstate + offs_n[:, None]
+            b = tl.load(b_base + offs_j[:, None] * stride_b_t + offs_n[None, :],
+                        mask=mask_jn, other=0.0)
+            dh_t = tl.load(dstates_ptr + state_off + tile_t, mask=mask_np, other=0.0)
+            acc += mm(b, dh_t.to(b.dtype), PREC)
+            c = tl.load(c_base + offs_j[:, None] * stride_c_t + offs_n[None, :],
+                        mask=mask_jn, other=0.0)
+            h_t = tl.load(states_ptr + state_off + tile_t, mask=mask_np, other=0.0)
+            y_in += mm(c, h_t.to(c.dtype), PREC)
+        acc = acc * tl.exp(s_last - s_j)[:, None]
+        dyj = tl.load(dy_base + tile_dy, mask=mask, other=0.0).to(tl.float32)
+        tl.atomic_add(ds_ptr + row + offs_j, tl.sum(y_in * dyj, 1) * tl.exp(s_j), mask=mask_j)
+        xj = tl.load(x_base + tile_j, mask=mask, other=0.0).to(tl.float32)
+        tl.atomic_add(dsend_ptr + row + offs_j, dt_j * tl.sum(acc * xj, 1), mask=mask_j)
+
+        # through the outputs of the same chunk, tiles on or below the diagonal
+        cb_base = cb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
+        for t0 in range(pid_j * BLOCK_M, clen, BLOCK_K):
+            offs_t = t0 + tl.arange(0, BLOCK_K)
+            mask_t = offs_t < clen
+            cb_t = tl.load(cb_base + offs_t[None, :] * CHUNK + offs_j[:, None],
+                           mask=mask_j[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
+            s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
+            w = cb_t * tl.exp(tl.minimum(s_t[None, :] - s_j[:, None], 0.0))
+            w = tl.where((offs_t[None, :] >= offs_j[:, None]) & mask_t[None, :], w, 0.0)
+            dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :],
+                          mask=mask_t[:, None] & mask_p[None, :], other=0.0)
+            acc += mm(w.to(dyt.dtype), dyt, PREC)
+
+        xj = tl.load(x_base + tile_j, mask=mask, other=0.0).to(tl.float32)
+        dyj = tl.load(dy_base + tile_dy, mask=mask, other=0.0).to(tl.float32)
+        ddt = tl.sum(acc * xj, 1)
+        dx = acc * dt_j[:, None]
+        if HAS_D:
+            if D_HAS_HDIM:
+                dvec = tl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+                dx += dyj * dvec[None, :]
+                tl.atomic_add(dd_ptr + head * headdim + offs_p, tl.sum(dyj * xj, 0), mask=mask_p)
+            else:
+                dval = tl.load(d_ptr + head).to(tl.float32)
+                dx += dyj * dval
+                tl.atomic_add(dd_ptr + head, tl.sum(tl.sum(dyj * xj, 1), 0))
+        tl.store(dx_ptr + c0 * stride_dx_t + head * stride_dx_h + offs_j[:, None] * stride_dx_t + offs_p[None, :],
+                 dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.atomic_add(ddtp_ptr + row + offs_j, ddt, mask=mask_j)
+
+
+@triton.jit
+def _dcb_kernel(
+    x_ptr, dy_ptr, s_ptr, dtp_ptr, cb_ptr, dcb_ptr, ds_ptr, chunk_start_ptr, chunk_len_ptr,
+    stride_x_t, stride_x_h, stride_dy_t, stride_dy_h,
+    ntokens, headdim, ngroups, heads_per_group,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    tiles_k: tl.constexpr = CHUNK // BLOCK_K
+    pid_m = tl.program_id(0) // tiles_k
+    pid_k = tl.program_id(0) % tiles_k
+    group = tl.program_id(1)
+    chunk = tl.program_id(2)
+    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
+    clen = tl.load(chunk_len_ptr + chunk)
+    if (pid_k * BLOCK_K <= pid_m * BLOCK_M + BLOCK_M - 1) & (pid_m * BLOCK_M < clen):
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_m = offs_m < clen
+        mask_k = offs_k < clen
+        causal = (offs_k[None, :] <= offs_m[:, None]) & mask_k[None, :]
+        base = (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
+        tile = offs_m[:, None] * CHUNK + offs_k[None, :]
+        cb = tl.load(cb_ptr + base + tile, mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for r in range(0, heads_per_group):
+            head = group * heads_per_group + r
+            row = head.to(tl.int64) * ntokens + c0
+            dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
+            x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
+            s_m = tl.load(s_ptr + row + offs_m, mask=mask_m, other=0.0)
+            s_k = tl.load(s_ptr + row + offs_k, mask=mask_k, other=0.0)
+            dt_k = tl.load(dtp_ptr + row + offs_k, mask=mask_k, other=0.0)
+            g = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+            for p0 in range(0, headdim, BLOCK_P):
+                offs_p = p0 + tl.arange(0, BLOCK_P)
+                mask_p = offs_p < headdim
+                dym = tl.load(dy_base + offs_m[:, None] * stride_dy_t + offs_p[None, :],
+                              mask=mask_m[:, None] & mask_p[None, :], other=0.0)
+                xk = tl.load(x_base + offs_k[:, None] * stride_x_t + offs_p[None, :],
+                             mask=mask_k[:, None] & mask_p[None, :], other=0.0)
+                g += mm(dym, tl.trans(xk.to(dym.dtype)), PREC)
+            w = tl.where(causal, g * tl.exp(tl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :], 0.0)
+            acc += w
+            # the score term G_tj = dCB_tj CB_tj adds to the log-decay gradient of row t and takes from column j
+            score = w * cb
+            tl.atomic_add(ds_ptr + row + offs_m, tl.sum(score, 1), mask=mask_m)
+            tl.atomic_add(ds_ptr + row + offs_k, -tl.sum(score, 0), mask=mask_k)
+        tl.store(dcb_ptr + base + tile, acc, mask=mask_m[:, None] & mask_k[None, :])
+
+
+@triton.jit
+def _dbc_kernel(
+    x_ptr, dy_ptr, b_ptr, c_ptr, states_ptr, dstates_ptr, dcb_ptr, s_ptr, dtp_ptr, db_ptr, dc_ptr,
+    chunk_start_ptr, chunk_len_ptr,
+    stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
+    stride_db_t, stride_db_g,
+    ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+):
+    blocks_n = tl.cdiv(dstate, BLOCK_N)
+    pid_r = tl.program_id(0) // blocks_n
+    pid_n = tl.program_id(0) % blocks_n
+    group = tl.program_id(1)
+    chunk = tl.program_id(2).to(tl.int64)
+    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
+    clen = tl.load(chunk_len_ptr + chunk)
+    if pid_r * BLOCK_M < clen:
+        offs_r = pid_r * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_r = offs_r < clen
+        mask_n = offs_n < dstate
+        dtype = b_ptr.dtype.element_ty
+        dc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        db = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for r in range(0, heads_per_group):
+            head = group * heads_per_group + r
+            row = head.to(tl.int64) * ntokens + c0
+            s_r = tl.load(s_ptr + row + offs_r, mask=mask_r, other=0.0)
+            dt_r = tl.load(dtp_ptr + row + offs_r, mask=mask_r, other=0.0)
+            s_last = tl.load(s_ptr + row + clen - 1)
+            to_out = tl.exp(s_r)
+            to_end = dt_r * tl.exp(s_last - s_r)
+            state = (chunk * nheads + head) * headdim * dstate
+            dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
+            x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
+            for p0 in range(0, headdim, BLOCK_P):
+                offs_p = p0 + tl.arange(0, BLOCK_P)
+                mask_p = offs_p < headdim
+                mask = mask_r[:, None] & mask_p[None, :]
+                dyr = tl.load(dy_base + offs_r[:, None] * stride_dy_t + offs_p[None, :],
+                              mask=mask, other=0.0).to(tl.float32)
+                xr = tl.load(x_base + offs_r[:, None] * stride_x_t + offs_p[None, :],
+                             mask=mask, other=0.0).to(tl.float32)
+                tile = offs_p[:, None] * dstate + offs_n[None, :]
+                mask_tile = mask_p[:, None] & mask_n[None, :]
+                h = tl.load(states_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
+                dh = tl.load(dstates_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
+                dc += mm((dyr * to_out[:, None]).to(dtype), h, PREC)
+                db += mm((xr * to_end[:, None]).to(dtype), dh, PREC)
+
+        cb_base = dcb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
+        b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
+        c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
+        r_end = tl.minimum((pid_r + 1) * BLOCK_M, clen)
+        for k0 in range(0, r_end, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < r_end
+            g = tl.load(cb_base + offs_r[:, None] * CHUNK + offs_k[None, :], mask=mask_r[:, None] & mask_k[None, :],
+                        other=0.0)
+            g = tl.where(offs_k[None, :] <= offs_r[:, None], g, 0.0)
+            bk = tl.load(b_base + offs_k[:, None] * stride_b_t + offs_n[None, :],
+                         mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            dc += mm(g.to(dtype), bk, PREC)
+        for t0 in range(pid_r * BLOCK_M, clen, BLOCK_K):
+            offs_t = t0 + tl.arange(0, BLOCK_K)
+            mask_t = offs_t < clen
+            g = tl.load(cb_base + offs_t[None, :] * CHUNK + offs_r[:, None], mask=mask_r[:, None] & mask_t[None, :],
+                        other=0.0)
+            g = tl.where(offs_t[None, :] >= offs_r[:, None], g, 0.0)
+            ct = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
+                         mask=mask_t[:, None] & mask_n[None, :], other=0.0)
+            db += mm(g.to(dtype), ct, PREC)
+
+        out = c0 * stride_db_t + group * stride_db_g
+        tile = offs_r[:, None] * stride_db_t + offs_n[None, :]
+        mask = mask_r[:, None] & mask_n[None, :]
+        tl.store(dc_ptr + out + tile, dc.to(dc_ptr.dtype.element_ty), mask=mask)
+        tl.store(db_ptr + out + tile, db.to(db_ptr.dtype.element_ty), mask=mask)
+
+
+class Gradients(NamedTuple):
+    """Gradients from `ssd_backward`, shaped like the flattened inputs of ssd_forward (None where not asked)."""
+
+    dx: Tensor
+    ddt: Tensor
+    dA: Tensor
+    dB: Tensor
+    dC: Tensor
+    dD: Optional[Tensor]
+    dz: Optional[Tensor]
+    ddt_bias: Optional[Tensor]
+    dinitial_states: Tensor
+
+
+def ssd_backward(
+    dout: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    table: ChunkTable, fwd: ForwardResult, *, D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
+    dt_softplus: bool, dt_limit: tuple[float, float],
+) -> Gradients:
+    """Runs the backward kernels. dout (T, nheads, headdim) = dL/dy; dfinal = dL/d(final states) or None.
+
+    Other arguments as given to (and returned by) ssd_forward. Gradients of A, D, dt_bias are float32 sums.
+    """
+    ntokens, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[1:]
+    chunk = table.chunk_size
+    per_group = nheads // ngroups
+    prec = dot_precision(x.dtype == torch.float32)
+    dev = x.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    has_lo, has_hi, lo, hi = dt_limit_flags(dt_limit)
+    dout = dout.contiguous()
+
+    dz = None
+    if z is not None:
+        y_pre = fwd.y_pre
+        dy = torch.empty_like(dout)
+        dz = torch.empty(ntokens, nheads, headdim, device=dev, dtype=z.dtype)
+        grid = (triton.cdiv(ntokens, 32), nheads)
+        gate_bwd_kernel[grid](
+            dout, z, y_pre, dy, dz, ntokens, headdim, dout.stride(0), dout.stride(1), z.stride(0), z.stride(1),
+            y_pre.stride(0), y_pre.stride(1), BLOCK_T=32, BLOCK_P=pow2(headdim),
+        )
+    else:
+        dy = dout
+
+    ds = torch.zeros(nheads, ntokens, **f32)
+    dsend = torch.zeros(nheads, ntokens, **f32)
+    ddtp = torch.zeros(nheads, ntokens, **f32)
+    dstates = torch.empty_like(fwd.states)
+    dh0 = torch.empty(table.nseqs, nheads, headdim, dstate, **f32)
+    cfg = state_config(headdim, dstate, chunk)
+    grid = (table.nseqs, nheads, triton.cdiv(headdim, cfg.block_p))
+    state_bwd_kernel[grid](
+        dy, C, A, fwd.dtp, fwd.s, fwd.states, dfinal.contiguous() if dfinal is not None else None,
+        dstates, dh0, ds, table.seq_start, table.seq_chunk, dy.stride(0), dy.stride(1), C.stride(0), C.stride(1),
+        ntokens, nheads, headdim, dstate, per_group,
+        CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=pow2(dstate),
+        HAS_DFINAL=dfinal is not None, PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+    dx = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)
+    dD = torch.zeros(D.shape, **f32) if D is not None else None
+    cfg = bwd_dx_config(headdim, dstate, chunk)
+    grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
+    _dx_kernel[grid](
+        x, dy, B, C, fwd.cb, fwd.states, dstates, fwd.s, fwd.dtp, D, dx, ds, dsend, ddtp, dD, table.chunk_start,
+        table.chunk_len, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1),
+        C.stride(0), C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
+        CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
+        HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, PREC=prec,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+    dcb = torch.empty(table.nchunks, ngroups, chunk, chunk, **f32)
+    cfg = bwd_dcb_config(headdim, chunk)
+    grid = ((chunk // cfg.block_m) * (chunk // cfg.block_k), ngroups, table.nchunks)
+    _dcb_kernel[grid](
+        x, dy, fwd.s, fwd.dtp, fwd.cb, dcb, ds, table.chunk_start, table.chunk_len,
+        x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), ntokens, headdim, ngroups, per_group,
+        CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, PREC=prec,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+    dB = torch.empty(ntokens, ngroups, dstate, device=dev, dtype=B.dtype)
+    dC = torch.empty_like(dB)
+    cfg = bwd_dbc_config(headdim, dstate, chunk)
+    grid = ((chunk // cfg.block_m) * triton.cdiv(dstate, cfg.block_n), ngroups, table.nchunks)
+    _dbc_kernel[grid](
+        x, dy, B, C, fwd.states, dstates, dcb, fwd.s, fwd.dtp, dB, dC, table.chunk_start, table.chunk_len,
+        x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+        dB.stride(0), dB.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
+        CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
+        PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+    ddt = torch.empty(ntokens, nheads, device=dev, dtype=dt.dtype)
+    dA = torch.zeros(nheads, **f32)
+    dbias = torch.zeros(nheads, **f32) if dt_bias is not None else None
+    dt_bwd_kernel[(table.nchunks, nheads)](
+        dt, A, dt_bias, fwd.dtp, ds, dsend, ddtp, ddt, dA, dbias, table.chunk_start, table.chunk_len,
+        dt.stride(0), dt.stride(1), ddt.stride(0), ddt.stride(1), ntokens, lo, hi,
+        BLOCK=pow2(chunk), HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LO=has_lo, HAS_HI=has_hi,
+    )
+    return Gradients(dx, ddt, dA, dB, dC, dD, dz, dbias, dh0)

@@ -1,0 +1,144 @@
+"""Backward SSD kernels that walk sequences or token rows: the gate, the state gradients, and the step size.
+
+- `gate_bwd_kernel`: with z, dy = dout * silu(z) and dz = dout * y_pre * silu'(z).
+- `state_bwd_kernel`: one program per (sequence, head, head_dim block) walks the sequence backwards carrying
+  dh = dL/dh (float32 in registers): dh <- exp(sum of log-decays) dh + sum_t exp(s_t) dy_t C_t^T. It stores dh at
+  every chunk end (dstates, (nchunks, nheads, headdim, dstate)), returns dL/d(initial state), and adds
+  exp(s_last) <dh_end, h_in> (the path of the chunk's entering state to its end) to the gradient of the chunk's
+  last cumulative log-decay.
+- `dt_bwd_kernel`: per (chunk, head), turns the gradients with respect to the cumulative log-decay s (ds: exp(s_t)
+  factors of outputs; dsend: exp(s_last - s_j) factors of the chunk-end state) and to dt' as a multiplier into
+  dL/d dt (through the cumulative sums, softplus and clamp), dL/dA and dL/d dt_bias. Every term is summed where
+  it arises (no difference of large sums), which keeps the bf16 gradients of dt accurate at chunk 256.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import mm, prepare_dt_grad
+
+__all__ = ["gate_bwd_kernel", "state_bwd_kernel", "dt_bwd_kernel"]
+
+
+@triton.jit
+def gate_bwd_kernel(
+    dout_ptr, z_ptr, ypre_ptr, dy_ptr, dz_ptr, ntokens, headdim,
+    stride_o_t, stride_o_h, stride_z_t, stride_z_h, stride_y_t, stride_y_h,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    head = tl.program_id(1)
+    tok = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    offs_p = tl.arange(0, BLOCK_P)
+    mask = (tok < ntokens)[:, None] & (offs_p < headdim)[None, :]
+    dout = tl.load(dout_ptr + tok[:, None] * stride_o_t + head * stride_o_h + offs_p[None, :], mask=mask,
+                   other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + tok[:, None] * stride_z_t + head * stride_z_h + offs_p[None, :], mask=mask,
+                other=0.0).to(tl.float32)
+    ypre = tl.load(ypre_ptr + tok[:, None] * stride_y_t + head * stride_y_h + offs_p[None, :], mask=mask,
+                   other=0.0).to(tl.float32)
+    sig = tl.sigmoid(z)
+    out = tok[:, None] * stride_y_t + head * stride_y_h + offs_p[None, :]
+    tl.store(dy_ptr + out, (dout * z * sig).to(dy_ptr.dtype.element_ty), mask=mask)
+    tl.store(dz_ptr + out, (dout * ypre * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def state_bwd_kernel(
+    dy_ptr, c_ptr, a_ptr, dtp_ptr, s_ptr, states_ptr, dfinal_ptr, dstates_ptr, dh0_ptr, ds_ptr,
+    seq_start_ptr, seq_chunk_ptr,
+    stride_dy_t, stride_dy_h, stride_c_t, stride_c_g,
+    ntokens, nheads, headdim, dstate, heads_per_group,
+    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    pid_p = tl.program_id(2)
+    group = head // heads_per_group
+    t_begin = tl.load(seq_start_ptr + seq)
+    t_end = tl.load(seq_start_ptr + seq + 1)
+    chunk0 = tl.load(seq_chunk_ptr + seq)
+
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_p = offs_p < headdim
+    mask_n = offs_n < dstate
+    tile = offs_p[:, None] * dstate + offs_n[None, :]
+    mask_tile = mask_p[:, None] & mask_n[None, :]
+    state_size = headdim * dstate
+    seq_state = (seq * nheads + head).to(tl.int64) * state_size
+
+    a = tl.load(a_ptr + head).to(tl.float32)
+    if HAS_DFINAL:
+        dh = tl.load(dfinal_ptr + seq_state + tile, mask=mask_tile, other=0.0).to(tl.float32)
+    else:
+        dh = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+
+    steps_per_chunk: tl.constexpr = CHUNK // BLOCK_T
+    nsteps = tl.cdiv(t_end - t_begin, BLOCK_T)
+    for i in range(0, nsteps):
+        step = nsteps - 1 - i
+        local = step // steps_per_chunk
+        if (step % steps_per_chunk == steps_per_chunk - 1) | (step == nsteps - 1):
+            chunk = (chunk0 + local).to(tl.int64)
+            tl.store(dstates_ptr + (chunk * nheads + head) * state_size + tile,
+                     dh.to(dstates_ptr.dtype.element_ty), mask=mask_tile)
+            # the state entering the chunk reaches its end decayed by exp(s_last): <dh, exp(s_last) h_in>
+            h_in = tl.load(states_ptr + (chunk * nheads + head) * state_size + tile, mask=mask_tile,
+                           other=0.0).to(tl.float32)
+            last = head.to(tl.int64) * ntokens + tl.minimum(t_begin + (local + 1) * CHUNK, t_end) - 1
+            decay = tl.exp(tl.load(s_ptr + last))
+            tl.atomic_add(ds_ptr + last, decay * tl.sum(tl.sum(dh * h_in, 1), 0))
+        t0 = (t_begin + step * BLOCK_T).to(tl.int64)
+        mask_t = offs_t < t_end - t0
+        da = tl.load(dtp_ptr + head.to(tl.int64) * ntokens + t0 + offs_t, mask=mask_t, other=0.0) * a
+        cs = tl.cumsum(da, 0)
+        total = tl.sum(da, 0)
+        dy_base = dy_ptr + t0 * stride_dy_t + head * stride_dy_h
+        c_base = c_ptr + t0 * stride_c_t + group * stride_c_g
+        dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :],
+                      mask=mask_t[:, None] & mask_p[None, :], other=0.0)
+        ct = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
+                     mask=mask_t[:, None] & mask_n[None, :], other=0.0)
+        dyw = (dyt.to(tl.float32) * tl.exp(cs)[:, None]).to(ct.dtype)
+        dh = dh * tl.exp(total) + mm(tl.trans(dyw), ct, PREC)
+
+    tl.store(dh0_ptr + seq_state + tile, dh, mask=mask_tile)
+
+
+@triton.jit
+def dt_bwd_kernel(
+    dt_ptr, a_ptr, bias_ptr, dtp_ptr, ds_ptr, dsend_ptr, ddtp_ptr, ddt_ptr, da_ptr, dbias_ptr,
+    chunk_start_ptr, chunk_len_ptr, stride_dt_t, stride_dt_h, stride_ddt_t, stride_ddt_h, ntokens, dt_lo, dt_hi,
+    BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LO: tl.constexpr,
+    HAS_HI: tl.constexpr,
+):
+    chunk = tl.program_id(0)
+    head = tl.program_id(1)
+    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
+    clen = tl.load(chunk_len_ptr + chunk)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < clen
+    row = head.to(tl.int64) * ntokens + c0
+    ds = tl.load(ds_ptr + row + offs, mask=mask, other=0.0)
+    # dL/da_k for the log-decay a_k = dt'_k A: every s_t with t >= k in the chunk contains a_k, and the decay
+    # from token j to the chunk end contains a_k for every j < k
+    send = tl.load(dsend_ptr + row + offs, mask=mask, other=0.0)
+    dlog = tl.sum(ds, 0) - tl.cumsum(ds, 0) + ds + tl.cumsum(send, 0) - send
+    dtp = tl.load(dtp_ptr + row + offs, mask=mask, other=0.0)
+    a = tl.load(a_ptr + head).to(tl.float32)
+    grad = tl.load(ddtp_ptr + row + offs, mask=mask, other=0.0) + a * dlog
+    tl.atomic_add(da_ptr + head, tl.sum(tl.where(mask, dtp * dlog, 0.0), 0))
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + head).to(tl.float32)
+    raw = tl.load(dt_ptr + c0 * stride_dt_t + head * stride_dt_h + offs * stride_dt_t, mask=mask,
+                  other=0.0).to(tl.float32)
+    grad = tl.where(mask, prepare_dt_grad(raw, bias, grad, dt_lo, dt_hi, SOFTPLUS, HAS_LO, HAS_HI), 0.0)
+    tl.store(ddt_ptr + c0 * stride_ddt_t + head * stride_ddt_h + offs * stride_ddt_t,
+             grad.to(ddt_ptr.dtype.element_ty), mask=mask)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + head, tl.sum(grad, 0))

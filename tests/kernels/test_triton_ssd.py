@@ -1,0 +1,162 @@
+"""The Triton SSD scan (archspec.kernels.ssd.ssd_scan_triton) computes the SSD scan and its gradients.
+
+Every check compares with the quadratic float64 reference `ssd_naive` (gradients through autograd on it) by the
+relative Frobenius error, on fresh random inputs, with every torch.empty allocation poisoned with NaN so that an
+element a kernel forgot to write fails the check. Without CUDA the kernels run in the Triton interpreter on tiny
+sizes; with CUDA the same tests run natively, and the `gpu` tests add real sizes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from archspec.kernels.reference import ssd_naive  # noqa: E402
+from archspec.kernels.ssd import ssd_scan_triton  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# Relative Frobenius error allowed (output, per-token gradients, parameter gradients). float32: exact float32 dots
+# ("ieee"), measured ~1e-7. bfloat16/float16: every matmul operand is rounded to 8 (11) mantissa bits, about 2e-3
+# per element, and the chunk states and decay-weighted scores are rounded once more; y and the per-token gradients
+# measured 3e-3..1e-2, the parameter gradients (dA, dD, dt_bias: sums over all tokens) up to ~1.5e-2.
+TOL = {torch.float32: (1e-4, 1e-4, 1e-4), torch.bfloat16: (1.5e-2, 2.5e-2, 6e-2),
+       torch.float16: (5e-3, 1e-2, 3e-2)}
+REDUCED = {"A", "D", "dt_bias"}
+
+
+@pytest.fixture(autouse=True)
+def poison_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every torch.empty / torch.empty_like in the test comes back full of NaN (or -1 for integer dtypes)."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def fill(t: torch.Tensor) -> torch.Tensor:
+        return t.fill_(float("nan") if t.is_floating_point() else -1)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.detach().double() - ref.detach().double()).norm() / ref.detach().double().norm())
+
+
+def _float64_copy(inputs: dict) -> dict:
+    return {k: v.detach().double().requires_grad_(v.requires_grad)
+            if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+
+
+def check_scan(inputs: dict, chunk_size: int, dtype: torch.dtype, grads: bool) -> None:
+    """Runs ours and the float64 reference on the same inputs; compares y, final states and all gradients."""
+    tol_out, tol_grad, tol_reduced = TOL[dtype]
+    ref_inputs = _float64_copy(inputs)
+    y, final = ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **inputs)
+    y_ref, final_ref = ssd_naive(chunk_size=chunk_size, return_final_states=True, **ref_inputs)
+    assert y.dtype == inputs["x"].dtype and final.dtype == torch.float32
+    assert y.shape == y_ref.shape and final.shape == final_ref.shape
+    assert torch.isfinite(y).all() and torch.isfinite(final).all()
+    assert rel_err(y, y_ref) < tol_out, f"y: {rel_err(y, y_ref):.2e}"
+    assert rel_err(final, final_ref) < tol_out, f"final states: {rel_err(final, final_ref):.2e}"
+    if not grads:
+        return
+    dy = torch.randn(y.shape, device=y.device).to(y.dtype)
+    dfinal = torch.randn(final.shape, device=y.device)
+    torch.autograd.backward([y, final], [dy, dfinal])
+    torch.autograd.backward([y_ref, final_ref], [dy.double(), dfinal.double()])
+    for name, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            assert value.grad is not None, f"no gradient for {name}"
+            assert torch.isfinite(value.grad).all(), f"d{name} not finite"
+            err = rel_err(value.grad, ref_inputs[name].grad)
+            tol = tol_reduced if name in REDUCED else tol_grad
+            assert err < tol, f"d{name}: {err:.2e} >= {tol:.0e}"
+
+
+OPTIONS = {
+    "plain": {},
+    "all_options": dict(with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True, dt_limit=(0.002, 0.08),
+                        with_initial_states=True),
+    "D_per_channel_initial": dict(with_D=True, D_has_hdim=True, with_initial_states=True),
+    "softplus_no_bias": dict(dt_softplus=True, with_z=True),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_forward_matches_naive_float32(make_ssd_inputs, name: str) -> None:
+    inputs = make_ssd_inputs(2, 40, 4, 32, 2, 16, torch.float32, DEVICE, **OPTIONS[name])
+    check_scan(inputs, 16, torch.float32, grads=False)
+
+
+@pytest.mark.parametrize("ngroups", [1, 4])
+def test_forward_handles_group_counts_and_odd_sizes(make_ssd_inputs, ngroups: int) -> None:
+    """head_dim and d_state that are not powers of two, ngroups 1 and == nheads, a ragged last chunk."""
+    inputs = make_ssd_inputs(1, 37, 4, 40, ngroups, 24, torch.float32, DEVICE, with_D=True)
+    check_scan(inputs, 16, torch.float32, grads=False)
+
+
+@pytest.mark.parametrize("name", ["plain", "all_options"])
+def test_gradients_match_naive_float32(make_ssd_inputs, name: str) -> None:
+    inputs = make_ssd_inputs(2, 40, 4, 32, 2, 16, torch.float32, DEVICE, requires_grad=True, **OPTIONS[name])
+    check_scan(inputs, 16, torch.float32, grads=True)
+
+
+def test_packed_sequences_match_naive_with_gradients(make_ssd_inputs) -> None:
+    """cu_seqlens: a sequence shorter than a chunk, one ending mid-chunk, per-sequence initial and final states."""
+    inputs = make_ssd_inputs(1, 56, 4, 32, 2, 16, torch.float32, DEVICE, seqlens=[5, 19, 32],
+                             with_initial_states=True, with_D=True, D_has_hdim=True, requires_grad=True)
+    check_scan(inputs, 16, torch.float32, grads=True)
+
+
+def test_bfloat16_matches_naive_with_gradients(make_ssd_inputs) -> None:
+    inputs = make_ssd_inputs(2, 48, 4, 32, 1, 32, torch.bfloat16, DEVICE, requires_grad=True, with_D=True,
+                             with_z=True, with_dt_bias=True, dt_softplus=True)
+    check_scan(inputs, 16, torch.bfloat16, grads=True)
+
+
+def test_float16_forward_matches_naive(make_ssd_inputs) -> None:
+    inputs = make_ssd_inputs(1, 48, 2, 32, 1, 16, torch.float16, DEVICE, with_initial_states=True)
+    check_scan(inputs, 32, torch.float16, grads=False)
+
+
+def test_only_requested_gradients_are_returned(make_ssd_inputs) -> None:
+    inputs = make_ssd_inputs(1, 32, 2, 32, 1, 16, torch.float32, DEVICE, with_D=True)
+    inputs["x"].requires_grad_(True)
+    ssd_scan_triton(chunk_size=16, **inputs).sum().backward()
+    assert inputs["x"].grad is not None
+    assert all(inputs[k].grad is None for k in ("dt", "A", "B", "C", "D"))
+
+
+def test_rejects_chunks_below_sixteen_and_float64(make_ssd_inputs) -> None:
+    inputs = make_ssd_inputs(1, 32, 2, 32, 1, 16, torch.float32, DEVICE)
+    with pytest.raises(ValueError, match="chunk_size"):
+        ssd_scan_triton(chunk_size=8, **inputs)
+    inputs = make_ssd_inputs(1, 32, 2, 32, 1, 16, torch.float64, DEVICE)
+    with pytest.raises(ValueError, match="float64"):
+        ssd_scan_triton(chunk_size=16, **inputs)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("headdim", [32, 64, 128, 256])
+@pytest.mark.parametrize("dstate", [16, 64, 128, 256])
+def test_gpu_bfloat16_all_head_and_state_sizes(make_ssd_inputs, headdim: int, dstate: int) -> None:
+    inputs = make_ssd_inputs(2, 600, 4, headdim, 2, dstate, torch.bfloat16, "cuda", requires_grad=True,
+                             with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True)
+    check_scan(inputs, 256, torch.bfloat16, grads=True)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("chunk_size", [64, 128, 256])
+def test_gpu_float32_packed_sequences_all_options(make_ssd_inputs, chunk_size: int) -> None:
+    inputs = make_ssd_inputs(1, 1000, 8, 64, 2, 128, torch.float32, "cuda", seqlens=[100, 300, 1, 599],
+                             requires_grad=True, with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True,
+                             dt_limit=(0.001, 0.2), with_initial_states=True)
+    check_scan(inputs, chunk_size, torch.float32, grads=True)
