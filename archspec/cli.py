@@ -7,51 +7,13 @@ traceback, exit status 2. FLOP arguments accept plain numbers (``1e12``) and SI 
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from archspec.cliargs import non_negative_int, parse_flops, positive_int
 from archspec.errors import SpecError
-
-_FLOP_SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
-_FLOP_PATTERN = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKMGTPE]?)\s*(?:FLOPS?|flops?)?\s*")
-
-
-def parse_flops(text: str) -> float:
-    """``"1e12"`` -> 1e12, ``"2.5T"`` -> 2.5e12, ``"300G"`` -> 3e11 (K, M, G, T, P, E; k = K). Must be > 0.
-
-    Raises argparse.ArgumentTypeError (a ValueError) naming the text and the accepted forms.
-    """
-    match = _FLOP_PATTERN.fullmatch(text)
-    value = float(match.group(1)) * _FLOP_SUFFIXES[match.group(2).upper()] if match else math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(
-            f"expected a positive FLOP count such as 1e12, 2.5T or 300G, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -148,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="per-layer params, FLOPs/token, decode state and KV-cache bytes")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--seq-len", type=_positive_int, default=None,
+    p.add_argument("--seq-len", type=positive_int, default=None,
                    help="sequence length for FLOPs and KV cache (default: the data section's, else 2048)")
     _add_set(p)
     p.set_defaults(func=cmd_summary)
@@ -157,10 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--out", default=None, help="run directory (default runs/<spec name>)")
     steps = p.add_mutually_exclusive_group()
-    steps.add_argument("--max-steps", type=_positive_int, default=None, help="optimizer steps")
+    steps.add_argument("--max-steps", type=positive_int, default=None, help="optimizer steps")
     steps.add_argument("--budget", type=parse_flops, default=None, metavar="FLOPS",
                        help="training FLOP budget (1e12, 2.5T, 300G); sets the steps")
-    p.add_argument("--seed", type=_non_negative_int, default=None)
+    p.add_argument("--seed", type=non_negative_int, default=None)
     p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
     p.add_argument("--no-resume", action="store_true", help="start over instead of continuing from last.ckpt")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

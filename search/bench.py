@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from matplotlib.figure import Figure
-
 from archspec.search.files import csv_text, write_atomic
 
 DEFAULT_SEQ_LENS = (512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -263,6 +261,8 @@ def _plot(rows: list[dict[str, Any]], config: BenchConfig, device: str, backend:
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(11, 4))
     for i, (key, label) in enumerate((("fwd", "forward"), ("fwd_bwd", "forward + backward"))):
         ax = fig.add_subplot(1, 2, i + 1)

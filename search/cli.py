@@ -13,41 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 512,1024, got {text!r}")
-    return values
-
-
-def _flops(text: str) -> float:
-    from archspec.cli import parse_flops
-
-    return parse_flops(text)
+from archspec.cliargs import int_list, parse_flops, positive_float, positive_int
 
 
 def quiet_training_logs() -> None:
@@ -72,14 +38,14 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("search", metavar="SEARCH.yaml")
     p.add_argument("--out", default=None, help="output folder (default runs/<search name>)")
-    p.add_argument("--n-trials", type=_positive_int, default=None,
+    p.add_argument("--n-trials", type=positive_int, default=None,
                    help="finished trials the study should hold (default: the file's n_trials)")
-    p.add_argument("--timeout", type=_positive_float, default=None, metavar="S", help="stop starting trials after S s")
+    p.add_argument("--timeout", type=positive_float, default=None, metavar="S", help="stop starting trials after S s")
     p.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage: sqlite:///file.db, postgresql://user:pw@host/db or journal:<file> "
                    "(default sqlite:///<out>/study.db)")
     p.add_argument("--study-name", default=None, help="default: the file's study_name, else its name")
-    p.add_argument("--workers", type=_positive_int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="worker processes on this machine, all sharing the storage (default: the file's workers)")
     p.add_argument("--report-only", action="store_true", help="write the report of the stored study, run nothing")
     p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
@@ -159,11 +125,11 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
         "seed for the same training FLOPs; writes compare.md/csv/json and loss-vs-FLOPs plots in --out.",
     )
     p.add_argument("specs", nargs="+", metavar="SPEC")
-    p.add_argument("--budget", type=_flops, required=True, metavar="FLOPS", help="training FLOPs per spec (1e12, 2.5T)")
+    p.add_argument("--budget", type=parse_flops, required=True, metavar="FLOPS", help="training FLOPs per spec (1e12, 2.5T)")
     p.add_argument("--task", default=None, metavar="FILE",
                    help="YAML with a data config (task: ...) or a spec whose data section to use")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-checks", type=_positive_int, default=8, help="validations per run (equal FLOP intervals)")
+    p.add_argument("--val-checks", type=positive_int, default=8, help="validations per run (equal FLOP intervals)")
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
     p.add_argument("--in-process", action="store_true",
@@ -199,12 +165,12 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         "installed, else SDPA) in bf16 at the same d_model and the same tokens per call; writes bench.md/csv/json "
         "and a crossover plot.",
     )
-    p.add_argument("--seq-lens", type=_int_list, default=list(DEFAULT_SEQ_LENS), metavar="L1,L2,...")
-    p.add_argument("--d-model", type=_positive_int, default=2048)
-    p.add_argument("--tokens", type=_positive_int, default=65536, help="batch x seqlen per call")
-    p.add_argument("--d-state", type=_positive_int, default=128)
-    p.add_argument("--head-dim", type=_positive_int, default=64, help="SSD head dim")
-    p.add_argument("--attn-head-dim", type=_positive_int, default=128)
+    p.add_argument("--seq-lens", type=int_list, default=list(DEFAULT_SEQ_LENS), metavar="L1,L2,...")
+    p.add_argument("--d-model", type=positive_int, default=2048)
+    p.add_argument("--tokens", type=positive_int, default=65536, help="batch x seqlen per call")
+    p.add_argument("--d-state", type=positive_int, default=128)
+    p.add_argument("--head-dim", type=positive_int, default=64, help="SSD head dim")
+    p.add_argument("--attn-head-dim", type=positive_int, default=128)
     p.add_argument("--core", action="store_true",
                    help="time the bare ssd_scan against causal attention, without the mixers' projections")
     p.add_argument("--out", default="runs/bench")

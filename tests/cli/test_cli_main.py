@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from archspec.accounting import account, steps_for_budget
-from archspec.cli import build_parser, main, parse_flops
+from archspec.cli import build_parser, main
+from archspec.cliargs import parse_flops
 from archspec.layout import describe_layout, expand_layout
 from archspec.loader import load_spec
 from archspec.training import claim_out_dir, resolve_run_spec
