@@ -543,34 +543,13 @@ def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Mo
     source = os.path.normpath(os.fspath(path))
     data, locs = load_yaml_tree(source)
     apply_overrides(data, overrides, locs)
-    return _validate_spec(data, source, locs)
+    return validate_model(ModelSpec, data, source=source, linemap=locs)
 
 
 def spec_from_dict(data: dict[str, Any], source: str = "<dict>") -> ModelSpec:
     """Validate a plain mapping as a ModelSpec (no ``extends``); errors name ``source``. Raises SpecError."""
-    return _validate_spec(data, source, {})
+    return validate_model(ModelSpec, data, source=source, linemap={})
 
-
-def _validate_spec(data: Any, source: str, locs: Linemap) -> ModelSpec:
-    spec = validate_model(ModelSpec, data, source=source, linemap=locs)
-    if spec.data is not None:
-        _check_data_vocab(spec, source, locs)
-    return spec
-
-
-def _check_data_vocab(spec: ModelSpec, source: str, locs: Linemap) -> None:
-    from archspec.data import task_vocab_size  # imports torch: only when a data task is set
-
-    need = task_vocab_size(spec.data)
-    if spec.vocab_size < need:
-        where, line = _locate(("vocab_size",), locs, source)
-        raise SpecError(
-            f"{spec.vocab_size} does not cover the {spec.data.task} task's vocabulary of {need} tokens",
-            source=where,
-            line=line,
-            field="vocab_size",
-            hint=f"set vocab_size to at least {need}",
-        )
 
 
 def dump_spec(spec: ModelSpec, path: str | os.PathLike[str] | None = None) -> str:

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from archspec.data.config import DataConfig
+from archspec.data.config import DataConfig, task_vocab_size
 from archspec.errors import FieldError
 
 __all__ = [
@@ -341,6 +341,11 @@ class ModelSpec(_Strict):
                 except ValueError as err:
                     raise FieldError(("blocks", symbol), str(err)) from None
         expand(self.layout, self.blocks)
+        if self.data is not None and self.vocab_size < task_vocab_size(self.data):
+            need = task_vocab_size(self.data)
+            raise FieldError(("vocab_size",),
+                             f"{self.vocab_size} does not cover the {self.data.task} task's vocabulary of {need} tokens",
+                             f"set vocab_size to at least {need}")
         return self
 
     @property

@@ -22,11 +22,11 @@ from archspec.data.config import (
     TextConfig,
     TokensConfig,
     parse_data_config,
+    task_vocab_size,
 )
 
 _LAZY = {
     "make_dataset": "archspec.data.factory",
-    "task_vocab_size": "archspec.data.factory",
     "generate_examples": "archspec.data.synthetic",
     "SyntheticDataset": "archspec.data.synthetic",
     "masked_accuracy": "archspec.data.metrics",

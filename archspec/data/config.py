@@ -278,3 +278,10 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(DataConfig)
 def parse_data_config(data: Any) -> Any:
     """Validate a mapping (e.g. a YAML section) into the matching task config; raises pydantic.ValidationError."""
     return _ADAPTER.validate_python(data)
+
+def task_vocab_size(config: Any) -> int:
+    """Embedding rows a model needs for `config`: every input and target id is below it (specials included)."""
+    vocab_size = getattr(config, "vocab_size", None)
+    if not isinstance(vocab_size, int):
+        raise ValueError(f"config: expected a DataConfig with an int vocab_size, got {type(config).__name__}")
+    return vocab_size

@@ -30,9 +30,3 @@ def make_dataset(config: Any, split: str, seed: int) -> Dataset:
     raise ValueError(f"config: expected a DataConfig, got {type(config).__name__}")
 
 
-def task_vocab_size(config: Any) -> int:
-    """Embedding rows a model needs for `config`: every input and target id is below it (specials included)."""
-    vocab_size = getattr(config, "vocab_size", None)
-    if not isinstance(vocab_size, int):
-        raise ValueError(f"config: expected a DataConfig with an int vocab_size, got {type(config).__name__}")
-    return vocab_size

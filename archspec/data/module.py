@@ -8,7 +8,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from archspec.data.factory import make_dataset, task_vocab_size
+from archspec.data.config import task_vocab_size
+from archspec.data.factory import make_dataset
 from archspec.data.seeding import derive_seed
 
 

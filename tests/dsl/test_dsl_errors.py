@@ -192,6 +192,16 @@ def test_vocab_must_cover_the_data_task(write) -> None:
     )
 
 
+def test_vocab_rule_holds_for_specs_built_in_python() -> None:
+    from pydantic import ValidationError
+
+    from archspec.spec import ModelSpec
+
+    with pytest.raises(ValidationError, match="128 does not cover the mqar task's vocabulary of 256 tokens"):
+        ModelSpec(name="tiny", d_model=64, vocab_size=128, blocks={"F": {"type": "mlp"}}, layout="F",
+                  data={"task": "mqar", "vocab_size": 256, "seq_len": 64, "num_kv_pairs": 8})
+
+
 def test_yaml_syntax_error_names_line_and_column(write) -> None:
     path = write("s.yaml", TINY.replace("    n_heads: 2", "    n_heads: [2"))
     assert str(error_of(path)) == f"{path}:13: YAML syntax error at column 4: expected ',' or ']', but got ':'"
