@@ -9,26 +9,11 @@ from torch import nn
 
 from archspec.blocks.cache import Mamba2Cache
 from archspec.blocks.norm import RMSNormGated
-from archspec.blocks.packing import check_cu_seqlens, positions_in_sequence
+from archspec.blocks.packing import check_cu_seqlens
 from archspec.kernels import ssd_scan, ssd_step
+from archspec.kernels.conv import causal_conv1d
 
 SSD_BACKENDS = ("auto", "triton", "torch")
-
-
-def causal_conv_packed(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cu_seqlens: torch.Tensor
-) -> torch.Tensor:
-    """Causal depthwise conv over packed sequences that never reads across a sequence start.
-
-    x (1, channels, seqlen); weight (channels, 1, d_conv); bias (channels,) or None -> (1, channels, seqlen).
-    """
-    seqlen, d_conv = x.shape[-1], weight.shape[-1]
-    pos = positions_in_sequence(cu_seqlens, seqlen)
-    out = torch.zeros_like(x)
-    for lag in range(d_conv):
-        shifted = F.pad(x, (lag, 0))[..., :seqlen] * (pos >= lag).to(x.dtype)
-        out = out + weight[:, :, d_conv - 1 - lag].to(x.dtype) * shifted
-    return out if bias is None else out + bias[:, None].to(x.dtype)
 
 
 class Mamba2Mixer(nn.Module):
@@ -179,18 +164,15 @@ class Mamba2Mixer(nn.Module):
                 C.unflatten(-1, (self.ngroups, self.d_state)))
 
     def _conv(self, xBC: torch.Tensor, cache: Mamba2Cache | None, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
-        """Causal depthwise conv + SiLU over xBC (batch, seqlen, conv_dim); updates cache.conv_state."""
-        seqlen = xBC.shape[1]
-        xt = xBC.transpose(1, 2)
-        if cu_seqlens is not None:
-            out = causal_conv_packed(xt, self.conv1d.weight, self.conv1d.bias, cu_seqlens)
-        elif cache is None:
-            out = self.conv1d(xt)[..., :seqlen]
-        else:
-            history = torch.cat([cache.conv_state.to(xt.dtype), xt], dim=-1)
-            out = F.conv1d(history[..., 1:], self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
-            cache.conv_state.copy_(history[..., -self.d_conv:])
-        return F.silu(out).transpose(1, 2)
+        """Causal depthwise conv + SiLU over xBC (batch, seqlen, conv_dim) -> (batch, seqlen, conv_dim) with unit
+        last stride; with a cache, continues from and updates cache.conv_state."""
+        weight, bias = self.conv1d.weight[:, 0, :], self.conv1d.bias
+        if cache is None:
+            return causal_conv1d(xBC, weight, bias, activation="silu", cu_seqlens=cu_seqlens, backend=self.backend)
+        history = torch.cat([cache.conv_state.transpose(1, 2).to(xBC.dtype), xBC], dim=1)
+        out = causal_conv1d(history[:, 1:], weight, bias, activation="silu", backend=self.backend)
+        cache.conv_state.copy_(history[:, -self.d_conv:].transpose(1, 2))
+        return out[:, self.d_conv - 1:]
 
     def _scan(self, z, xBC, dt, cache: Mamba2Cache | None, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
         x, B, C = self._split_xBC(self._conv(xBC, cache, cu_seqlens))
