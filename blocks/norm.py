@@ -2,6 +2,7 @@
 
 All of them compute in float32 (float64 for float64 inputs) and return the input's dtype, so a float32
 residual stream can be normalised with half-precision weights (and the other way round) without a dtype clash.
+The RMSNorms go through archspec.kernels.norm.rms_norm: the fused Triton kernels on CUDA, PyTorch on the CPU.
 """
 from __future__ import annotations
 
@@ -9,17 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archspec.kernels.norm import rms_norm
+
 NORM_KINDS = ("rmsnorm", "layernorm")
 
 
 def _upcast(t: torch.Tensor) -> torch.Tensor:
     """t in float32, or float64 when it already is."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-def _rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """x * rsqrt(mean(x^2, -1) + eps), in x's dtype (callers pass float32)."""
-    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
 class RMSNorm(nn.Module):
@@ -40,9 +38,7 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = _upcast(x)
-        y = _rms_normalize(h, self.eps) * self.weight.to(h.dtype)
-        return y.to(x.dtype)
+        return rms_norm(x, self.weight, eps=self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.d}, eps={self.eps}"
@@ -81,15 +77,8 @@ class RMSNormGated(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        h = _upcast(x)
-        gate = None if z is None else F.silu(z.to(h.dtype))
-        if gate is not None and not self.norm_before_gate:
-            h = h * gate
-        grouped = h.unflatten(-1, (self.d // self.group_size, self.group_size))
-        h = _rms_normalize(grouped, self.eps).flatten(-2) * self.weight.to(h.dtype)
-        if gate is not None and self.norm_before_gate:
-            h = h * gate
-        return h.to(x.dtype)
+        return rms_norm(x, self.weight, z=z, eps=self.eps, group_size=self.group_size,
+                        norm_before_gate=self.norm_before_gate)
 
     def extra_repr(self) -> str:
         return f"{self.d}, eps={self.eps}, group_size={self.group_size}, norm_before_gate={self.norm_before_gate}"
