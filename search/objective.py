@@ -24,26 +24,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from archspec.loader import dump_spec
-from archspec.search.searchspec import STATIC_METRICS, SearchSpec
+from archspec.search.searchspec import RESULT_ATTRS, STATIC_METRICS, SearchSpec
 from archspec.search.space import Infeasible, concrete_spec, static_metrics, suggest, violations
 from archspec.training import train
 
 TRACEBACK_LINES = 12
 """Lines of the formatted traceback kept in a failed trial's ``traceback`` user attr."""
-
-RESULT_ATTRS = (
-    "steps",
-    "tokens",
-    "train_flops",
-    "val_loss",
-    "val_accuracy",
-    "best_val_loss",
-    "tokens_per_second",
-    "peak_memory_bytes",
-    "wall_seconds",
-)
-"""TrainResult fields copied into the trial's user attrs."""
-
 
 class BudgetPruningCallback(pl.Callback):
     """Reports ``monitor`` to the trial at each validation and stops the trial when the pruner says so.

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from archspec.loader import dump_spec, spec_from_dict
 from archspec.search.files import csv_text, write_atomic
-from archspec.search.searchspec import SearchSpec
+from archspec.search.searchspec import RESULT_ATTRS, SearchSpec
 
 ATTR_COLUMNS = (
     "layout",
@@ -38,15 +38,7 @@ ATTR_COLUMNS = (
     "non_embedding_params",
     "train_flops_per_token",
     "decode_state_bytes",
-    "steps",
-    "tokens",
-    "train_flops",
-    "val_loss",
-    "val_accuracy",
-    "best_val_loss",
-    "tokens_per_second",
-    "peak_memory_bytes",
-    "wall_seconds",
+    *RESULT_ATTRS,
     "infeasible",
     "error",
 )

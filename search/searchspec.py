@@ -46,6 +46,19 @@ STATIC_METRICS = (
 )
 """Metrics known from the spec and the accounting before training (objectives and constraints)."""
 
+RESULT_ATTRS = (
+    "steps",
+    "tokens",
+    "train_flops",
+    "val_loss",
+    "val_accuracy",
+    "best_val_loss",
+    "tokens_per_second",
+    "peak_memory_bytes",
+    "wall_seconds",
+)
+"""TrainResult fields copied into the trial's user attrs."""
+
 DEFAULT_DIRECTIONS = {"val_accuracy": "maximize", "tokens_per_second": "maximize"}
 
 Scalar = Union[bool, int, float, str, None]

