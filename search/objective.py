@@ -5,13 +5,14 @@ infeasible (pruned, with the reason in the ``infeasible`` user attr), trains thr
 ``archspec.training.train`` with ``budget_flops`` (so every trial spends the same training FLOPs, to within
 one optimizer step) and returns the objective values. An exception inside a trial is recorded in the
 ``error`` and ``traceback`` user attrs before Optuna marks the trial failed; an interrupted trial (Ctrl-C)
-gets ``interrupted: True`` so a resumed study does not count it. A trial whose values equal those of an
-earlier complete trial reuses its result (training is deterministic given spec, data and seed) and names it
-in ``duplicate_of``.
+gets ``interrupted: True`` so a resumed study does not count it. A trial that builds the same model as an
+earlier complete trial (the same layer list and fields, however its values spelled them) reuses its result
+(training is deterministic given spec, data and seed) and names it in ``duplicate_of``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import socket
@@ -23,7 +24,9 @@ import lightning.pytorch as pl
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from archspec.layout import expand_layout
 from archspec.loader import dump_spec
+from archspec.spec import ModelSpec
 from archspec.search.searchspec import RESULT_ATTRS, STATIC_METRICS, SearchSpec
 from archspec.search.space import Infeasible, concrete_spec, static_metrics, suggest, violations
 from archspec.training import train
@@ -97,12 +100,6 @@ def _run_trial(
     trial: optuna.Trial, search: SearchSpec, trial_dir: Path, accelerator: str
 ) -> float | tuple[float, ...]:
     values = suggest(trial, search)
-    twin = _completed_twin(trial)
-    if twin is not None:
-        for key, value in twin.user_attrs.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("duplicate_of", twin.number)
-        return twin.values[0] if len(twin.values) == 1 else tuple(twin.values)
     try:
         spec = concrete_spec(search, values, name=f"{search.name}-trial{trial.number}")
         metrics = static_metrics(search, spec)
@@ -110,6 +107,7 @@ def _run_trial(
         spec.training.seed = search.seed
         spec.training.val_every_steps = max(1, math.ceil(metrics["steps"] / search.val_checks))
         trial.set_user_attr("spec_yaml", dump_spec(spec))
+        trial.set_user_attr("architecture", _architecture_key(spec))
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         broken = violations(search, metrics)
@@ -118,6 +116,13 @@ def _run_trial(
     except Infeasible as err:
         trial.set_user_attr("infeasible", err.reason)
         raise optuna.TrialPruned(f"infeasible: {err.reason}") from None
+    twin = _completed_twin(trial, _architecture_key(spec))
+    if twin is not None:
+        for key, value in twin.user_attrs.items():
+            if key != "spec_yaml":
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("duplicate_of", twin.number)
+        return twin.values[0] if len(twin.values) == 1 else tuple(twin.values)
 
     callbacks = []
     if search.pruning:
@@ -149,10 +154,18 @@ def _run_trial(
     return scores[0] if len(scores) == 1 else tuple(scores)
 
 
-def _completed_twin(trial: optuna.Trial) -> FrozenTrial | None:
-    """An earlier complete trial with the same values: its result is reused (same spec, data and seed)."""
+def _architecture_key(spec: ModelSpec) -> str:
+    """A digest of the complete trial spec, with its layout expanded to the layer list and without its name: equal
+    keys train identically (same data, seed and budget), however the layout was written."""
+    canonical = spec.model_copy(update={"name": "trial", "layout": expand_layout(spec)})
+    return hashlib.sha256(dump_spec(canonical).encode()).hexdigest()[:20]
+
+
+def _completed_twin(trial: optuna.Trial, key: str) -> FrozenTrial | None:
+    """An earlier complete trial of the same architecture (sampled values that build the same model, e.g. any
+    placement of no attention layers): its result is reused."""
     for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if other.params == trial.params and "duplicate_of" not in other.user_attrs:
+        if other.user_attrs.get("architecture") == key and "duplicate_of" not in other.user_attrs:
             return other
     return None
 

@@ -78,6 +78,21 @@ def test_a_trial_repeating_earlier_values_reuses_their_result(tmp_path, monkeypa
     assert len(calls) == 1 and second.user_attrs["duplicate_of"] == 0 and second.values == first.values
 
 
+def test_values_that_build_the_same_model_reuse_its_result(tmp_path, monkeypatch):
+    # with no attention layer the placement changes nothing: "start" and "end" build the same model
+    calls = []
+    monkeypatch.setattr(objective_module, "train", lambda spec, **kw: calls.append(1) or fake_train(spec, **kw))
+    search = load_search(write_yaml(tmp_path / "s.yaml", tiny_search(
+        space={"attention_ratio": {"choices": [0.0]}, "placement": {"choices": ["start", "end"]}},
+        sampler={"type": "grid"}, n_trials=2,
+    )))
+    study = run_search(search, tmp_path / "out", progress_bar=False)
+    first, second = study.get_trials()
+    assert first.params["placement"] != second.params["placement"]
+    assert len(calls) == 1 and second.user_attrs["duplicate_of"] == 0 and second.values == first.values
+    assert second.user_attrs["spec_yaml"] != first.user_attrs["spec_yaml"]  # each keeps its own (named) spec
+
+
 def test_a_trial_that_raises_is_recorded_failed_with_its_error_and_the_study_goes_on(tmp_path, monkeypatch):
     def train_or_fail(spec, **kwargs):
         if spec.blocks["M"].d_state == 16:
