@@ -11,7 +11,7 @@ from archspec.blocks.cache import Mamba2Cache
 from archspec.blocks.norm import RMSNormGated
 from archspec.blocks.packing import check_cu_seqlens
 from archspec.kernels import ssd_scan, ssd_step
-from archspec.kernels.conv import causal_conv1d
+from archspec.kernels.conv import MAX_D_CONV, causal_conv1d
 
 SSD_BACKENDS = ("auto", "triton", "torch")
 
@@ -62,8 +62,8 @@ class Mamba2Mixer(nn.Module):
             raise ValueError(f"ngroups: expected a divisor of nheads = d_inner / head_dim = {nheads}, got {ngroups}")
         if d_state <= 0:
             raise ValueError(f"d_state: expected a positive integer, got {d_state}")
-        if d_conv <= 0:
-            raise ValueError(f"d_conv: expected a positive integer, got {d_conv}")
+        if not 1 <= d_conv <= MAX_D_CONV:
+            raise ValueError(f"d_conv: expected an integer from 1 to {MAX_D_CONV} (the conv kernel's limit), got {d_conv}")
         if chunk_size <= 0:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
         if not 0 < A_init_range[0] <= A_init_range[1]:

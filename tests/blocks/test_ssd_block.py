@@ -201,6 +201,8 @@ def test_gradients_reach_every_parameter(name):
     (dict(d_model=32, head_dim=16, expand=1.3), "expand"),
     (dict(d_model=32, head_dim=16, chunk_size=0), "chunk_size"),
     (dict(d_model=32, head_dim=16, dt_min=0.2, dt_max=0.1), "dt_min"),
+    (dict(d_model=32, head_dim=16, d_conv=9), "d_conv"),
+    (dict(d_model=32, head_dim=16, d_conv=0), "d_conv"),
 ])
 def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
