@@ -224,4 +224,5 @@ def causal_conv1d_triton(
     seqlen, channels = x.shape[1], x.shape[2]
     pos = None if cu_seqlens is None else positions_in_sequences(cu_seqlens, seqlen)
     tiles = default_tiles(seqlen, channels) if tiles is None else tiles
+    bias = bias.contiguous() if bias is not None else None  # the kernels read bias[c] at c
     return _CausalConv1d.apply(x, weight, bias, pos, activation == "silu", tiles)

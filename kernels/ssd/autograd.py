@@ -16,6 +16,8 @@ from .layout import ChunkTable, build_chunk_table
 __all__ = ["ssd_scan_triton"]
 
 _NO_LIMIT = (0.0, float("inf"))
+# The per-chunk kernels put the chunk index on launch grid axis 2, which CUDA caps at 65535.
+_MAX_CHUNKS = 65535
 
 
 class _SSDScan(torch.autograd.Function):
@@ -57,6 +59,11 @@ def _unit_last_stride(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _dense(t: Optional[Tensor]) -> Optional[Tensor]:
+    """The kernels index the per-head parameters A, D, dt_bias as dense arrays (head * headdim + p)."""
+    return t.contiguous() if t is not None else None
+
+
 def ssd_scan_triton(
     x: Tensor,
     dt: Tensor,
@@ -81,7 +88,8 @@ def ssd_scan_triton(
     nheads, headdim, dstate); cu_seqlens (nseqs + 1,) with batch 1. chunk_size: a power of two >= 16.
     Matmul operands are in x.dtype (B, C, z cast to it), accumulation in float32.
     Returns y (batch, seqlen, nheads, headdim) in x.dtype, or (y, final_states float32).
-    With cu_seqlens the chunk layout is read back to the host (one device sync).
+    With cu_seqlens the chunk layout is read back to the host (one device sync). At most 65535 chunks per call
+    (sequences are chunked separately, so nchunks = sum of ceil(length / chunk_size)).
     """
     batch, seqlen, nheads, headdim, ngroups, dstate = check_ssd_inputs(
         x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_limit=dt_limit, initial_states=initial_states,
@@ -91,14 +99,17 @@ def ssd_scan_triton(
     if x.dtype == torch.float64:
         raise ValueError("x must be float32, float16 or bfloat16 for the Triton kernels, got torch.float64")
     table = build_chunk_table(batch, seqlen, chunk_size, cu_seqlens, x.device)
+    if table.nchunks > _MAX_CHUNKS:
+        raise ValueError(f"the call has {table.nchunks} chunks of {chunk_size} tokens, more than the {_MAX_CHUNKS} "
+                         "the Triton kernels can launch; use a larger chunk_size or split the batch")
     ntokens = batch * seqlen
     flat = (ntokens, nheads, headdim)
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
     y, final = _SSDScan.apply(
-        _unit_last_stride(x.reshape(flat)), _unit_last_stride(dt.reshape(ntokens, nheads)), A,
+        _unit_last_stride(x.reshape(flat)), _unit_last_stride(dt.reshape(ntokens, nheads)), _dense(A),
         _unit_last_stride(B.to(x.dtype).reshape(ntokens, ngroups, dstate)),
         _unit_last_stride(C.to(x.dtype).reshape(ntokens, ngroups, dstate)),
-        D, _unit_last_stride(z.reshape(flat)) if z is not None else None, dt_bias, initial_states, table,
-        bool(dt_softplus), (lo, hi))
+        _dense(D), _unit_last_stride(z.reshape(flat)) if z is not None else None, _dense(dt_bias), initial_states,
+        table, bool(dt_softplus), (lo, hi))
     y = y.reshape(batch, seqlen, nheads, headdim)
     return (y, final) if return_final_states else y

@@ -40,7 +40,7 @@ def _dx_kernel(
     BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PREC: tl.constexpr,
 ):
     blocks_p = tl.cdiv(headdim, BLOCK_P)
-    head = tl.program_id(0) // blocks_p
+    head = (tl.program_id(0) // blocks_p).to(tl.int64)  # times a head stride: may pass 2^31
     pid_p = tl.program_id(0) % blocks_p
     pid_j = tl.program_id(1)
     chunk = tl.program_id(2).to(tl.int64)
@@ -132,7 +132,7 @@ def _dcb_kernel(
     tiles_k: tl.constexpr = CHUNK // BLOCK_K
     pid_m = tl.program_id(0) // tiles_k
     pid_k = tl.program_id(0) % tiles_k
-    group = tl.program_id(1)
+    group = tl.program_id(1).to(tl.int64)
     chunk = tl.program_id(2)
     c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
     clen = tl.load(chunk_len_ptr + chunk)
@@ -185,7 +185,7 @@ def _dbc_kernel(
     blocks_n = tl.cdiv(dstate, BLOCK_N)
     pid_r = tl.program_id(0) // blocks_n
     pid_n = tl.program_id(0) % blocks_n
-    group = tl.program_id(1)
+    group = tl.program_id(1).to(tl.int64)
     chunk = tl.program_id(2).to(tl.int64)
     c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
     clen = tl.load(chunk_len_ptr + chunk)

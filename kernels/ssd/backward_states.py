@@ -28,7 +28,7 @@ def gate_bwd_kernel(
     stride_o_t, stride_o_h, stride_z_t, stride_z_h, stride_y_t, stride_y_h,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    head = tl.program_id(1)
+    head = tl.program_id(1).to(tl.int64)  # times a head stride: may pass 2^31
     tok = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
     offs_p = tl.arange(0, BLOCK_P)
     mask = (tok < ntokens)[:, None] & (offs_p < headdim)[None, :]
@@ -54,7 +54,7 @@ def state_bwd_kernel(
     HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
 ):
     seq = tl.program_id(0)
-    head = tl.program_id(1)
+    head = tl.program_id(1).to(tl.int64)
     pid_p = tl.program_id(2)
     group = head // heads_per_group
     t_begin = tl.load(seq_start_ptr + seq)
@@ -117,7 +117,7 @@ def dt_bwd_kernel(
     HAS_HI: tl.constexpr,
 ):
     chunk = tl.program_id(0)
-    head = tl.program_id(1)
+    head = tl.program_id(1).to(tl.int64)
     c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
     clen = tl.load(chunk_len_ptr + chunk)
     offs = tl.arange(0, BLOCK)

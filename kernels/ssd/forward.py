@@ -39,7 +39,7 @@ def _state_fwd_kernel(
     HAS_H0: tl.constexpr, PREC: tl.constexpr,
 ):
     seq = tl.program_id(0)
-    head = tl.program_id(1)
+    head = tl.program_id(1).to(tl.int64)  # head * stride_x_h passes 2^31 for head-major x of 1M tokens
     pid_p = tl.program_id(2)
     group = head // heads_per_group
     t_begin = tl.load(seq_start_ptr + seq)
@@ -112,7 +112,7 @@ def _cb_kernel(
     tiles_k: tl.constexpr = CHUNK // BLOCK_K
     pid_m = tl.program_id(0) // tiles_k
     pid_k = tl.program_id(0) % tiles_k
-    group = tl.program_id(1)
+    group = tl.program_id(1).to(tl.int64)
     chunk = tl.program_id(2)
     c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
     clen = tl.load(chunk_len_ptr + chunk)
@@ -148,7 +148,7 @@ def _scan_fwd_kernel(
     PREC: tl.constexpr,
 ):
     blocks_p = tl.cdiv(headdim, BLOCK_P)
-    head = tl.program_id(0) // blocks_p
+    head = (tl.program_id(0) // blocks_p).to(tl.int64)
     pid_p = tl.program_id(0) % blocks_p
     pid_m = tl.program_id(1)
     chunk = tl.program_id(2).to(tl.int64)

@@ -30,7 +30,7 @@ def _step_kernel(
     HAS_HI: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1)
+    head = tl.program_id(1).to(tl.int64)
     offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     mask_p = offs_p < headdim
@@ -88,8 +88,8 @@ def ssd_step_triton(
     if state.stride(-1) != 1:
         raise ValueError(f"state must have a unit stride along dstate to be updated in place, got {state.stride()}")
     has_lo, has_hi, lo, hi = dt_limit_flags((float(dt_limit[0]), float(dt_limit[1])))
-    x, B, C = x.contiguous(), B.contiguous(), C.contiguous()
-    z = z.contiguous() if z is not None else None
+    x, B, C, A = x.contiguous(), B.contiguous(), C.contiguous(), A.contiguous()
+    z, D, dt_bias = (t.contiguous() if t is not None else None for t in (z, D, dt_bias))
     y = torch.empty_like(x)
     block_n = pow2(dstate)
     block_p = min(pow2(headdim), max(16, 4096 // block_n))

@@ -134,6 +134,25 @@ def test_bfloat16_output_and_gradients_match_float64_loop(backend: str, case: Ca
     check_forward_and_gradients(backend, case, torch.bfloat16)
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_strided_weight_and_bias_match_float64_loop(backend: str) -> None:
+    """weight and bias as column views of one (channels, d_conv + 1) parameter: strided along channels."""
+    channels, d_conv = 40, 4
+    packed = torch.randn(channels, d_conv + 1, device=DEVICE, requires_grad=True)
+    weight, bias = packed[:, :d_conv], packed[:, d_conv]
+    assert bias.stride() == (d_conv + 1,)
+    x = torch.randn(2, 37, channels, device=DEVICE, requires_grad=True)
+    inputs = {"x": x, "weight": weight, "bias": bias, "activation": "silu", "cu_seqlens": None}
+    y = run(backend, inputs)
+    ref = loop_conv(**inputs)
+    assert rel_err(y, ref) < TOL[torch.float32]
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, packed], dy)
+    ref_grads = torch.autograd.grad(ref, [x, packed], dy.double())
+    for name, g, r in zip(("dx", "dweight and dbias"), grads, ref_grads):
+        assert rel_err(g, r) < TOL[torch.float32], name
+
+
 def test_reference_works_in_float64() -> None:
     inputs = make_inputs(CASES[6], torch.float64, device="cpu")
     y = causal_conv1d_reference(**inputs)

@@ -103,6 +103,77 @@ def test_packed_sequences_match_naive_with_gradients(make_ssd_inputs) -> None:
     check_scan(inputs, 16, torch.float32, grads=True)
 
 
+@pytest.mark.parametrize("seqlen", [1, 7])
+def test_sequences_shorter_than_a_chunk_match_naive_with_gradients(make_ssd_inputs, seqlen: int) -> None:
+    inputs = make_ssd_inputs(2, seqlen, 2, 32, 1, 16, torch.float32, DEVICE, requires_grad=True, with_D=True,
+                             with_z=True, with_initial_states=True)
+    check_scan(inputs, 16, torch.float32, grads=True)
+
+
+def test_in_proj_slices_and_strided_parameters_match_naive_with_gradients(make_ssd_inputs) -> None:
+    """x, z, B, C, dt as views of one in_proj-like output (unit last stride, strided elsewhere); A and dt_bias
+    columns of a wider parameter, D (nheads, headdim) column-major, initial_states with dstate not innermost."""
+    batch, seqlen, nheads, headdim, ngroups, dstate = 2, 40, 2, 32, 1, 16
+    inputs = make_ssd_inputs(batch, seqlen, nheads, headdim, ngroups, dstate, torch.float32, DEVICE,
+                             with_D=True, D_has_hdim=True, with_z=True, with_dt_bias=True, dt_softplus=True,
+                             with_initial_states=True)
+    widths = {"z": nheads * headdim, "x": nheads * headdim, "B": ngroups * dstate, "C": ngroups * dstate,
+              "dt": nheads}
+    pad = torch.zeros(batch, seqlen, 3, device=DEVICE)
+    packed = torch.cat([inputs[k].reshape(batch, seqlen, -1) for k in widths] + [pad], -1)
+    for k, view in zip(widths, packed.split(list(widths.values()) + [3], -1)):
+        inputs[k] = view.reshape(inputs[k].shape)
+        assert inputs[k].stride(-1) == 1 and not inputs[k].is_contiguous()
+    inputs["A"] = torch.stack([inputs["A"], torch.zeros(nheads, device=DEVICE)], 1)[:, 0]
+    inputs["dt_bias"] = torch.stack([inputs["dt_bias"], torch.zeros(nheads, device=DEVICE)], 1)[:, 0]
+    inputs["D"] = inputs["D"].t().contiguous().t()
+    inputs["initial_states"] = inputs["initial_states"].transpose(2, 3).contiguous().transpose(2, 3)
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor):
+            inputs[k] = v.detach().requires_grad_(True)  # leaves that keep their strides
+    assert inputs["A"].stride() == (2,) and inputs["D"].stride() == (1, nheads)
+    check_scan(inputs, 16, torch.float32, grads=True)
+
+
+def test_head_major_views_match_naive_with_gradients(make_ssd_inputs) -> None:
+    """x, z, dt, B, C as (batch 1) transposes of head-major storage: the kernels get them without a copy, with
+    head and group strides of seqlen * headdim (a 32-bit overflow at 1M tokens before the int64 head index)."""
+    inputs = make_ssd_inputs(1, 40, 2, 32, 2, 16, torch.float32, DEVICE, with_z=True, with_D=True)
+    for k in ("x", "z", "dt", "B", "C"):
+        head_major = inputs[k].transpose(1, 2).contiguous()
+        inputs[k] = head_major.transpose(1, 2).detach().requires_grad_(True)
+    for k in ("A", "D"):
+        inputs[k].requires_grad_(True)
+    assert inputs["x"].reshape(40, 2, 32).stride(1) == 40 * 32  # the flattened view keeps the head stride
+    assert inputs["B"].reshape(40, 2, 16).stride(1) == 40 * 16
+    check_scan(inputs, 16, torch.float32, grads=True)
+
+
+def test_batch_above_one_with_cu_seqlens_is_rejected(make_ssd_inputs) -> None:
+    inputs = make_ssd_inputs(1, 20, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=[5, 15])
+    for k in ("x", "dt", "B", "C"):
+        inputs[k] = torch.cat([inputs[k], inputs[k]])
+    with pytest.raises(ValueError, match="batch must be 1"):
+        ssd_scan_triton(chunk_size=16, **inputs)
+
+
+def test_more_chunks_than_one_launch_can_hold_is_rejected_clearly() -> None:
+    """65536 chunks of 16 tokens exceed CUDA's 65535 grid limit on the chunk axis (broadcast inputs, no memory)."""
+    seqlen = 65536 * 16
+    zero = torch.zeros((), device=DEVICE)
+    x, dt, B = zero.expand(1, seqlen, 1, 16), zero.expand(1, seqlen, 1), zero.expand(1, seqlen, 1, 16)
+    with pytest.raises(ValueError, match="65536 chunks"):
+        ssd_scan_triton(x, dt, -torch.ones(1, device=DEVICE), B, B, chunk_size=16)
+
+
+def test_chunk_256_spanning_several_token_tiles_matches_naive_with_gradients(make_ssd_inputs) -> None:
+    """chunk 256: the state kernels take two 128-token steps per chunk and the chunk kernels 4 x 4 tiles of 64;
+    packed sequences end mid-step, mid-tile and after one token."""
+    inputs = make_ssd_inputs(1, 400, 1, 32, 1, 16, torch.float32, DEVICE, seqlens=[130, 1, 269],
+                             with_initial_states=True, requires_grad=True)
+    check_scan(inputs, 256, torch.float32, grads=True)
+
+
 def test_bfloat16_matches_naive_with_gradients(make_ssd_inputs) -> None:
     inputs = make_ssd_inputs(2, 48, 4, 32, 1, 32, torch.bfloat16, DEVICE, requires_grad=True, with_D=True,
                              with_z=True, with_dt_bias=True, dt_softplus=True)

@@ -60,6 +60,22 @@ def test_step_matches_reference_and_updates_state_in_place(make_ssd_inputs, opti
     assert rel_err(state, state_ref) < 1e-5
 
 
+def test_step_reads_strided_parameters(make_ssd_inputs) -> None:
+    """A and dt_bias columns of a wider parameter, D (nheads, headdim) column-major, x a slice of a wider row."""
+    inputs = make_ssd_inputs(3, 1, 4, 40, 2, 24, torch.float32, DEVICE, with_initial_states=True, with_D=True,
+                             D_has_hdim=True, with_dt_bias=True, dt_softplus=True)
+    step = token(inputs, 0)
+    step["A"] = torch.stack([step["A"], torch.zeros(4, device=DEVICE)], 1)[:, 0]
+    step["dt_bias"] = torch.stack([step["dt_bias"], torch.zeros(4, device=DEVICE)], 1)[:, 0]
+    step["D"] = step["D"].t().contiguous().t()
+    step["x"] = torch.cat([step["x"], torch.zeros(3, 4, 8, device=DEVICE)], -1)[..., :40]
+    state, state_ref = inputs["initial_states"].clone(), inputs["initial_states"].clone()
+    y = ssd_step_triton(state, **step)
+    y_ref = ssd_step_reference(state_ref, **step)
+    assert rel_err(y, y_ref) < 1e-5
+    assert rel_err(state, state_ref) < 1e-5
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_steps_reproduce_the_scan(make_ssd_inputs, dtype: torch.dtype) -> None:
     """Decoding token by token from the initial state gives the scan's outputs and final state."""
