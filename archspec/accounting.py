@@ -25,7 +25,7 @@ from typing import Callable, Optional
 from archspec.layout import expand_layout
 from archspec.spec import AttentionSpec, MLPSpec, ModelSpec, SSDSpec
 
-SSM_STATE_BYTES = 4  # mamba_ssm keeps the SSM state h in float32 whatever the activation dtype
+SSM_STATE_BYTES = 4  # Mamba2Cache keeps h in float32 whatever the activation dtype (mamba_ssm: the model dtype)
 
 
 # --------------------------------------------------------------------------------------------- causal averages
@@ -137,9 +137,10 @@ def ssd_flops(block: SSDSpec, d_model: int, seq_len: int) -> dict[str, float]:
 
 def ssd_state_bytes(block: SSDSpec, d_model: int, dtype_bytes: int) -> int:
     """Decode state of one sequence: the SSM state ``nheads * head_dim * d_state`` in float32 (4 bytes, as
-    mamba_ssm keeps it) plus the conv state, the ``d_conv - 1`` previous inputs of each of the conv_dim channels
-    in the activation dtype: ``conv_dim * (d_conv - 1) * dtype_bytes``. (Mamba2Cache, like mamba_ssm's cache,
-    allocates ``d_conv`` columns, one more per channel than the recurrence needs; that slot is not counted.)"""
+    archspec's Mamba2Cache keeps it; mamba_ssm allocates it in the model dtype) plus the conv state, the
+    ``d_conv - 1`` previous inputs of each of the conv_dim channels in the activation dtype:
+    ``conv_dim * (d_conv - 1) * dtype_bytes``. (Mamba2Cache, like mamba_ssm's cache, allocates ``d_conv``
+    columns, one more per channel than the recurrence needs; that slot is not counted.)"""
     s = SSDDims.of(block, d_model)
     return (s.nheads * block.head_dim * block.d_state * SSM_STATE_BYTES
             + s.conv_dim * (block.d_conv - 1) * dtype_bytes)

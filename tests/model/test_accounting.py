@@ -151,6 +151,20 @@ def test_decode_state_bytes_grow_with_kv_and_stop_at_the_window(tiny_spec):
         acc.decode_state_bytes(batch=0)
 
 
+def test_decode_state_bytes_equal_what_a_bfloat16_model_allocates(tiny_spec):
+    # the SSM state stays float32 in a bf16 model; the conv state's extra (d_conv-th) column is not counted
+    seq_len = 16
+    model = build_model(tiny_spec, dtype=torch.bfloat16)
+    allocated = 0
+    for cache in model.init_caches(batch_size=3, max_seqlen=seq_len):
+        if hasattr(cache, "ssm_state"):
+            assert cache.ssm_state.dtype == torch.float32
+            allocated += cache.ssm_state.nbytes + cache.conv_state[..., 1:].nbytes
+        elif cache is not None:
+            allocated += cache.k.nbytes + cache.v.nbytes
+    assert account(tiny_spec, seq_len).decode_state_bytes(batch=3, dtype_bytes=2) == allocated
+
+
 def test_steps_for_budget_spends_whole_steps(tiny_spec):
     per_step = account(tiny_spec, 32).train_flops_per_token * 4 * 32
     assert steps_for_budget(tiny_spec, 10 * per_step, batch_size=4, seq_len=32) == 10
