@@ -65,6 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except RunDirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SpecError as exc:  # a rule between sections (batch size vs data) found when the run starts
+        exc.source = exc.source or args.spec
+        raise
     throughput = f"{result.tokens_per_second:,.0f} tokens/s" if result.tokens_per_second else "- tokens/s"
     print(f"{spec.name}: {result.steps} steps, {result.tokens:,} tokens, {result.train_flops:.3e} training FLOPs")
     print(f"val_loss {_fmt(result.val_loss)}, val_accuracy {_fmt(result.val_accuracy)}, "
@@ -140,13 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (2 for spec and run-directory errors, printed to stderr)."""
+    """Run one command; returns the exit status (2 for spec and run-directory errors, printed to stderr; 130 on
+    Ctrl-C)."""
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
     except (SpecError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: running the same command again resumes", file=sys.stderr)
+        return 130
     return 0 if status is None else int(status)
 
 

@@ -4,7 +4,8 @@
 resolved), ``checkpoints/last.ckpt`` (saved after every validation), ``logs/version_<k>/metrics.csv`` (one per call)
 and ``result.json``.
 Calling it again on the same ``out_dir`` with the same arguments continues from ``last.ckpt`` and ends with the
-weights an uninterrupted run would have; an ``out_dir`` holding a different spec is refused untouched.
+weights an uninterrupted run would have (a run that already finished is returned from its result.json, which is
+left as it is); an ``out_dir`` holding a different spec is refused untouched.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import resource
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -208,6 +210,18 @@ class TrainClock(Callback):
         self._tock(pl_module)
 
 
+@contextmanager
+def ctrl_c_as_keyboard_interrupt(trainer: pl.Trainer) -> Iterator[None]:
+    """Lightning answers Ctrl-C inside ``fit``/``validate`` with ``sys.exit(1)``; raise KeyboardInterrupt instead, so
+    callers such as an Optuna trial see an interruption (and record it) rather than an exit."""
+    try:
+        yield
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        raise KeyboardInterrupt from None
+
+
 # --------------------------------------------------------------------------------------------- run directory
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -224,26 +238,48 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix or '<spec>'}: {a!r} -> {b!r}"]
 
 
+def check_out_dir(out_dir: Path, spec: ModelSpec) -> None:
+    """Raise RunDirError when ``out_dir`` is a file or holds a spec.yaml that does not load or differs from ``spec``."""
+    path = out_dir / "spec.yaml"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunDirError(f"out_dir: {out_dir} is a file, not a folder; use another out_dir")
+    if not path.exists():
+        return
+    try:
+        previous = load_spec(path)
+    except SpecError as exc:
+        raise RunDirError(f"out_dir: {out_dir} holds a spec.yaml that does not load ({exc}); "
+                          "use another out_dir or remove it") from exc
+    if previous != spec:
+        diff = _differences(previous.model_dump(), spec.model_dump())
+        shown = "; ".join(diff[:5]) + (f"; ... {len(diff) - 5} more" if len(diff) > 5 else "")
+        raise RunDirError(f"out_dir: {out_dir} already holds a run of a different spec ({shown}); "
+                          "use another out_dir or remove it")
+
+
 def claim_out_dir(out_dir: Path, spec: ModelSpec) -> None:
     """Create ``out_dir`` and write ``spec.yaml``; if one is there already it must hold the same spec.
 
-    Raises RunDirError (nothing in ``out_dir`` is changed) when the stored spec differs or does not load.
+    Raises RunDirError (nothing in ``out_dir`` is changed) when ``check_out_dir`` refuses it.
     """
+    check_out_dir(out_dir, spec)
     path = out_dir / "spec.yaml"
-    if path.exists():
-        try:
-            previous = load_spec(path)
-        except SpecError as exc:
-            raise RunDirError(f"out_dir: {out_dir} holds a spec.yaml that does not load ({exc}); "
-                              "use another out_dir or remove it") from exc
-        if previous != spec:
-            diff = _differences(previous.model_dump(), spec.model_dump())
-            shown = "; ".join(diff[:5]) + (f"; ... {len(diff) - 5} more" if len(diff) > 5 else "")
-            raise RunDirError(f"out_dir: {out_dir} already holds a run of a different spec ({shown}); "
-                              "use another out_dir or remove it")
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, dump_spec(spec))
+    if not path.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, dump_spec(spec))
+
+
+def _finished_result(out_dir: Path, max_steps: int) -> TrainResult | None:
+    """The stored result of a run in ``out_dir`` that reached ``max_steps`` and was written after ``last.ckpt``
+    (not one left over from before a ``resume=False`` restart), or None."""
+    path, last = out_dir / "result.json", out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    try:
+        if path.stat().st_mtime_ns < last.stat().st_mtime_ns:
+            return None
+        result = TrainResult(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return result if result.steps >= max_steps else None
 
 
 # --------------------------------------------------------------------------------------------- resolution
@@ -329,7 +365,8 @@ def train(
     last step (``training.val_batches`` batches each). ``resume`` continues from ``out_dir/checkpoints/
     last.ckpt`` when present; ``resume=False`` starts over in the same ``out_dir``. ``callbacks`` are added to
     the Trainer (e.g. an Optuna pruning callback monitoring "val_loss"). Returns the TrainResult, also written
-    to ``out_dir/result.json``. Raises RunDirError if ``out_dir`` holds a different spec, ValueError on bad
+    to ``out_dir/result.json``. Raises RunDirError if ``out_dir`` holds a different spec, SpecError when
+    ``training.batch_size`` exceeds the training examples (before ``out_dir`` is touched), ValueError on bad
     arguments.
     """
     if devices != 1:
@@ -340,16 +377,24 @@ def train(
     run_spec = resolve_run_spec(spec, data=data, max_steps=max_steps, budget_flops=budget_flops, seed=seed)
     cfg = run_spec.training
     out = Path(out_dir)
-    claim_out_dir(out, run_spec)
+    check_out_dir(out, run_spec)
     ckpt_dir = out / CHECKPOINT_DIR
     last = ckpt_dir / LAST_CHECKPOINT
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = TaskDataModule(run_spec.data, cfg.batch_size, cfg.seed)
     datamodule.setup("fit")
+    n_train = len(datamodule.train_dataset)
+    if n_train < cfg.batch_size:
+        raise SpecError(f"{cfg.batch_size} exceeds the {n_train} training examples of the {run_spec.data.task} task",
+                        field="training.batch_size", hint="lower it or raise data.num_train")
     train_batches = ResumableBatches(datamodule.train_dataset, cfg.batch_size, cfg.seed)
     val_loader = datamodule.val_dataloader()
     module = LMModule(run_spec)
+    claim_out_dir(out, run_spec)  # once the data fits the batch: a refused spec leaves no spec.yaml behind
+    finished = _finished_result(out, cfg.max_steps) if resume else None
+    if finished is not None:
+        return finished
 
     precision = resolve_precision(cfg.precision, accelerator)
     on_cuda = uses_cuda(accelerator)
@@ -369,8 +414,9 @@ def train(
     )
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path is None:  # step 0: the untrained model, seen by History only (not by the caller's callbacks)
-        pl.Trainer(**common, callbacks=[history], logger=False, enable_checkpointing=False).validate(
-            module, dataloaders=val_loader, verbose=False)
+        step0 = pl.Trainer(**common, callbacks=[history], logger=False, enable_checkpointing=False)
+        with ctrl_c_as_keyboard_interrupt(step0):
+            step0.validate(module, dataloaders=val_loader, verbose=False)
     trainer = pl.Trainer(
         **common,
         max_steps=cfg.max_steps,
@@ -386,7 +432,8 @@ def train(
         log_every_n_steps=max(1, min(log_every, len(train_batches))),
         use_distributed_sampler=False,
     )
-    trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    with ctrl_c_as_keyboard_interrupt(trainer):
+        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_loader, ckpt_path=ckpt_path)
 
     records = history.history
     final = records[-1] if records else {}

@@ -59,7 +59,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from archspec.search.report import write_report
     from archspec.search.searchspec import load_search
-    from archspec.search.study import finished_trials, open_storage, resolve_target, run_search
+    from archspec.search.study import check_study, finished_trials, open_storage, resolve_target, run_search
 
     quiet_training_logs()
     if not args.no_progress:
@@ -70,10 +70,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         search, out, storage=args.storage, study_name=args.study_name, n_trials=args.n_trials, timeout_s=args.timeout
     )
     if args.report_only:
-        try:
-            study = optuna.load_study(study_name=target.study_name, storage=open_storage(target.storage))
-        except KeyError:
+        study = None
+        sqlite_path = target.storage[len("sqlite:///"):] if target.storage.startswith("sqlite:///") else None
+        if sqlite_path is None or Path(sqlite_path).exists():  # opening a missing file would create an empty one
+            try:
+                study = optuna.load_study(study_name=target.study_name, storage=open_storage(target.storage))
+            except KeyError:
+                pass
+            except ValueError as err:  # a storage URL that does not open
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+        if study is None:
             print(f"error: no study {target.study_name!r} in {target.storage}", file=sys.stderr)
+            return 2
+        try:
+            check_study(study, search)
+        except ValueError as err:  # a study of another budget, task, seed or objectives
+            print(f"error: {err}", file=sys.stderr)
             return 2
     else:
         try:
@@ -140,13 +153,18 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from archspec.search.compare import compare, load_task
+    from archspec.training import RunDirError
 
     quiet_training_logs()
     task = load_task(args.task) if args.task else None
-    result = compare(
-        args.specs, budget_flops=args.budget, out_dir=args.out, task=task, seed=args.seed,
-        val_checks=args.val_checks, accelerator=args.accelerator, isolate=not args.in_process,
-    )
+    try:
+        result = compare(
+            args.specs, budget_flops=args.budget, out_dir=args.out, task=task, seed=args.seed,
+            val_checks=args.val_checks, accelerator=args.accelerator, isolate=not args.in_process,
+        )
+    except RunDirError as err:  # --out holds runs of another budget, task or seed
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(result.markdown)
     for path in result.files:
         print(f"wrote {path}")

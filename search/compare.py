@@ -90,7 +90,8 @@ def compare(
     """Train every spec for ``budget_flops`` on the same data and seed; write the table and plots to ``out_dir``.
 
     task: a DataConfig (default the first spec's data). Runs go to ``out_dir/runs/<name>`` and resume there
-    when interrupted. Raises SpecError for a spec that does not load, ValueError for bad arguments.
+    when interrupted. Raises SpecError for a spec that does not load, RunDirError (before training anything) when
+    ``out_dir/runs/<name>`` holds a run of another spec, budget, task or seed, ValueError for bad arguments.
     """
     if not spec_paths:
         raise ValueError("spec_paths: expected at least one spec")
@@ -104,9 +105,13 @@ def compare(
         raise ValueError(f"task: {spec_paths[0]} has no data section; pass task (--task FILE)")
     out = Path(out_dir)
     names = _unique_names([s.name for s in specs])
+    from archspec.training import check_out_dir, resolve_run_spec
+
+    run_specs = [_prepare(spec, data, budget_flops, seed, val_checks) for spec in specs]
+    for name, run_spec in zip(names, run_specs):  # refuse earlier runs of another budget, task or seed up front
+        check_out_dir(out / "runs" / name, resolve_run_spec(run_spec, data=data, budget_flops=budget_flops, seed=seed))
     rows = []
-    for name, spec, path in zip(names, specs, spec_paths):
-        run_spec = _prepare(spec, data, budget_flops, seed, val_checks)
+    for name, run_spec, path in zip(names, run_specs, spec_paths):
         result = _train(run_spec, data, out / "runs" / name, budget_flops, seed, accelerator, isolate)
         rows.append(_row(name, str(path), run_spec, data, result))
     markdown = _markdown(rows, budget_flops, data)

@@ -3,7 +3,8 @@
 Storage is any Optuna RDB URL (default ``sqlite:///<out>/study.db``; ``postgresql://user:pw@host/db`` lets
 workers on several machines share one study) or ``journal:<path>`` for an append-only journal file (for
 file systems without working locks, e.g. NFS). A study is created once and loaded afterwards, never
-deleted: re-running a search resumes it. ``n_trials`` counts *finished* trials (complete, pruned or failed,
+deleted: re-running a search resumes it (refused when the search file changed its budget, objectives,
+task or seed). ``n_trials`` counts *finished* trials (complete, pruned or failed,
 leaving out trials interrupted with Ctrl-C), so a resumed search runs only the missing ones. A trial that
 raises is recorded as failed (its error in the ``error`` user attr) and the study goes on.
 """
@@ -25,6 +26,7 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import ArgumentError
 
 from archspec.search.objective import make_objective
 from archspec.search.searchspec import SearchSpec
@@ -36,6 +38,8 @@ SQLITE_TIMEOUT_S = 60
 HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 600
 """A RUNNING trial whose worker sent no heartbeat for this long (it was killed) is marked failed."""
+
+STORAGE_HINT = "expected sqlite:///file.db, postgresql://user:pw@host/db or journal:<file>"
 
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -93,12 +97,15 @@ def open_storage(url: str) -> BaseStorage:
         engine_kwargs = {"pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-        )
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+            )
+        except ArgumentError as err:  # not a URL, or a database SQLAlchemy has no dialect for
+            raise ValueError(f"storage: cannot open the URL ({err}); {STORAGE_HINT}") from None
 
 
 def with_installed_driver(url: str) -> str:
@@ -149,7 +156,7 @@ def make_pruner(search: SearchSpec) -> optuna.pruners.BasePruner:
 
 
 def open_study(search: SearchSpec, target: StudyTarget, *, worker: int = 0) -> optuna.Study:
-    """Create the study or load the existing one; refuses one made with another budget or other objectives."""
+    """Create the study or load the existing one; refuses one that ``check_study`` finds incomparable."""
     study = optuna.create_study(
         storage=open_storage(target.storage),
         study_name=target.study_name,
@@ -161,17 +168,32 @@ def open_study(search: SearchSpec, target: StudyTarget, *, worker: int = 0) -> o
     existing = len(study.get_trials(deepcopy=False))
     if existing:
         study.sampler = make_sampler(search, worker, resumed_at=existing)
-    expected = {"budget_flops": search.budget_flops, "objectives": [o.metric for o in search.objectives]}
+    check_study(study, search, stamp=True)
+    return study
+
+
+def check_study(study: optuna.Study, search: SearchSpec, *, stamp: bool = False) -> None:
+    """Refuse (ValueError) a study whose trials ran on another budget, objectives, task or seed than ``search``;
+    ``stamp`` records this search's values in a study that has none yet."""
+    expected = {
+        "budget_flops": search.budget_flops,
+        "objectives": [o.metric for o in search.objectives],
+        "task": search.data.model_dump(mode="json"),
+        "seed": search.seed,
+    }
     for key, value in expected.items():
         stored = study.user_attrs.get(key)
         if stored is None:
-            study.set_user_attr(key, value)
+            if stamp:
+                study.set_user_attr(key, value)
         elif stored != value:
+            if isinstance(stored, dict) and isinstance(value, dict):
+                changed = sorted(k for k in set(stored) | set(value) if stored.get(k) != value.get(k))
+                stored, value = ({k: d.get(k) for k in changed} for d in (stored, value))
             raise ValueError(
-                f"study_name: study {target.study_name!r} was run with {key} = {stored}, this search has {value}; "
-                "choose another --study-name or --out so the trials stay comparable"
+                f"{search.source or search.name} {key}: study {study.study_name!r} was run with {key} = {stored}, "
+                f"this search has {value}; choose another --study-name or --out so the trials stay comparable"
             )
-    return study
 
 
 def public_url(url: str) -> str:
@@ -180,27 +202,37 @@ def public_url(url: str) -> str:
         return url
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError as err:
+        raise ValueError(f"storage: cannot read the URL ({err}); {STORAGE_HINT}") from None
+
+
+def check_out_dir(out_dir: Path, target: StudyTarget) -> None:
+    """Raise ValueError when ``out_dir/study.json`` names another study (trial n trains in ``out_dir/trials/n``,
+    so two studies must not share an output folder)."""
+    marker = out_dir / "study.json"
+    if not marker.exists():
+        return
+    mine = {"study_name": target.study_name, "storage": public_url(target.storage)}
+    theirs = json.loads(marker.read_text())
+    if theirs != mine:
+        raise ValueError(
+            f"out_dir: {out_dir} holds study {theirs.get('study_name')!r} in {theirs.get('storage')}, not "
+            f"{mine['study_name']!r} in {mine['storage']}; use another --out"
+        )
 
 
 def claim_out_dir(out_dir: Path, target: StudyTarget) -> None:
-    """Mark ``out_dir`` as the folder of this study (``study.json``); refuse one that holds another study.
-
-    Trial n trains in ``out_dir/trials/n``, so two studies must not share an output folder.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Mark ``out_dir`` as the folder of this study (``study.json``) after ``check_out_dir``."""
+    check_out_dir(out_dir, target)
     marker = out_dir / "study.json"
-    mine = {"study_name": target.study_name, "storage": public_url(target.storage)}
     if marker.exists():
-        theirs = json.loads(marker.read_text())
-        if theirs != mine:
-            raise ValueError(
-                f"out_dir: {out_dir} holds study {theirs.get('study_name')!r} in {theirs.get('storage')}, not "
-                f"{mine['study_name']!r} in {mine['storage']}; use another --out"
-            )
         return
+    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_name(f".study.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(mine, indent=2) + "\n")
+    tmp.write_text(json.dumps({"study_name": target.study_name, "storage": public_url(target.storage)}, indent=2)
+                   + "\n")
     os.replace(tmp, marker)
 
 
@@ -245,8 +277,9 @@ def run_search(
         raise ValueError(f"workers: expected at least 1, got {workers}")
     out_dir = Path(out_dir)
     target = target or resolve_target(search, out_dir)
-    claim_out_dir(out_dir, target)
+    check_out_dir(out_dir, target)
     study = open_study(search, target)
+    claim_out_dir(out_dir, target)  # only once the storage opened and the study matched this search
     missing = target.n_trials - finished_trials(study)
     if missing <= 0:
         log.info("study %r already holds %d finished trials", target.study_name, finished_trials(study))

@@ -131,6 +131,24 @@ def test_train_refuses_a_run_dir_of_another_spec_with_exit_2(tmp_path, capsys):
     assert (out / "spec.yaml").read_text() == before and sorted(p.name for p in out.iterdir()) == ["spec.yaml"]
 
 
+def test_train_with_a_batch_larger_than_the_data_names_the_spec_and_field_and_leaves_no_run_dir(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", TINY, "--out", str(out), "--max-steps", "2", "--accelerator", "cpu",
+            *_set_args([*TINY_SET, "data.num_train=4"])]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"error: {TINY} training.batch_size: 8 exceeds the 4 training examples")
+    assert not out.exists()
+
+
+def test_ctrl_c_exits_130_with_a_hint_to_resume(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("archspec.cli.cmd_validate", interrupted)
+    assert main(["validate", TINY]) == 130
+    assert capsys.readouterr().err == "interrupted: running the same command again resumes\n"
+
+
 def test_train_rejects_budget_together_with_max_steps(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", TINY, "--max-steps", "3", "--budget", "1e9"])

@@ -40,6 +40,20 @@ def test_report_only_without_a_study_exits_2(tmp_path, capsys):
     path = write_yaml(tmp_path / "tiny.yaml", tiny_search())
     assert main(["search", str(path), "--out", str(tmp_path / "out"), "--report-only"]) == 2
     assert "no study 'tiny'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # no empty study.db left behind
+
+
+def test_report_only_refuses_a_study_of_another_budget_and_keeps_its_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(objective_module, "train", fake_train)
+    out = tmp_path / "out"
+    assert main(["search", str(write_yaml(tmp_path / "a.yaml", tiny_search(n_trials=1))), "--out", str(out),
+                 "--no-progress"]) == 0
+    report = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    other = write_yaml(tmp_path / "b.yaml", tiny_search(budget_flops=2.4e7))
+    capsys.readouterr()
+    assert main(["search", str(other), "--out", str(out), "--report-only"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {other} budget_flops: study 'tiny' was run with")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == report
 
 
 def test_an_output_folder_belongs_to_one_study(tmp_path, monkeypatch, capsys):
@@ -49,3 +63,15 @@ def test_an_output_folder_belongs_to_one_study(tmp_path, monkeypatch, capsys):
     assert main(["search", str(path), "--out", str(out), "--no-progress"]) == 0
     assert main(["search", str(path), "--out", str(out), "--study-name", "other", "--no-progress"]) == 2
     assert "holds study 'tiny'" in capsys.readouterr().err
+
+
+def test_a_storage_url_that_does_not_open_exits_2_and_does_not_claim_the_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(objective_module, "train", fake_train)
+    path = write_yaml(tmp_path / "tiny.yaml", tiny_search(n_trials=1))
+    out = tmp_path / "out"
+    bad_url = ["--storage", "nosuchdb://u:secret@host/x"]
+    assert main(["search", str(path), "--out", str(out), *bad_url, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: storage: cannot open the URL") and "secret" not in err
+    assert not (out / "study.json").exists()
+    assert main(["search", str(path), "--out", str(out), "--no-progress"]) == 0  # the corrected command runs

@@ -53,6 +53,20 @@ def test_compare_command_trains_each_spec_in_its_own_process(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_compare_into_a_folder_of_another_budget_is_refused_before_training_anything(tmp_path, capsys):
+    ssd, hybrid = _specs(tmp_path)
+    out = tmp_path / "out"
+    compare([hybrid], task=load_task(ssd), budget_flops=1.2e7, out_dir=out, val_checks=1, isolate=False)
+    earlier = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    status = main(["compare", str(ssd), str(hybrid), "--budget", "2.4e7", "--task", str(ssd), "--val-checks", "1",
+                   "--in-process", "--out", str(out)])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: out_dir: {out / 'runs' / 'hybrid'} already holds") and "budget_flops" in err
+    assert not (out / "runs" / "ssd").exists()  # refused before the first spec trained
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
+
+
 def test_load_task_reads_a_bare_config_or_a_spec_and_locates_mistakes(tmp_path):
     ssd, hybrid = _specs(tmp_path)
     assert load_task(ssd).task == "mqar"

@@ -14,7 +14,7 @@ from archspec.search.report import write_report
 from archspec.search.searchspec import load_search
 from archspec.search.study import finished_trials, resolve_target, run_search
 
-from search_helpers import fake_train, tiny_search, write_yaml
+from search_helpers import TINY_TASK, fake_train, tiny_search, write_yaml
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -153,6 +153,22 @@ def test_a_study_refuses_to_resume_with_another_budget(tmp_path, monkeypatch):
     changed = load_search(write_yaml(tmp_path / "s.yaml", tiny_search(n_trials=1, budget_flops=2.4e7)))
     with pytest.raises(ValueError, match="budget_flops"):
         run_search(changed, out, progress_bar=False)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"seed": 5}, r"seed: study 'tiny' was run with seed = 0, this search has 5"),
+    ({"task": {**TINY_TASK, "num_kv_pairs": 3}},
+     r"task: .*\{'num_kv_pairs': 2\}, this search has \{'num_kv_pairs': 3\}"),
+])
+def test_a_study_refuses_to_resume_on_another_task_or_seed_and_keeps_its_trials(tmp_path, monkeypatch, change, field):
+    monkeypatch.setattr(objective_module, "train", fake_train)
+    out = tmp_path / "out"
+    search = load_search(write_yaml(tmp_path / "s.yaml", tiny_search(n_trials=1)))
+    run_search(search, out, progress_bar=False)
+    changed = load_search(write_yaml(tmp_path / "s.yaml", tiny_search(n_trials=2, **change)))
+    with pytest.raises(ValueError, match=f"s.yaml {field}"):
+        run_search(changed, out, progress_bar=False)
+    assert len(run_search(search, out, progress_bar=False).get_trials()) == 1  # nothing added, nothing lost
 
 
 def test_nsga2_two_objective_study_writes_the_pareto_front(tmp_path, monkeypatch):

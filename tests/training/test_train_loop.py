@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from archspec.accounting import account, steps_for_budget
+from archspec.errors import SpecError
 from archspec.loader import load_spec
 from archspec.training import (
     AdvanceBatches,
@@ -143,9 +145,52 @@ def test_resume_after_an_interruption_matches_the_uninterrupted_run(tmp_path, ma
     a, b = _state_dict(tmp_path / "straight" / "checkpoints" / "last.ckpt"), _state_dict(Path(resumed.checkpoint_path))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    kept = _snapshot(resumed_dir)
     again = train(spec, out_dir=resumed_dir, progress_bar=False, accelerator="cpu")  # a finished run: nothing to do
-    assert (again.steps, again.tokens, again.history) == (resumed.steps, resumed.tokens, resumed.history)
-    assert again.tokens_per_second is None
+    assert again == resumed  # the stored result, throughput and wall time included
+    assert _snapshot(resumed_dir) == kept  # result.json and last.ckpt are not rewritten
+
+    with pytest.raises(RuntimeError, match="simulated crash"):  # starting over, then crashing after step 4
+        train(spec, out_dir=resumed_dir, progress_bar=False, accelerator="cpu", resume=False, callbacks=[Crash(6)])
+    redone = train(spec, out_dir=resumed_dir, progress_bar=False, accelerator="cpu")
+    assert redone.wall_seconds != again.wall_seconds  # trained on from step 4, not the result.json of before
+    assert redone.history == straight.history
+
+
+class CtrlC(Callback):
+    """Raises KeyboardInterrupt (what Python does on Ctrl-C) at the start of the batch after ``at_step``."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_raises_keyboard_interrupt_keeps_the_checkpoint_and_restores_the_sigint_handler(
+        tmp_path, make_tiny_spec):
+    spec = make_tiny_spec("training.max_steps=6", "training.val_every_steps=2")
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):  # not Lightning's sys.exit(1), which an Optuna trial would not record
+        train(spec, out_dir=tmp_path, progress_bar=False, accelerator="cpu", callbacks=[CtrlC(at_step=3)])
+    assert signal.getsignal(signal.SIGINT) is handler  # a second Ctrl-C still stops the program
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_batch_larger_than_the_training_set_is_a_spec_error_before_out_dir_is_touched(tmp_path, make_tiny_spec):
+    spec = make_tiny_spec("data.num_train=4")
+    with pytest.raises(SpecError, match=r"training\.batch_size: 8 exceeds the 4 training examples.*data\.num_train"):
+        train(spec, out_dir=tmp_path / "run", progress_bar=False, accelerator="cpu")
+    assert not (tmp_path / "run").exists()  # so the corrected spec is not refused as "a different spec"
+
+
+def test_out_dir_that_is_a_file_is_refused_and_kept(tmp_path, tiny_spec):
+    (tmp_path / "run").write_text("my notes\n")
+    with pytest.raises(RunDirError, match="is a file"):
+        train(tiny_spec, out_dir=tmp_path / "run", progress_bar=False, accelerator="cpu")
+    assert (tmp_path / "run").read_text() == "my notes\n"
 
 
 class StopAtFirstValidation(Callback):
