@@ -191,15 +191,27 @@ def load_mamba_ssm_checkpoint(dir_or_files: Union[PathLike, Sequence[PathLike]],
     dicts are merged). Returns the equivalent spec and the model with the weights loaded strictly.
 
     dtype: of the built model (default: the checkpoint's embedding dtype). With tied embeddings a missing
-    ``lm_head.weight`` is taken from the embedding; a different one is an error.
+    ``lm_head.weight`` is taken from the embedding; a different one is an error. A config or weight file that does
+    not load (not JSON, truncated) raises ValueError naming it.
     """
     config_path, weight_paths = _resolve_files(dir_or_files)
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_bytes())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}:{err.lineno}: not valid JSON at column {err.colno} ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{config_path}: not UTF-8 text") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object of MambaConfig keys, got {type(config).__name__}")
     name = config_path.parent.name or "mamba_ssm"
     spec = spec_from_mamba_ssm_config(config, name=name)
     state_dict: dict[str, torch.Tensor] = {}
     for path in weight_paths:
-        state_dict.update(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            state_dict.update(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as err:  # truncated, damaged or not a torch file: torch raises many kinds
+            reason = str(err).split("\n", 1)[0] or type(err).__name__
+            raise ValueError(f"{path}: cannot load the weights ({reason})") from err
     state_dict = convert_mamba_ssm_state_dict(state_dict, config)
     embedding = state_dict.get("backbone.embedding.weight")
     if spec.tie_embeddings and embedding is not None:

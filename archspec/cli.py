@@ -1,7 +1,8 @@
 """The ``archspec`` command: validate, summary, train, schema, and search / compare / bench from archspec.search.
 
-Spec mistakes (SpecError) and refused run directories are printed as ``error: <message>`` on stderr without a
-traceback, exit status 2. FLOP arguments accept plain numbers (``1e12``) and SI suffixes (``2.5T``, ``300G``).
+Spec mistakes (SpecError), refused run directories and files that cannot be read or written (OSError) are printed
+as ``error: <message>`` on stderr without a traceback, exit status 2. FLOP arguments accept plain numbers
+(``1e12``) and SI suffixes (``2.5T``, ``300G``).
 """
 
 from __future__ import annotations
@@ -83,16 +84,14 @@ def _fmt(value: float | None) -> str:
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of the spec format, or write it to ``--out``."""
     from archspec.schema import model_json_schema_text
+    from archspec.fileio import write_atomic
 
     text = model_json_schema_text()
     if args.out is None:
         sys.stdout.write(text)
         return 0
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_atomic(out, text)
     print(f"wrote {out}")
     return 0
 
@@ -142,14 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(exc: OSError) -> str:
+    """``<path>: <reason>`` for an OSError from the system (naming the destination of a failed rename), else
+    the exception's own message."""
+    path = exc.filename2 or exc.filename
+    return f"{path}: {exc.strerror}" if path is not None and exc.strerror else str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (2 for spec and run-directory errors, printed to stderr; 130 on
-    Ctrl-C)."""
+    """Run one command; returns the exit status (2 for spec and run-directory errors and files that cannot be read
+    or written, printed to stderr; 130 on Ctrl-C)."""
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except (SpecError, FileNotFoundError) as exc:
+    except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a missing input, an --out that cannot be written, a full disk
+        print(f"error: {_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: running the same command again resumes", file=sys.stderr)

@@ -70,17 +70,22 @@ _Loader.add_implicit_resolver(
 def read_yaml(path: str | os.PathLike[str]) -> tuple[Any, dict[Path, int]]:
     """Read a YAML file: (data, linemap) with linemap[field path] = 1-based line of that key or item.
 
-    The root has path ``()``. Raises SpecError for a missing file, a syntax error (line and column) or a
-    duplicate key.
+    The root has path ``()``. Raises SpecError for a missing file, text that is not UTF-8 (the line of the first bad
+    byte), a syntax error (line and column) or a duplicate key.
     """
     source = os.fspath(path)
     try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
+        with open(source, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise SpecError("file not found", source=source) from None
     except OSError as err:
         raise SpecError(f"cannot read file: {err.strerror}", source=source) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"not UTF-8 text (byte 0x{raw[err.start]:02x})", source=source,
+                        line=raw.count(b"\n", 0, err.start) + 1, hint="save the file as UTF-8") from None
     return parse_yaml(text, source)
 
 

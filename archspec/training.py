@@ -16,6 +16,7 @@ import os
 import resource
 import sys
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from archspec.data.seeding import make_generator
 from archspec.errors import SpecError
 from archspec.lightning_module import LMModule
 from archspec.loader import dump_spec, load_spec
+from archspec.fileio import write_atomic
 from archspec.spec import ModelSpec
 
 CHECKPOINT_DIR = "checkpoints"
@@ -41,7 +43,8 @@ LAST_CHECKPOINT = "last.ckpt"
 
 
 class RunDirError(ValueError):
-    """``out_dir`` already holds a run of a different spec (or a spec.yaml that cannot be read)."""
+    """``out_dir`` already holds a run of a different spec (or a spec.yaml that cannot be read, or a damaged
+    checkpoint to resume from)."""
 
 
 @dataclass
@@ -223,12 +226,6 @@ def ctrl_c_as_keyboard_interrupt(trainer: pl.Trainer) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------- run directory
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
@@ -266,7 +263,7 @@ def claim_out_dir(out_dir: Path, spec: ModelSpec) -> None:
     path = out_dir / "spec.yaml"
     if not path.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, dump_spec(spec))
+        write_atomic(path, dump_spec(spec))
 
 
 def _finished_result(out_dir: Path, max_steps: int) -> TrainResult | None:
@@ -365,9 +362,9 @@ def train(
     last step (``training.val_batches`` batches each). ``resume`` continues from ``out_dir/checkpoints/
     last.ckpt`` when present; ``resume=False`` starts over in the same ``out_dir``. ``callbacks`` are added to
     the Trainer (e.g. an Optuna pruning callback monitoring "val_loss"). Returns the TrainResult, also written
-    to ``out_dir/result.json``. Raises RunDirError if ``out_dir`` holds a different spec, SpecError when
-    ``training.batch_size`` exceeds the training examples (before ``out_dir`` is touched), ValueError on bad
-    arguments.
+    to ``out_dir/result.json``. Raises RunDirError if ``out_dir`` holds a different spec or a damaged ``last.ckpt``
+    to resume from, SpecError when ``training.batch_size`` exceeds the training examples (before ``out_dir`` is
+    touched), ValueError on bad arguments.
     """
     if devices != 1:
         raise ValueError(f"devices: only single-device training is supported, got {devices}")
@@ -395,6 +392,9 @@ def train(
     finished = _finished_result(out, cfg.max_steps) if resume else None
     if finished is not None:
         return finished
+    if resume and last.exists() and not zipfile.is_zipfile(last):  # torch.save writes a zip: its end is missing
+        raise RunDirError(f"out_dir: {last} is damaged (truncated or not a checkpoint); delete it or pass --no-resume "
+                          "(resume=False) to start the run over")
 
     precision = resolve_precision(cfg.precision, accelerator)
     on_cuda = uses_cuda(accelerator)
@@ -454,5 +454,5 @@ def train(
         checkpoint_path=str(last),
         out_dir=str(out),
     )
-    _write_atomic(out / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    write_atomic(out / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
     return result

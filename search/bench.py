@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from archspec.search.files import csv_text, write_atomic
+from archspec.fileio import write_atomic
+from archspec.search.files import csv_text
 
 DEFAULT_SEQ_LENS = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 

@@ -59,7 +59,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from archspec.search.report import write_report
     from archspec.search.searchspec import load_search
-    from archspec.search.study import check_study, finished_trials, open_storage, resolve_target, run_search
+    from archspec.search.study import (
+        check_out_dir, check_study, finished_trials, open_storage, public_url, resolve_target, run_search,
+    )
 
     quiet_training_logs()
     if not args.no_progress:
@@ -81,11 +83,12 @@ def cmd_search(args: argparse.Namespace) -> int:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
         if study is None:
-            print(f"error: no study {target.study_name!r} in {target.storage}", file=sys.stderr)
+            print(f"error: no study {target.study_name!r} in {public_url(target.storage)}", file=sys.stderr)
             return 2
         try:
+            check_out_dir(out, target)  # the report must not replace the one of another study
             check_study(study, search)
-        except ValueError as err:  # a study of another budget, task, seed or objectives
+        except ValueError as err:  # another study's folder or study.json damaged; another budget, task, seed, ...
             print(f"error: {err}", file=sys.stderr)
             return 2
     else:

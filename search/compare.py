@@ -28,7 +28,8 @@ from archspec.accounting import account, human_bytes, human_count, human_flops, 
 from archspec.data.config import DataConfig
 from archspec.errors import SpecError
 from archspec.loader import load_spec, read_yaml, validate_model
-from archspec.search.files import csv_text, write_atomic
+from archspec.fileio import write_atomic
+from archspec.search.files import csv_text
 from archspec.spec import ModelSpec
 
 COLUMNS = (

@@ -1,20 +1,10 @@
-"""Writing result files: atomically (temporary file + rename), CSV from rows of dicts."""
+"""Result files of a search: CSV from rows of dicts (atomic writes: archspec.fileio.write_atomic)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import os
-from pathlib import Path
 from typing import Any
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:

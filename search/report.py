@@ -26,7 +26,8 @@ from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
 from archspec.loader import dump_spec, spec_from_dict
-from archspec.search.files import csv_text, write_atomic
+from archspec.fileio import write_atomic
+from archspec.search.files import csv_text
 from archspec.search.searchspec import RESULT_ATTRS, SearchSpec
 
 ATTR_COLUMNS = (

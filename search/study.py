@@ -20,14 +20,17 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from archspec.fileio import write_atomic
 from archspec.search.objective import make_objective
 from archspec.search.searchspec import SearchSpec
 from archspec.search.space import grid
@@ -89,7 +92,6 @@ def open_storage(url: str) -> BaseStorage:
             raise ValueError("storage: journal URLs need a file path, e.g. journal:runs/study.log")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
-    url = with_installed_driver(url)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs: dict = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
@@ -99,13 +101,20 @@ def open_storage(url: str) -> BaseStorage:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
         try:
             return RDBStorage(
-                url,
+                with_installed_driver(url),
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_INTERVAL_S,
                 grace_period=GRACE_PERIOD_S,
             )
         except ArgumentError as err:  # not a URL, or a database SQLAlchemy has no dialect for
             raise ValueError(f"storage: cannot open the URL ({err}); {STORAGE_HINT}") from None
+        except ImportError as err:  # optuna's wrapper of the driver module that failed to import
+            driver = getattr(err.__cause__, "name", None) or "its module"
+            raise ValueError(f"storage: {public_url(url)} needs a database driver that is not installed "
+                             f"({driver})") from None
+        except DBAPIError as err:  # no server listening, a refused login, a database file that cannot be opened
+            reason = " ".join(str(err.orig).split())  # the driver's message, on one line
+            raise ValueError(f"storage: cannot open {public_url(url)}: {reason}") from None
 
 
 def with_installed_driver(url: str) -> str:
@@ -200,8 +209,6 @@ def public_url(url: str) -> str:
     """The storage URL with any password hidden."""
     if url.startswith("journal:"):
         return url
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError as err:
@@ -210,17 +217,39 @@ def public_url(url: str) -> str:
 
 def check_out_dir(out_dir: Path, target: StudyTarget) -> None:
     """Raise ValueError when ``out_dir/study.json`` names another study (trial n trains in ``out_dir/trials/n``,
-    so two studies must not share an output folder)."""
+    so two studies must not share an output folder) or cannot be read; the folder is left as it is."""
     marker = out_dir / "study.json"
     if not marker.exists():
         return
     mine = {"study_name": target.study_name, "storage": public_url(target.storage)}
-    theirs = json.loads(marker.read_text())
+    theirs = _read_marker(marker, mine)
     if theirs != mine:
         raise ValueError(
             f"out_dir: {out_dir} holds study {theirs.get('study_name')!r} in {theirs.get('storage')}, not "
             f"{mine['study_name']!r} in {mine['storage']}; use another --out"
         )
+
+
+def _read_marker(marker: Path, mine: dict[str, str]) -> dict[str, Any]:
+    """The ``{"study_name", "storage"}`` record of ``study.json``; ValueError naming the file (and line or field)
+    when it is damaged, with how to recover: delete it if the folder is the one of ``mine``, else use another."""
+    hint = (f"it records which study owns {marker.parent}: if that is study {mine['study_name']!r} in "
+            f"{mine['storage']}, delete it (the search writes it again), else use another --out")
+    try:
+        record = json.loads(marker.read_bytes())
+    except OSError as err:
+        raise ValueError(f"{marker}: cannot be read ({err.strerror}); {hint}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{marker}:{err.lineno}: not valid JSON at column {err.colno} ({err.msg}); {hint}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{marker}: not UTF-8 text; {hint}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{marker}: expected a JSON object with study_name and storage, got {record!r:.40}; {hint}")
+    for key in mine:
+        if not isinstance(record.get(key), str):
+            found = f"got {record[key]!r:.40}" if key in record else "missing"
+            raise ValueError(f"{marker} {key}: expected a string, {found}; {hint}")
+    return record
 
 
 def claim_out_dir(out_dir: Path, target: StudyTarget) -> None:
@@ -229,11 +258,8 @@ def claim_out_dir(out_dir: Path, target: StudyTarget) -> None:
     marker = out_dir / "study.json"
     if marker.exists():
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(f".study.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"study_name": target.study_name, "storage": public_url(target.storage)}, indent=2)
-                   + "\n")
-    os.replace(tmp, marker)
+    write_atomic(marker, json.dumps({"study_name": target.study_name, "storage": public_url(target.storage)},
+                                    indent=2) + "\n")
 
 
 def counts_toward_total(trial: FrozenTrial) -> bool:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -172,3 +174,49 @@ def test_installed_archspec_script_validates_and_fails_cleanly(tmp_path):
     assert run.returncode == 2
     assert f"{TINY}: OK" in run.stdout
     assert run.stderr.startswith(f"error: {bad}:{line} blocks.M.d_state:") and "Traceback" not in run.stderr
+
+
+def test_schema_that_cannot_be_written_exits_2_and_keeps_the_old_file(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "schema.json"
+    out.write_text("{}\n")
+
+    def disk_full(self: Path, data: bytes) -> int:
+        self.write_text('{"tru')  # half a file, as a full disk leaves it
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    assert main(["schema", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path}/.schema.json.") and err.endswith(": No space left on device\n")
+    assert out.read_text() == "{}\n" and [p.name for p in tmp_path.iterdir()] == ["schema.json"]
+
+
+@pytest.mark.parametrize("command", [["schema", "--out", "{blocker}/schema.json"],
+                                     ["train", TINY, "--out", "{blocker}/run", *_set_args(TINY_SET)]])
+def test_an_out_path_through_a_file_exits_2_with_one_line_naming_the_file(tmp_path, capsys, command):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    assert main([arg.format(blocker=blocker) for arg in command]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {blocker}") and err.count("\n") == 1 and "Traceback" not in err
+    assert blocker.read_text() == "mine"
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_train_refuses_to_resume_from_a_damaged_checkpoint_until_told_to_start_over(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", TINY, "--out", str(out), "--max-steps", "2", "--accelerator", "cpu", "--no-progress",
+            *_set_args(TINY_SET)]
+    assert main(argv) == 0
+    last = out / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a run killed while saving
+    (out / "result.json").unlink()
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"error: out_dir: {last} is damaged (truncated or not a checkpoint); delete it "
+                                       "or pass --no-resume (resume=False) to start the run over\n")
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["version_0"]
+    assert main([*argv, "--no-resume"]) == 0
+    assert json.loads((out / "result.json").read_text())["steps"] == 2

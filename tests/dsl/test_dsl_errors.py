@@ -222,6 +222,12 @@ def test_missing_spec_file(tmp_path) -> None:
     assert str(error_of(path)) == f"{path}: file not found"
 
 
+def test_a_file_that_is_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_bytes(TINY.encode() + "# written by caf\xe9 editor\n".encode("latin-1"))
+    assert str(error_of(str(path))) == f"{path}:16: not UTF-8 text (byte 0xe9), save the file as UTF-8"
+
+
 def test_several_problems_are_all_reported_in_file_order(write) -> None:
     text = TINY.replace("d_model: 64", "d_model: x").replace("d_state: 16", "d_state: 0")
     err = error_of(write("s.yaml", text))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import sys
 import types
 
@@ -157,6 +158,21 @@ def test_tied_head_that_differs_from_the_embedding_is_an_error(tmp_path):
     sd["lm_head.weight"] = sd["lm_head.weight"] + 1
     write_checkpoint(tmp_path, MAMBA2_CONFIG, sd)
     with pytest.raises(ValueError, match="lm_head.weight"):
+        load_mamba_ssm_checkpoint(tmp_path)
+
+
+def test_a_truncated_config_or_weight_file_is_named_in_the_error(tmp_path):
+    write_checkpoint(tmp_path, MAMBA2_CONFIG, mamba_ssm_state_dict(MAMBA2_CONFIG))
+    weights = tmp_path / "pytorch_model.bin"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"^{re.escape(str(weights))}: cannot load the weights"):
+        load_mamba_ssm_checkpoint(tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(MAMBA2_CONFIG, indent=2)[:40])
+    with pytest.raises(ValueError, match=f"^{re.escape(str(config))}:3: not valid JSON at column"):
+        load_mamba_ssm_checkpoint(tmp_path)
+    config.write_text("[]")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(config))}: expected a JSON object of MambaConfig keys, got list"):
         load_mamba_ssm_checkpoint(tmp_path)
 
 

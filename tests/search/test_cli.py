@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+
+import pytest
 
 from archspec.cli import main
 from archspec.search import objective as objective_module
@@ -75,3 +78,82 @@ def test_a_storage_url_that_does_not_open_exits_2_and_does_not_claim_the_folder(
     assert err.startswith("error: storage: cannot open the URL") and "secret" not in err
     assert not (out / "study.json").exists()
     assert main(["search", str(path), "--out", str(out), "--no-progress"]) == 0  # the corrected command runs
+
+
+def _files(root):
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("damage", "where"), [
+    (lambda text: text[: len(text) // 2], ":3: not valid JSON at column"),  # cut short in "storage": ...
+    (lambda text: "", ":1: not valid JSON at column 1"),
+    (lambda text: "[]", ": expected a JSON object with study_name and storage"),
+    (lambda text: '{"study_name": "tiny"}', " storage: expected a string, missing"),
+], ids=["truncated", "empty", "not-an-object", "no-storage"])
+def test_a_damaged_study_json_exits_2_naming_it_and_the_way_out_and_leaves_the_folder_as_it_is(
+    tmp_path, monkeypatch, capsys, damage, where
+):
+    monkeypatch.setattr(objective_module, "train", fake_train)
+    path = write_yaml(tmp_path / "tiny.yaml", tiny_search(n_trials=1))
+    out = tmp_path / "out"
+    assert main(["search", str(path), "--out", str(out), "--no-progress"]) == 0
+    marker = out / "study.json"
+    marker.write_text(damage(marker.read_text()))
+    before = _files(out)
+    capsys.readouterr()
+    for extra in ([], ["--report-only"]):
+        assert main(["search", str(path), "--out", str(out), "--n-trials", "2", "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {marker}{where}") and err.count("\n") == 1
+        assert f"if that is study 'tiny' in sqlite:///{(out / 'study.db').resolve()}, delete it" in err
+        assert _files(out) == before
+    marker.unlink()  # the way out the message gives: the folder is this study's
+    assert main(["search", str(path), "--out", str(out), "--n-trials", "2", "--no-progress"]) == 0
+    assert "2 finished trials" in capsys.readouterr().out
+
+
+def test_report_only_into_the_folder_of_another_study_keeps_its_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(objective_module, "train", fake_train)
+    path = write_yaml(tmp_path / "tiny.yaml", tiny_search(n_trials=1))
+    out, other = tmp_path / "out", tmp_path / "other"
+    assert main(["search", str(path), "--out", str(out), "--no-progress"]) == 0
+    storage = ["--storage", f"sqlite:///{out / 'study.db'}"]
+    assert main(["search", str(path), "--out", str(other), *storage, "--study-name", "b", "--no-progress"]) == 0
+    before = _files(out)
+    capsys.readouterr()
+    assert main(["search", str(path), "--out", str(out), *storage, "--study-name", "b", "--report-only"]) == 2
+    assert "holds study 'tiny'" in capsys.readouterr().err
+    assert _files(out) == before
+
+
+@pytest.mark.parametrize("url", [
+    pytest.param("postgresql+psycopg2://user:secret@127.0.0.1:1/db", id="postgres-port-without-server",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None, reason="needs psycopg2")),
+    pytest.param("sqlite:///{tmp_path}", id="sqlite-file-that-is-a-folder"),
+])
+def test_a_database_that_refuses_the_connection_exits_2_with_the_drivers_reason_and_claims_nothing(
+    tmp_path, monkeypatch, capsys, url
+):
+    monkeypatch.setattr(objective_module, "train", fake_train)
+    path = write_yaml(tmp_path / "tiny.yaml", tiny_search(n_trials=1))
+    url = url.format(tmp_path=tmp_path)
+    out = tmp_path / "out"
+    for extra in ([], ["--report-only"]):
+        assert main(["search", str(path), "--out", str(out), "--storage", url, "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        shown = url.replace("secret", "***")
+        assert err.startswith(f"error: storage: cannot open {shown}: ") and err.count("\n") == 1
+        assert "secret" not in err and "Traceback" not in err
+        assert len(err) > len(f"error: storage: cannot open {shown}: ") + 10  # the driver's reason follows
+        assert not out.exists()
+
+
+def test_a_storage_whose_driver_is_not_installed_exits_2_naming_it(tmp_path, capsys):
+    if importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("mysqlclient is installed")
+    path = write_yaml(tmp_path / "tiny.yaml", tiny_search(n_trials=1))
+    url = "mysql://user:secret@127.0.0.1:1/db"
+    assert main(["search", str(path), "--out", str(tmp_path / "out"), "--storage", url, "--no-progress"]) == 2
+    assert capsys.readouterr().err == ("error: storage: mysql://user:***@127.0.0.1:1/db needs a database driver "
+                                       "that is not installed (MySQLdb)\n")
+    assert not (tmp_path / "out").exists()
