@@ -96,6 +96,23 @@ def test_gradients_match_naive_float32(make_ssd_inputs, name: str) -> None:
     check_scan(inputs, 16, torch.float32, grads=True)
 
 
+def test_head_dim_not_a_power_of_two_matches_naive_with_gradients(make_ssd_inputs) -> None:
+    """head_dim 80, not a power of two: tiles are padded to 128 and masked; the gradients of dt and D sum over
+    the real 80 channels only."""
+    inputs = make_ssd_inputs(1, 100, 2, 80, 1, 16, torch.float32, DEVICE, with_D=True, with_initial_states=True,
+                             requires_grad=True)
+    check_scan(inputs, 64, torch.float32, grads=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_heads_of_a_group_share_tiles_across_row_tiles(make_ssd_inputs, dtype: torch.dtype) -> None:
+    """Four heads share each group's B and C; chunk 128 spans two 64-row tiles, so the tiles below the diagonal
+    and the diagonal tiles both count, with per-head decays."""
+    inputs = make_ssd_inputs(2, 200, 8, 32, 2, 16, dtype, DEVICE, requires_grad=True, with_D=True,
+                             with_dt_bias=True, dt_softplus=True, with_initial_states=True)
+    check_scan(inputs, 128, dtype, grads=True)
+
+
 def test_packed_sequences_match_naive_with_gradients(make_ssd_inputs) -> None:
     """cu_seqlens: a sequence shorter than a chunk, one ending mid-chunk, per-sequence initial and final states."""
     inputs = make_ssd_inputs(1, 56, 4, 32, 2, 16, torch.float32, DEVICE, seqlens=[5, 19, 32],
