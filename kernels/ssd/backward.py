@@ -9,6 +9,7 @@ With dh_c = dL/d(state at the end of chunk c) (from backward_states), per chunk 
   score terms G_tj = dCB_tj CB_tj, whose row sums add to (and column sums take from) the log-decay gradient.
 - `_dbc_kernel`: dC_t = sum_heads exp(s_t) dy_t h_c + sum_{j<=t} dCB_tj B_j;
   dB_j = sum_heads dt'_j exp(s_last - s_j) x_j dh_c + sum_{t>=j} dCB_tj C_t.
+Sums shared between programs are accumulated with relaxed atomics: only later launches read them.
 """
 
 from __future__ import annotations
@@ -85,9 +86,9 @@ def _dx_kernel(
             y_in += mm(c, h_t.to(c.dtype), PREC)
         acc = acc * tl.exp(s_last - s_j)[:, None]
         dyj = tl.load(dy_base + tile_dy, mask=mask, other=0.0).to(tl.float32)
-        tl.atomic_add(ds_ptr + row + offs_j, tl.sum(y_in * dyj, 1) * tl.exp(s_j), mask=mask_j)
+        tl.atomic_add(ds_ptr + row + offs_j, tl.sum(y_in * dyj, 1) * tl.exp(s_j), mask=mask_j, sem="relaxed")
         xj = tl.load(x_base + tile_j, mask=mask, other=0.0).to(tl.float32)
-        tl.atomic_add(dsend_ptr + row + offs_j, dt_j * tl.sum(acc * xj, 1), mask=mask_j)
+        tl.atomic_add(dsend_ptr + row + offs_j, dt_j * tl.sum(acc * xj, 1), mask=mask_j, sem="relaxed")
 
         # through the outputs of the same chunk, tiles on or below the diagonal
         cb_base = cb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
@@ -111,14 +112,14 @@ def _dx_kernel(
             if D_HAS_HDIM:
                 dvec = tl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
                 dx += dyj * dvec[None, :]
-                tl.atomic_add(dd_ptr + head * headdim + offs_p, tl.sum(dyj * xj, 0), mask=mask_p)
+                tl.atomic_add(dd_ptr + head * headdim + offs_p, tl.sum(dyj * xj, 0), mask=mask_p, sem="relaxed")
             else:
                 dval = tl.load(d_ptr + head).to(tl.float32)
                 dx += dyj * dval
-                tl.atomic_add(dd_ptr + head, tl.sum(tl.sum(dyj * xj, 1), 0))
+                tl.atomic_add(dd_ptr + head, tl.sum(tl.sum(dyj * xj, 1), 0), sem="relaxed")
         tl.store(dx_ptr + c0 * stride_dx_t + head * stride_dx_h + offs_j[:, None] * stride_dx_t + offs_p[None, :],
                  dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        tl.atomic_add(ddtp_ptr + row + offs_j, ddt, mask=mask_j)
+        tl.atomic_add(ddtp_ptr + row + offs_j, ddt, mask=mask_j, sem="relaxed")
 
 
 @triton.jit
@@ -167,8 +168,8 @@ def _dcb_kernel(
             acc += w
             # the score term G_tj = dCB_tj CB_tj adds to the log-decay gradient of row t and takes from column j
             score = w * cb
-            tl.atomic_add(ds_ptr + row + offs_m, tl.sum(score, 1), mask=mask_m)
-            tl.atomic_add(ds_ptr + row + offs_k, -tl.sum(score, 0), mask=mask_k)
+            tl.atomic_add(ds_ptr + row + offs_m, tl.sum(score, 1), mask=mask_m, sem="relaxed")
+            tl.atomic_add(ds_ptr + row + offs_k, -tl.sum(score, 0), mask=mask_k, sem="relaxed")
         tl.store(dcb_ptr + base + tile, acc, mask=mask_m[:, None] & mask_k[None, :])
 
 

@@ -91,7 +91,7 @@ def state_bwd_kernel(
                            other=0.0).to(tl.float32)
             last = head.to(tl.int64) * ntokens + tl.minimum(t_begin + (local + 1) * CHUNK, t_end) - 1
             decay = tl.exp(tl.load(s_ptr + last))
-            tl.atomic_add(ds_ptr + last, decay * tl.sum(tl.sum(dh * h_in, 1), 0))
+            tl.atomic_add(ds_ptr + last, decay * tl.sum(tl.sum(dh * h_in, 1), 0), sem="relaxed")
         t0 = (t_begin + step * BLOCK_T).to(tl.int64)
         mask_t = offs_t < t_end - t0
         da = tl.load(dtp_ptr + head.to(tl.int64) * ntokens + t0 + offs_t, mask=mask_t, other=0.0) * a
@@ -131,7 +131,7 @@ def dt_bwd_kernel(
     dtp = tl.load(dtp_ptr + row + offs, mask=mask, other=0.0)
     a = tl.load(a_ptr + head).to(tl.float32)
     grad = tl.load(ddtp_ptr + row + offs, mask=mask, other=0.0) + a * dlog
-    tl.atomic_add(da_ptr + head, tl.sum(tl.where(mask, dtp * dlog, 0.0), 0))
+    tl.atomic_add(da_ptr + head, tl.sum(tl.where(mask, dtp * dlog, 0.0), 0), sem="relaxed")
     bias = 0.0
     if HAS_BIAS:
         bias = tl.load(bias_ptr + head).to(tl.float32)
@@ -141,4 +141,4 @@ def dt_bwd_kernel(
     tl.store(ddt_ptr + c0 * stride_ddt_t + head * stride_ddt_h + offs * stride_ddt_t,
              grad.to(ddt_ptr.dtype.element_ty), mask=mask)
     if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + head, tl.sum(grad, 0))
+        tl.atomic_add(dbias_ptr + head, tl.sum(grad, 0), sem="relaxed")
