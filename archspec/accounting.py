@@ -157,29 +157,49 @@ def _attention_dims(block: AttentionSpec, d_model: int) -> tuple[int, int, int]:
 
 
 def attention_params(block: AttentionSpec, d_model: int) -> int:
-    """Attention parameters: fused in_proj (d_model -> head_dim * (n_heads + 2 n_kv_heads)), out_proj
-    (n_heads * head_dim -> d_model), and the q_norm / k_norm weights (head_dim each) with qk_norm."""
+    """Attention parameters: fused in_proj (d_model -> qkv_dim = head_dim * (n_heads + 2 n_kv_heads)), out_proj
+    (n_heads * head_dim -> d_model), the q_norm / k_norm weights (head_dim each) with qk_norm, and with
+    d_conv > 0 the depthwise qkv conv: ``qkv_dim * d_conv`` weights + ``qkv_dim`` biases."""
     h, kv, hd = _attention_dims(block, d_model)
+    qkv_dim = hd * (h + 2 * kv)
     qk = 2 * hd if block.qk_norm else 0
-    return _linear_params(d_model, hd * (h + 2 * kv), block.bias) + _linear_params(h * hd, d_model, block.bias) + qk
+    conv = qkv_dim * (block.d_conv + 1) if block.d_conv else 0
+    return (_linear_params(d_model, qkv_dim, block.bias) + conv + _linear_params(h * hd, d_model, block.bias)
+            + qk)
 
 
 def attention_flops(block: AttentionSpec, d_model: int, seq_len: int) -> dict[str, float]:
     """Forward FLOPs per token of causal attention, by component, at ``seq_len``.
 
     - in_proj: ``2 * d_model * head_dim * (n_heads + 2 n_kv_heads)``; out_proj: ``2 * n_heads * head_dim * d_model``.
+    - conv (only with d_conv > 0): the depthwise causal conv over the qkv_dim = head_dim * (n_heads + 2 n_kv_heads)
+      channels, one multiply-add per tap and channel: ``2 * d_conv * qkv_dim`` (as the SSD conv).
     - attention_scores (``q k^T``) and attention_values (``softmax(.) v``): each ``2 * n_heads * head_dim`` per
       attended key, with the causal mask (and the sliding-window cap): ``2 * n_heads * head_dim * keys`` where
       keys = ``causal_keys_per_token`` = (seq_len + 1) / 2 without a window. GQA shares K/V but not this work.
     """
     h, kv, hd = _attention_dims(block, d_model)
     keys = causal_keys_per_token(seq_len, block.sliding_window)
-    return {
-        "in_proj": 2.0 * d_model * hd * (h + 2 * kv),
+    flops = {"in_proj": 2.0 * d_model * hd * (h + 2 * kv)}
+    if block.d_conv:
+        flops["conv"] = 2.0 * block.d_conv * hd * (h + 2 * kv)
+    flops.update({
         "attention_scores": 2.0 * h * hd * keys,
         "attention_values": 2.0 * h * hd * keys,
         "out_proj": 2.0 * h * hd * d_model,
-    }
+    })
+    return flops
+
+
+def attention_state_bytes(block: AttentionSpec, d_model: int, dtype_bytes: int) -> int:
+    """Decode state of one sequence that does not grow with its length: with d_conv > 0 the qkv conv state, the
+    ``d_conv - 1`` previous conv inputs of each of the qkv_dim channels: ``qkv_dim * (d_conv - 1) * dtype_bytes``
+    (the cache, like Mamba2Cache and mamba_ssm's MHA, allocates ``d_conv`` columns; the extra one is not
+    counted, as for the SSD conv state). 0 without a conv."""
+    if not block.d_conv:
+        return 0
+    h, kv, hd = _attention_dims(block, d_model)
+    return hd * (h + 2 * kv) * (block.d_conv - 1) * dtype_bytes
 
 
 def attention_kv_bytes(block: AttentionSpec, d_model: int, seq_len: int, dtype_bytes: int) -> int:
@@ -223,7 +243,8 @@ class BlockAccounting:
 
 _ACCOUNTING: dict[str, BlockAccounting] = {
     "ssd": BlockAccounting(ssd_params, ssd_flops, state_bytes=ssd_state_bytes),
-    "attention": BlockAccounting(attention_params, attention_flops, kv_bytes=attention_kv_bytes),
+    "attention": BlockAccounting(attention_params, attention_flops, state_bytes=attention_state_bytes,
+                                 kv_bytes=attention_kv_bytes),
     "mlp": BlockAccounting(mlp_params, mlp_flops),
 }
 
@@ -293,7 +314,7 @@ class ModelAccount:
     def decode_state_bytes(self, batch: int = 1, dtype_bytes: int = 2, seq_len: Optional[int] = None) -> int:
         """Bytes of decode state for ``batch`` sequences after ``seq_len`` tokens (default: the account's):
         each SSD layer's SSM (float32) + conv state, constant in seq_len, plus each attention layer's KV cache,
-        growing with seq_len up to its sliding window. dtype_bytes: the activation/cache dtype's size."""
+        growing with seq_len up to its sliding window (and its qkv conv state, constant, when it has a conv). dtype_bytes: the activation/cache dtype's size."""
         _check_positive("batch", batch)
         _check_positive("dtype_bytes", dtype_bytes)
         seq_len = self.seq_len if seq_len is None else seq_len

@@ -38,7 +38,7 @@ def _attention_kwargs(block: AttentionSpec, d_model: int) -> dict[str, Any]:
         "n_heads": block.n_heads, "n_kv_heads": block.n_kv_heads, "head_dim": block.head_dim, "rope": block.rope,
         "rope_theta": block.rope_theta, "rope_fraction": block.rope_fraction,
         "sliding_window": block.sliding_window, "qk_norm": block.qk_norm, "bias": block.bias,
-        "backend": block.backend,
+        "d_conv": block.d_conv, "backend": block.backend,
     }
 
 

@@ -6,6 +6,14 @@ attn_cfg, rms_norm, residual_in_fp32, fused_add_norm, pad_vocab_size_multiple, t
 ``norm2`` + ``mlp`` (a GatedMLP whose hidden width is d_intermediate rounded up to a multiple of 128). In
 archspec every residual block holds one mixer, so such a Block becomes two layers: 2i (``norm``, ``mixer``)
 and 2i + 1 (``norm2`` -> ``norm``, ``mlp`` -> ``mixer``). Layer symbols: M (ssd), A (attention), F (mlp).
+
+MHA layers (hybrids such as state-spaces/mamba2attn-2.7b) keep their names: ``mixer.in_proj`` (q, k, v fused in
+that order), ``mixer.conv1d`` with attn_cfg.d_conv > 0 (depthwise, with bias, no activation, over the qkv
+channels, before RoPE) and ``mixer.out_proj``; flash_attn's rotary ``inv_freq`` is a non-persistent buffer, so
+no rotary tensor is stored. Decoding differs from mamba_ssm 2.3.2 in one place: after a multi-token prefill
+its MHA stores the conv *outputs* in conv_state (the decode step expects inputs; state-spaces/mamba PR #1027),
+so its generated continuation disagrees with its own forward pass; archspec keeps the conv inputs, so
+prefill + decode equals the forward pass.
 """
 
 from __future__ import annotations
@@ -76,9 +84,12 @@ def _attention_block(attn_cfg: Mapping[str, Any], d_model: int) -> dict[str, Any
         raise ValueError("attn_cfg.num_heads: required when attn_layer_idx is not empty")
     if not attn_cfg.get("causal", False):
         raise ValueError("attn_cfg.causal: must be true for a language model")
-    for key in ("mlp_dim", "d_conv"):
-        if attn_cfg.get(key, 0):
-            raise ValueError(f"attn_cfg.{key}: only 0 is supported, got {attn_cfg[key]}")
+    if attn_cfg.get("mlp_dim", 0):
+        raise ValueError(f"attn_cfg.mlp_dim: only 0 is supported (no gated MLP fused into the attention "
+                         f"projections), got {attn_cfg['mlp_dim']}")
+    d_conv = attn_cfg.get("d_conv", 0) or 0
+    if d_conv and not 2 <= d_conv <= 8:
+        raise ValueError(f"attn_cfg.d_conv: only 0 (no conv) or a width from 2 to 8 is supported, got {d_conv}")
     if attn_cfg.get("rotary_emb_interleaved", False):
         raise ValueError("attn_cfg.rotary_emb_interleaved: only the rotate-half (non-interleaved) RoPE is supported")
     qkv_bias, out_bias = attn_cfg.get("qkv_proj_bias", True), attn_cfg.get("out_proj_bias", True)
@@ -90,7 +101,7 @@ def _attention_block(attn_cfg: Mapping[str, Any], d_model: int) -> dict[str, Any
     if scale is not None and not math.isclose(scale, head_dim ** -0.5, rel_tol=1e-6):
         raise ValueError(f"attn_cfg.softmax_scale: only 1/sqrt(head_dim) (or null) is supported, got {scale}")
     block: dict[str, Any] = {"type": "attention", "n_heads": n_heads, "n_kv_heads": attn_cfg.get("num_heads_kv"),
-                             "head_dim": head_dim, "bias": bool(qkv_bias),
+                             "head_dim": head_dim, "bias": bool(qkv_bias), "d_conv": d_conv,
                              "rope_theta": float(attn_cfg.get("rotary_emb_base", 10000.0))}
     rot = attn_cfg.get("rotary_emb_dim", 0)
     block["rope"] = rot > 0
@@ -107,8 +118,12 @@ def _attention_block(attn_cfg: Mapping[str, Any], d_model: int) -> dict[str, Any
 def spec_from_mamba_ssm_config(config: Mapping[str, Any], name: str = "mamba_ssm") -> ModelSpec:
     """The ModelSpec equivalent to a mamba_ssm MambaConfig (as in its config.json).
 
+    MHA's d_conv (a causal depthwise conv with bias over the fused qkv projection) maps to AttentionSpec.d_conv,
+    rotary_emb_dim to rope_fraction = rotary_emb_dim / head_dim, rotary_emb_base to rope_theta, the two equal
+    projection biases to bias.
     Raises ValueError naming the config key for options archspec cannot represent (Mamba1 layers, MHA with
-    mlp_dim/d_conv/interleaved RoPE/unequal biases, non-causal attention, d_ssm != d_inner).
+    mlp_dim > 0/interleaved RoPE/unequal biases/a softmax_scale other than 1/sqrt(head_dim), d_conv 1 or above
+    8, non-causal attention, d_ssm != d_inner).
     """
     unknown = set(config) - set(MAMBA_CONFIG_DEFAULTS) - _EXTRA_CONFIG_KEYS
     if unknown:

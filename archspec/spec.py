@@ -131,7 +131,8 @@ class SSDSpec(_Strict):
 
 
 class AttentionSpec(_Strict):
-    """Causal multi-head attention with GQA, RoPE, optional sliding window and qk-norm."""
+    """Causal multi-head attention with GQA, RoPE, optional sliding window and qk-norm, and optionally (as in
+    mamba_ssm's ``MHA`` with ``d_conv``) a causal depthwise conv over the fused q, k, v projection."""
 
     type: Literal["attention"] = "attention"
     n_heads: int = Field(ge=1)
@@ -143,7 +144,19 @@ class AttentionSpec(_Strict):
     sliding_window: int | None = Field(None, ge=1, description="attend to at most this many past tokens")
     qk_norm: bool = False
     bias: bool = False
+    d_conv: int = Field(
+        0, ge=0, le=8,
+        description="causal depthwise conv width over the q, k, v channels (with bias, no activation), applied "
+        "after in_proj and before the head split and RoPE, as mamba_ssm's MHA d_conv; 0 = no conv, else 2 to 8",
+    )
     backend: Literal["auto", "flash", "sdpa"] = "auto"
+
+    @field_validator("d_conv")
+    @classmethod
+    def _conv_width(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("must be 0 (no conv) or from 2 to 8, got 1")
+        return v
 
     @model_validator(mode="after")
     def _gqa(self) -> AttentionSpec:

@@ -1,4 +1,5 @@
-"""Causal multi-head attention with GQA, partial RoPE, an optional sliding window and optional qk-norm."""
+"""Causal multi-head attention with GQA, partial RoPE, an optional sliding window, optional qk-norm and an
+optional causal depthwise conv over the fused q, k, v projection (mamba_ssm's MHA ``d_conv``)."""
 from __future__ import annotations
 
 import math
@@ -10,6 +11,7 @@ from torch import nn
 from archspec.blocks.cache import KVCache
 from archspec.blocks.norm import RMSNorm
 from archspec.blocks.packing import check_cu_seqlens, positions_in_sequence, sequence_index
+from archspec.kernels.conv import MAX_D_CONV, causal_conv1d
 
 try:
     from flash_attn import flash_attn_func, flash_attn_varlen_func
@@ -65,6 +67,10 @@ class Attention(nn.Module):
     key/value head h // (n_heads / n_kv_heads); optional q_norm / k_norm (RMSNorm over head_dim, before RoPE);
     RoPE on the first rope_fraction of each head's channels; out_proj (n_heads * head_dim -> d_model).
     sliding_window w: each query sees itself and the w - 1 tokens before it.
+    d_conv > 0 (mamba_ssm's MHA with d_conv): conv1d, a causal depthwise conv of width d_conv with bias and no
+    activation over the qkv_dim = head_dim * (n_heads + 2 * n_kv_heads) channels of in_proj's output, applied
+    before the head split, qk-norm and RoPE (nn.Conv1d weight (qkv_dim, 1, d_conv), bias (qkv_dim,)); the
+    decode cache then also keeps the last d_conv conv inputs.
     backend: "auto" (flash_attn for CUDA fp16/bf16 inputs when importable, else torch SDPA), "sdpa", "flash".
     """
 
@@ -80,6 +86,7 @@ class Attention(nn.Module):
         sliding_window: int | None = None,
         qk_norm: bool = False,
         bias: bool = False,
+        d_conv: int = 0,
         backend: str = "auto",
         layer_idx: int | None = None,
         device=None,
@@ -107,6 +114,9 @@ class Attention(nn.Module):
             raise ValueError(f"rope_theta: expected a positive base, got {rope_theta}")
         if sliding_window is not None and sliding_window <= 0:
             raise ValueError(f"sliding_window: expected None or a positive number of tokens, got {sliding_window}")
+        if not 0 <= d_conv <= MAX_D_CONV:
+            raise ValueError(f"d_conv: expected 0 (no conv) or a conv width from 1 to {MAX_D_CONV} (the conv "
+                             f"kernel's limit), got {d_conv}")
         if backend not in ATTENTION_BACKENDS:
             raise ValueError(f"backend: expected one of {ATTENTION_BACKENDS}, got {backend!r}")
         factory = {"device": device, "dtype": dtype}
@@ -114,19 +124,27 @@ class Attention(nn.Module):
         self.rope, self.rope_theta, self.rope_fraction, self.rot_dim = rope, rope_theta, rope_fraction, rot_dim
         self.sliding_window, self.backend, self.layer_idx = sliding_window, backend, layer_idx
         self.softmax_scale = 1.0 / math.sqrt(head_dim)
-        self.in_proj = nn.Linear(d_model, head_dim * (n_heads + 2 * n_kv_heads), bias=bias, **factory)
+        self.d_conv, self.qkv_dim = d_conv, head_dim * (n_heads + 2 * n_kv_heads)
+        self.in_proj = nn.Linear(d_model, self.qkv_dim, bias=bias, **factory)
+        self.conv1d = (nn.Conv1d(self.qkv_dim, self.qkv_dim, kernel_size=d_conv, groups=self.qkv_dim,
+                                 padding=d_conv - 1, bias=True, **factory) if d_conv > 0 else None)
         self.q_norm = RMSNorm(head_dim, **factory) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, **factory) if qk_norm else None
         self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias, **factory)
 
     def init_cache(self, batch_size: int, max_seqlen: int, device=None, dtype=None) -> KVCache:
-        """Empty KV cache for up to max_seqlen tokens; a ring of min(sliding_window, max_seqlen) slots if windowed."""
+        """Empty KV cache for up to max_seqlen tokens; a ring of min(sliding_window, max_seqlen) slots if windowed.
+        With a conv, also a zero conv_state (batch_size, qkv_dim, d_conv) in the same dtype."""
         device = self.in_proj.weight.device if device is None else device
         dtype = self.in_proj.weight.dtype if dtype is None else dtype
         cache_len = max_seqlen if self.sliding_window is None else min(self.sliding_window, max_seqlen)
         shape = (batch_size, cache_len, self.n_kv_heads, self.head_dim)
+        conv_state = None
+        if self.conv1d is not None:
+            conv_state = torch.zeros(batch_size, self.qkv_dim, self.d_conv, device=device, dtype=dtype)
         return KVCache(k=torch.zeros(shape, device=device, dtype=dtype),
-                       v=torch.zeros(shape, device=device, dtype=dtype), max_seqlen=max_seqlen)
+                       v=torch.zeros(shape, device=device, dtype=dtype), max_seqlen=max_seqlen,
+                       conv_state=conv_state)
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, cu_seqlens: torch.Tensor | None = None
@@ -145,8 +163,11 @@ class Attention(nn.Module):
             positions = positions_in_sequence(cu_seqlens, seqlen)
         else:
             offset = 0 if cache is None else cache.seqlen_offset
+            if cache is not None and offset + seqlen > cache.max_seqlen:
+                raise ValueError(f"cache: holds at most max_seqlen={cache.max_seqlen} tokens, got {offset} cached + "
+                                 f"{seqlen} new")
             positions = torch.arange(offset, offset + seqlen, device=x.device)
-        q, k, v = self._project_qkv(x, positions)
+        q, k, v = self._project_qkv(x, positions, cache, cu_seqlens)
         if cu_seqlens is not None:
             y = self._attend_packed(q, k, v, cu_seqlens)
         elif cache is not None:
@@ -155,10 +176,14 @@ class Attention(nn.Module):
             y = self._attend(q, k, v)
         return self.out_proj(y.flatten(-2))
 
-    def _project_qkv(self, x: torch.Tensor, positions: torch.Tensor):
+    def _project_qkv(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                     cu_seqlens: torch.Tensor | None = None):
         """q (batch, seqlen, n_heads, head_dim), k and v (batch, seqlen, n_kv_heads, head_dim)."""
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = torch.split(self.in_proj(x), [q_dim, kv_dim, kv_dim], dim=-1)
+        qkv = self.in_proj(x)
+        if self.conv1d is not None:
+            qkv = self._conv(qkv, cache, cu_seqlens)
+        q, k, v = torch.split(qkv, [q_dim, kv_dim, kv_dim], dim=-1)
         q = q.unflatten(-1, (self.n_heads, self.head_dim))
         k = k.unflatten(-1, (self.n_kv_heads, self.head_dim))
         v = v.unflatten(-1, (self.n_kv_heads, self.head_dim))
@@ -168,6 +193,31 @@ class Attention(nn.Module):
             q = apply_rope(q, positions, self.rot_dim, self.rope_theta)
             k = apply_rope(k, positions, self.rot_dim, self.rope_theta)
         return q, k, v
+
+    def _conv(self, qkv: torch.Tensor, cache: KVCache | None, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+        """Causal depthwise conv (+ bias, no activation) over qkv (batch, seqlen, qkv_dim) -> the same shape.
+
+        Without a cache: zero history (restarting at each packed sequence start). With one: the cached conv
+        inputs are the history and cache.conv_state is updated to the last d_conv inputs (one token: a direct
+        multiply-add over the state; more: the conv over the state followed by the new inputs).
+        """
+        weight, bias = self.conv1d.weight[:, 0, :], self.conv1d.bias
+        if cache is None:
+            return causal_conv1d(qkv, weight, bias, activation=None, cu_seqlens=cu_seqlens)
+        if cache.conv_state is None:
+            raise ValueError("cache: has no conv_state, but this attention has a qkv conv (d_conv="
+                             f"{self.d_conv}); make the cache with init_cache")
+        state = cache.conv_state
+        if qkv.shape[1] == 1:
+            state.copy_(torch.roll(state, shifts=-1, dims=-1))
+            state[:, :, -1] = qkv[:, 0].to(state.dtype)
+            dtype = torch.promote_types(qkv.dtype, torch.float32)
+            out = (state.to(dtype) * weight.to(dtype)).sum(dim=-1) + bias.to(dtype)
+            return out.to(qkv.dtype)[:, None]
+        history = torch.cat([state.transpose(1, 2).to(qkv.dtype), qkv], dim=1)
+        out = causal_conv1d(history[:, 1:], weight, bias, activation=None)
+        state.copy_(history[:, -self.d_conv:].transpose(1, 2))
+        return out[:, self.d_conv - 1:]
 
     def _use_flash(self, q: torch.Tensor) -> bool:
         fits = flash_attn_available() and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
@@ -221,9 +271,6 @@ class Attention(nn.Module):
     def _attend_cached(self, q, k, v, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Attend from this call's tokens to the cached ones and themselves; append k, v to the cache."""
         seqlen, start = q.shape[1], cache.seqlen_offset
-        if start + seqlen > cache.max_seqlen:
-            raise ValueError(f"cache: holds at most max_seqlen={cache.max_seqlen} tokens, got {start} cached + "
-                             f"{seqlen} new")
         if self.sliding_window is None:
             cache.k[:, start:start + seqlen] = k.to(cache.k.dtype)
             cache.v[:, start:start + seqlen] = v.to(cache.v.dtype)
@@ -249,4 +296,4 @@ class Attention(nn.Module):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
                 f"head_dim={self.head_dim}, rope={self.rope}, rot_dim={self.rot_dim}, "
-                f"sliding_window={self.sliding_window}, backend={self.backend!r}")
+                f"sliding_window={self.sliding_window}, d_conv={self.d_conv}, backend={self.backend!r}")

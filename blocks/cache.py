@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -30,12 +31,16 @@ class KVCache:
     tokens cache_len = min(w, max_seqlen) and the cache is a ring buffer: token t sits in slot t % cache_len.
     max_seqlen: the most tokens the cache accepts in total.
     seqlen_offset: number of tokens consumed so far (the position of the next token).
+    conv_state: with a qkv conv (d_conv > 0), (batch, qkv_dim, d_conv): the last d_conv conv *inputs* (the
+        in_proj outputs, oldest first; zeros before the first token, the same as the causal zero padding), in
+        the cache dtype, as Mamba2Cache keeps its conv state; None without a conv.
     """
 
     k: torch.Tensor
     v: torch.Tensor
     max_seqlen: int
     seqlen_offset: int = 0
+    conv_state: Optional[torch.Tensor] = None
 
     @property
     def cache_len(self) -> int:

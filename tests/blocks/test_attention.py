@@ -1,5 +1,5 @@
-"""Attention: naive softmax reference with explicit RoPE, causality, KV-cache decode, sliding window, GQA,
-packed sequences, backend fallback, gradients and argument checks."""
+"""Attention: naive softmax reference with explicit RoPE (and the qkv conv), causality, KV-cache decode (with the
+conv state), sliding window, GQA, packed sequences, backend fallback, gradients and argument checks."""
 import math
 
 import pytest
@@ -13,6 +13,9 @@ CONFIGS = {
     "mqa_window_bias": dict(d_model=32, n_heads=4, n_kv_heads=1, head_dim=12, sliding_window=5, bias=True,
                             rope_theta=500.0),
     "gqa_window_no_rope": dict(d_model=48, n_heads=6, n_kv_heads=3, rope=False, sliding_window=9),
+    # mamba_ssm's MHA with d_conv: depthwise causal conv over q, k, v before RoPE; biases on both projections
+    "gqa_conv_partial_rope": dict(d_model=32, n_heads=4, n_kv_heads=2, rope_fraction=0.5, d_conv=4, bias=True),
+    "mqa_conv_window": dict(d_model=32, n_heads=4, n_kv_heads=1, head_dim=12, sliding_window=5, d_conv=3),
 }
 
 
@@ -44,6 +47,15 @@ def naive_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     hd, nh, nkv = attn.head_dim, attn.n_heads, attn.n_kv_heads
     W = attn.in_proj.weight.double()
     qkv = x @ W.T + (0.0 if attn.in_proj.bias is None else attn.in_proj.bias.double())
+    if attn.conv1d is not None:  # out[t] = bias + sum_k w[:, k] * in[t - (d_conv - 1) + k], zero before t = 0
+        w, width = attn.conv1d.weight.double()[:, 0, :], attn.d_conv
+        conv = attn.conv1d.bias.double().expand_as(qkv).clone()
+        for t in range(x.shape[1]):
+            for k in range(width):
+                src = t - (width - 1) + k
+                if src >= 0:
+                    conv[:, t] += w[:, k] * qkv[:, src]
+        qkv = conv
     q = qkv[..., :nh * hd].unflatten(-1, (nh, hd))
     k = qkv[..., nh * hd:(nh + nkv) * hd].unflatten(-1, (nkv, hd))
     v = qkv[..., (nh + nkv) * hd:].unflatten(-1, (nkv, hd))
@@ -198,12 +210,50 @@ def test_parameter_layout_is_fused_qkv_then_out():
                       "out_proj.weight": (32, 48)}
 
 
+def test_qkv_conv_has_mamba_ssm_mha_names_and_shapes():
+    # mamba_ssm MHA(d_conv=4): nn.Conv1d(qkv_dim, qkv_dim, kernel_size=4, padding=3, groups=qkv_dim), with bias
+    attn = Attention(32, 4, n_kv_heads=2, head_dim=12, d_conv=4, bias=True)
+    shapes = {k: tuple(v.shape) for k, v in attn.state_dict().items()}
+    assert shapes == {"in_proj.weight": (96, 32), "in_proj.bias": (96,), "conv1d.weight": (96, 1, 4),
+                      "conv1d.bias": (96,), "out_proj.weight": (32, 48), "out_proj.bias": (32,)}
+    cache = attn.init_cache(3, 10, dtype=torch.bfloat16)
+    assert cache.conv_state.shape == (3, 96, 4) and cache.conv_state.dtype == torch.bfloat16
+    assert not cache.conv_state.any()
+    assert Attention(32, 4).init_cache(3, 10).conv_state is None
+
+
+def test_conv_state_holds_the_last_conv_inputs():
+    # the cache keeps the last d_conv in_proj outputs (pre-conv), zero-padded on the left for a short prefill
+    attn = make_attention(CONFIGS["gqa_conv_partial_rope"])
+    x = torch.randn(2, 6, 32)
+    with torch.no_grad():
+        qkv = attn.in_proj(x)
+        short, long_ = attn.init_cache(2, 10), attn.init_cache(2, 10)
+        attn(x[:, :2], cache=short)
+        attn(x, cache=long_)
+    torch.testing.assert_close(short.conv_state[..., 2:], qkv[:, :2].transpose(1, 2))
+    assert not short.conv_state[..., :2].any()
+    torch.testing.assert_close(long_.conv_state, qkv[:, 2:].transpose(1, 2))
+    with torch.no_grad():
+        attn(x[:, :1], cache=long_)
+    torch.testing.assert_close(long_.conv_state, torch.cat([qkv[:, 3:], qkv[:, :1]], 1).transpose(1, 2))
+
+
+def test_a_cache_without_conv_state_is_refused_by_a_conv_attention():
+    attn = make_attention(CONFIGS["gqa_conv_partial_rope"])
+    cache = Attention(32, 4, n_kv_heads=2, rope_fraction=0.5).init_cache(1, 8)
+    with pytest.raises(ValueError, match="conv_state"):
+        attn(torch.randn(1, 1, 32), cache=cache)
+
+
 @pytest.mark.parametrize("kwargs, argument", [
     (dict(d_model=32, n_heads=4, n_kv_heads=3), "n_kv_heads"),
     (dict(d_model=30, n_heads=4), "n_heads"),
     (dict(d_model=32, n_heads=4, backend="xformers"), "backend"),
     (dict(d_model=32, n_heads=4, rope_fraction=1.5), "rope_fraction"),
     (dict(d_model=32, n_heads=4, sliding_window=0), "sliding_window"),
+    (dict(d_model=32, n_heads=4, d_conv=9), "d_conv"),
+    (dict(d_model=32, n_heads=4, d_conv=-1), "d_conv"),
 ])
 def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
@@ -212,7 +262,7 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", ["gqa_partial_rope_qknorm", "mqa_window_bias"])
+@pytest.mark.parametrize("name", ["gqa_partial_rope_qknorm", "mqa_window_bias", "gqa_conv_partial_rope"])
 def test_bf16_auto_backend_matches_float64_reference_on_gpu(name):
     attn = make_attention(CONFIGS[name]).cuda()
     x = torch.randn(2, 50, attn.d_model, device="cuda")

@@ -170,6 +170,18 @@ def test_kv_heads_not_dividing_heads(write) -> None:
     assert str(error_of(path)) == f"{path}:13 blocks.A.n_kv_heads: n_kv_heads 3 does not divide n_heads 2"
 
 
+def test_attention_conv_width_is_zero_or_two_to_eight(write) -> None:
+    path = write("s.yaml", TINY.replace("n_heads: 2", "n_heads: 2\n    d_conv: 1"))
+    assert str(error_of(path)) == f"{path}:13 blocks.A.d_conv: must be 0 (no conv) or from 2 to 8, got 1"
+    path = write("t.yaml", TINY.replace("n_heads: 2", "n_heads: 2\n    d_conv: 9"))
+    assert str(error_of(path)) == f"{path}:13 blocks.A.d_conv: must be at most 8, got 9"
+    path = write("u.yaml", TINY.replace("n_heads: 2", "n_heads: 2\n    d_conv: -1"))
+    assert str(error_of(path)) == f"{path}:13 blocks.A.d_conv: must be at least 0, got -1"
+    for width in (0, 2, 8):
+        path = write(f"ok{width}.yaml", TINY.replace("n_heads: 2", f"n_heads: 2\n    d_conv: {width}"))
+        assert load_spec(path).blocks["A"].d_conv == width
+
+
 def test_chunk_size_must_be_a_power_of_two(write) -> None:
     path = write("s.yaml", TINY.replace("chunk_size: 16", "chunk_size: 24"))
     assert str(error_of(path)) == f"{path}:9 blocks.M.chunk_size: must be a power of two, got 24"

@@ -43,6 +43,8 @@ def test_json_schema_is_strict_json_with_every_builtin_block_type() -> None:
     for name in ("SSDSpec", "AttentionSpec", "MLPSpec", "RatioLayout", "RepeatGroup", "TrainingSpec", "MQARConfig"):
         assert name in schema["$defs"]
     assert schema["$defs"]["SSDSpec"]["properties"]["d_state"]["maximum"] == 256
+    d_conv = schema["$defs"]["AttentionSpec"]["properties"]["d_conv"]
+    assert (d_conv["default"], d_conv["minimum"], d_conv["maximum"]) == (0, 0, 8) and "conv" in d_conv["description"]
 
 
 def test_registered_block_type_validates_from_yaml_and_appears_in_the_schema(write, hyena) -> None:

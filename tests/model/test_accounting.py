@@ -16,6 +16,7 @@ from archspec.accounting import (
     attention_flops,
     attention_kv_bytes,
     attention_params,
+    attention_state_bytes,
     block_accounting,
     causal_chunk_pairs_per_token,
     causal_keys_per_token,
@@ -34,6 +35,14 @@ from archspec.builder import build_mixer, build_model
 from archspec.spec import AttentionSpec, MLPSpec, SSDSpec
 
 from model_specs import make_spec
+
+
+def conv_attention_spec():
+    """The tiny hybrid with its full attention given mamba_ssm's qkv conv (d_conv 4) and projection biases."""
+    base = make_spec()
+    blocks = {s: b.model_dump() for s, b in base.blocks.items()}
+    blocks["A"].update(d_conv=4, bias=True)
+    return make_spec(blocks=blocks)
 
 
 def numel(module: torch.nn.Module) -> int:
@@ -96,6 +105,20 @@ def test_attention_hand_computed():
     assert attention_kv_bytes(block.model_copy(update={"sliding_window": 3}), 32, 7, 2) == 2 * 2 * 8 * 3 * 2
 
 
+def test_attention_with_qkv_conv_hand_computed():
+    # mamba_ssm MHA(d_conv=4): qkv_dim = 8 * (4 + 2 * 2) = 64 channels, conv weight 64 x 4 + bias 64
+    block = AttentionSpec(n_heads=4, n_kv_heads=2, d_conv=4)
+    plain = block.model_copy(update={"d_conv": 0})
+    assert attention_params(block, 32) == attention_params(plain, 32) + 64 * 4 + 64
+    flops = attention_flops(block, 32, seq_len=7)
+    assert flops == {**attention_flops(plain, 32, seq_len=7), "conv": 2 * 4 * 64}
+    assert "conv" not in attention_flops(plain, 32, seq_len=7)
+    # conv state: 3 previous inputs of 64 channels; constant in seq_len, beside the growing KV cache
+    assert attention_state_bytes(block, 32, dtype_bytes=2) == 64 * 3 * 2
+    assert attention_state_bytes(plain, 32, dtype_bytes=2) == 0
+    assert attention_kv_bytes(block, 32, 7, 2) == attention_kv_bytes(plain, 32, 7, 2)
+
+
 def test_mlp_hand_computed():
     swiglu = MLPSpec(kind="swiglu")  # 8/3 * 32 = 85 -> 128 (multiple of 64)
     assert mlp_params(swiglu, 32) == 32 * 256 + 128 * 32
@@ -109,6 +132,8 @@ def test_mlp_hand_computed():
     SSDSpec(d_state=8, head_dim=64, expand=3, conv_bias=False, rmsnorm=False),
     AttentionSpec(n_heads=4, n_kv_heads=1, head_dim=16, qk_norm=True, bias=True),
     AttentionSpec(n_heads=2),
+    AttentionSpec(n_heads=4, n_kv_heads=2, head_dim=16, d_conv=4, bias=True),
+    AttentionSpec(n_heads=2, d_conv=2, qk_norm=True),
     MLPSpec(kind="gelu", hidden=72, bias=True),
     MLPSpec(kind="swiglu", hidden_mult=3.0, multiple_of=32),
 ])
@@ -151,10 +176,12 @@ def test_decode_state_bytes_grow_with_kv_and_stop_at_the_window(tiny_spec):
         acc.decode_state_bytes(batch=0)
 
 
-def test_decode_state_bytes_equal_what_a_bfloat16_model_allocates(tiny_spec):
-    # the SSM state stays float32 in a bf16 model; the conv state's extra (d_conv-th) column is not counted
+@pytest.mark.parametrize("conv", [False, True], ids=["plain", "attention_conv"])
+def test_decode_state_bytes_equal_what_a_bfloat16_model_allocates(tiny_spec, conv):
+    # the SSM state stays float32 in a bf16 model; the conv states' extra (d_conv-th) column is not counted
+    spec = conv_attention_spec() if conv else tiny_spec
     seq_len = 16
-    model = build_model(tiny_spec, dtype=torch.bfloat16)
+    model = build_model(spec, dtype=torch.bfloat16)
     allocated = 0
     for cache in model.init_caches(batch_size=3, max_seqlen=seq_len):
         if hasattr(cache, "ssm_state"):
@@ -162,7 +189,12 @@ def test_decode_state_bytes_equal_what_a_bfloat16_model_allocates(tiny_spec):
             allocated += cache.ssm_state.nbytes + cache.conv_state[..., 1:].nbytes
         elif cache is not None:
             allocated += cache.k.nbytes + cache.v.nbytes
-    assert account(tiny_spec, seq_len).decode_state_bytes(batch=3, dtype_bytes=2) == allocated
+            if cache.conv_state is not None:
+                allocated += cache.conv_state[..., 1:].nbytes
+    acc = account(spec, seq_len)
+    assert acc.decode_state_bytes(batch=3, dtype_bytes=2) == allocated
+    conv_layers = [la for la in acc.layers if la.type == "attention" and la.state_bytes]
+    assert len(conv_layers) == (1 if conv else 0)
 
 
 def test_steps_for_budget_spends_whole_steps(tiny_spec):
@@ -225,16 +257,16 @@ def counter_view(block, d_model: int, batch: int, seq_len: int) -> float:
     if block.type == "mlp":
         return tokens * (flops["fc1"] + flops["fc2"])
     linear = tokens * (flops["in_proj"] + flops["out_proj"])
+    conv = flops.get("conv", 0.0) * batch * (seq_len + block.d_conv - 1)
     t = torch.arange(seq_len)
     causal = t[None, :] <= t[:, None]
     if block.type == "attention":
         window = seq_len if block.sliding_window is None else block.sliding_window
         keys = (causal & (t[None, :] > t[:, None] - window)).sum().item() / seq_len  # masked keys per query
-        return linear + tokens * (flops["attention_scores"] + flops["attention_values"]) * seq_len / keys
+        return linear + conv + tokens * (flops["attention_scores"] + flops["attention_values"]) * seq_len / keys
     q = block.chunk_size
     padded = batch * math.ceil(seq_len / q) * q
     pairs = (causal & (t[None, :] // q == t[:, None] // q)).sum().item() / seq_len  # masked pairs per token
-    conv = flops["conv"] * batch * (seq_len + block.d_conv - 1)
     return (linear + conv + padded * (flops["ssd_scores"] + flops["ssd_mix"]) * q / pairs
             + padded * (flops["ssd_chunk_state"] + flops["ssd_state_output"]))
 
@@ -244,6 +276,8 @@ def counter_view(block, d_model: int, batch: int, seq_len: int) -> float:
     AttentionSpec(n_heads=4, backend="sdpa"),
     AttentionSpec(n_heads=4, n_kv_heads=2, head_dim=16, backend="sdpa"),
     AttentionSpec(n_heads=2, sliding_window=5, backend="sdpa"),
+    AttentionSpec(n_heads=4, n_kv_heads=2, head_dim=16, d_conv=4, bias=True, backend="sdpa"),
+    AttentionSpec(n_heads=2, sliding_window=5, d_conv=3, backend="sdpa"),
     SSDSpec(d_state=16, head_dim=32, chunk_size=8, backend="torch"),
     SSDSpec(d_state=32, head_dim=32, ngroups=2, expand=4, d_conv=3, chunk_size=16, backend="torch"),
 ])
@@ -265,7 +299,9 @@ def test_linear_parts_match_flop_counter_exactly():
     assert counted(mixer.out_proj, torch.randn(3, 10, 64)) == 30 * flops["out_proj"]
 
 
-def test_whole_model_matches_flop_counter(tiny_spec):
+@pytest.mark.parametrize("conv", [False, True], ids=["plain", "attention_conv"])
+def test_whole_model_matches_flop_counter(tiny_spec, conv):
+    tiny_spec = conv_attention_spec() if conv else tiny_spec
     model = build_model(tiny_spec)
     batch, seq_len = 2, 24
     ids = torch.randint(0, tiny_spec.vocab_size, (batch, seq_len))
