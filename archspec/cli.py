@@ -91,6 +91,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     out = Path(args.out)
+    blocker = _file_in_the_way(out.parent)
+    if blocker is not None:
+        print(f"error: {blocker} is a file, not a folder, so --out {out} cannot be written", file=sys.stderr)
+        return 2
+    if out.is_dir():
+        print(f"error: {out} is a folder; --out expects a file name such as {out / 'spec.schema.json'}",
+              file=sys.stderr)
+        return 2
     write_atomic(out, text)
     print(f"wrote {out}")
     return 0
@@ -141,11 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _os_error(exc: OSError) -> str:
+def os_error_text(exc: OSError) -> str:
     """``<path>: <reason>`` for an OSError from the system (naming the destination of a failed rename), else
-    the exception's own message."""
+    the exception's own message. A folder that cannot be made because a file is in the way (``mkdir`` of
+    ``notes.txt/out``: "File exists" or "Not a directory") reads ``<file> is a file, not a folder``."""
     path = exc.filename2 or exc.filename
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and path is not None:
+        wanted = Path(os.fsdecode(path))
+        blocker = _file_in_the_way(wanted)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder" + ("" if blocker == wanted else f", so {wanted} cannot be made")
     return f"{path}: {exc.strerror}" if path is not None and exc.strerror else str(exc)
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a folder, or None."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a missing input, an --out that cannot be written, a full disk
-        print(f"error: {_os_error(exc)}", file=sys.stderr)
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: running the same command again resumes", file=sys.stderr)

@@ -266,6 +266,19 @@ def claim_out_dir(out_dir: Path, spec: ModelSpec) -> None:
         write_atomic(path, dump_spec(spec))
 
 
+RESTART_HINT = "delete it or pass --no-resume (resume=False) to start the run over"
+
+
+def check_last_checkpoint(out_dir: Path, max_steps: int, *, hint: str = RESTART_HINT) -> None:
+    """Raise RunDirError when a run in ``out_dir`` that has not finished ``max_steps`` steps would resume from a
+    damaged ``checkpoints/last.ckpt`` (truncated or not a checkpoint); ``hint`` says what to do about it."""
+    last = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if not last.exists() or _finished_result(out_dir, max_steps) is not None:
+        return
+    if not zipfile.is_zipfile(last):  # torch.save writes a zip: the end of a truncated one is missing
+        raise RunDirError(f"out_dir: {last} is damaged (truncated or not a checkpoint); {hint}")
+
+
 def _finished_result(out_dir: Path, max_steps: int) -> TrainResult | None:
     """The stored result of a run in ``out_dir`` that reached ``max_steps`` and was written after ``last.ckpt``
     (not one left over from before a ``resume=False`` restart), or None."""
@@ -392,9 +405,8 @@ def train(
     finished = _finished_result(out, cfg.max_steps) if resume else None
     if finished is not None:
         return finished
-    if resume and last.exists() and not zipfile.is_zipfile(last):  # torch.save writes a zip: its end is missing
-        raise RunDirError(f"out_dir: {last} is damaged (truncated or not a checkpoint); delete it or pass --no-resume "
-                          "(resume=False) to start the run over")
+    if resume:
+        check_last_checkpoint(out, cfg.max_steps)
 
     precision = resolve_precision(cfg.precision, accelerator)
     on_cuda = uses_cuda(accelerator)

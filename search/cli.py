@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -100,9 +101,31 @@ def cmd_search(args: argparse.Namespace) -> int:
         except ValueError as err:  # a study or output folder that does not match this search
             print(f"error: {err}", file=sys.stderr)
             return 2
-    report = write_report(study, search, out)
+    try:
+        report = write_report(study, search, out)
+    except OSError as err:  # a full disk, an --out that cannot be written: the trials themselves are stored
+        from archspec.cli import os_error_text
+
+        print(f"error: {os_error_text(err)}; the report is incomplete, but the study's "
+              f"{finished_trials(study)} finished trials are safe in study {study.study_name!r} in "
+              f"{public_url(target.storage)}; once that is fixed, `{report_command(args, out)}` rewrites the report",
+              file=sys.stderr)
+        return 2
     print(summary(study, search, report, finished_trials(study)))
     return 0
+
+
+def report_command(args: argparse.Namespace, out: Path) -> str:
+    """The ``archspec search ... --report-only`` command line that rewrites the report of this search's study
+    (with its --storage, password hidden, and --study-name when they were given)."""
+    from archspec.search.study import public_url
+
+    words = ["archspec", "search", args.search, "--out", str(out)]
+    if args.storage:
+        words += ["--storage", public_url(args.storage)]
+    if args.study_name:
+        words += ["--study-name", args.study_name]
+    return shlex.join([*words, "--report-only"])
 
 
 def summary(study: Any, search: Any, report: Any, finished: int) -> str:

@@ -92,7 +92,8 @@ def compare(
 
     task: a DataConfig (default the first spec's data). Runs go to ``out_dir/runs/<name>`` and resume there
     when interrupted. Raises SpecError for a spec that does not load, RunDirError (before training anything) when
-    ``out_dir/runs/<name>`` holds a run of another spec, budget, task or seed, ValueError for bad arguments.
+    ``out_dir/runs/<name>`` holds a run of another spec, budget, task or seed or a damaged ``last.ckpt`` to resume
+    from, ValueError for bad arguments.
     """
     if not spec_paths:
         raise ValueError("spec_paths: expected at least one spec")
@@ -106,11 +107,14 @@ def compare(
         raise ValueError(f"task: {spec_paths[0]} has no data section; pass task (--task FILE)")
     out = Path(out_dir)
     names = _unique_names([s.name for s in specs])
-    from archspec.training import check_out_dir, resolve_run_spec
+    from archspec.training import check_last_checkpoint, check_out_dir, resolve_run_spec
 
     run_specs = [_prepare(spec, data, budget_flops, seed, val_checks) for spec in specs]
-    for name, run_spec in zip(names, run_specs):  # refuse earlier runs of another budget, task or seed up front
-        check_out_dir(out / "runs" / name, resolve_run_spec(run_spec, data=data, budget_flops=budget_flops, seed=seed))
+    for name, run_spec in zip(names, run_specs):  # refuse, before training anything, earlier runs of another
+        run_dir = out / "runs" / name            # budget, task or seed and damaged checkpoints to resume from
+        resolved = resolve_run_spec(run_spec, data=data, budget_flops=budget_flops, seed=seed)
+        check_out_dir(run_dir, resolved)
+        check_last_checkpoint(run_dir, resolved.training.max_steps, hint=f"delete it to train {name} over")
     rows = []
     for name, run_spec, path in zip(names, run_specs, spec_paths):
         result = _train(run_spec, data, out / "runs" / name, budget_flops, seed, accelerator, isolate)

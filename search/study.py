@@ -38,6 +38,13 @@ from archspec.search.space import grid
 SQLITE_TIMEOUT_S = 60
 """Seconds a SQLite writer waits for another worker's lock before failing."""
 
+CONNECT_TIMEOUT_S = 10
+"""Seconds to wait for a PostgreSQL server to answer a new connection (a host that drops packets would otherwise
+hang the search for the operating system's TCP timeout, minutes)."""
+
+LIBPQ_DRIVERS = ("", "psycopg2", "psycopg", "psycopg2cffi")
+"""PostgreSQL drivers built on libpq, which take ``connect_timeout``; "" is the default driver."""
+
 HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 600
 """A RUNNING trial whose worker sent no heartbeat for this long (it was killed) is marked failed."""
@@ -94,15 +101,12 @@ def open_storage(url: str) -> BaseStorage:
         return JournalStorage(JournalFileBackend(path))
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs: dict = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
         try:
             return RDBStorage(
                 with_installed_driver(url),
-                engine_kwargs=engine_kwargs,
+                engine_kwargs=engine_kwargs(url),
                 heartbeat_interval=HEARTBEAT_INTERVAL_S,
                 grace_period=GRACE_PERIOD_S,
             )
@@ -115,6 +119,20 @@ def open_storage(url: str) -> BaseStorage:
         except DBAPIError as err:  # no server listening, a refused login, a database file that cannot be opened
             reason = " ".join(str(err.orig).split())  # the driver's message, on one line
             raise ValueError(f"storage: cannot open {public_url(url)}: {reason}") from None
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """SQLAlchemy ``create_engine`` arguments for a storage URL: SQLite waits ``SQLITE_TIMEOUT_S`` for locks;
+    server databases check pooled connections before use, and PostgreSQL through libpq gives up connecting after
+    ``CONNECT_TIMEOUT_S``."""
+    if url.startswith("sqlite:"):
+        return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    backend, _, driver = scheme.partition("+")
+    if backend in ("postgresql", "postgres") and driver in LIBPQ_DRIVERS:
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    return kwargs
 
 
 def with_installed_driver(url: str) -> str:

@@ -220,3 +220,31 @@ def test_train_refuses_to_resume_from_a_damaged_checkpoint_until_told_to_start_o
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["version_0"]
     assert main([*argv, "--no-resume"]) == 0
     assert json.loads((out / "result.json").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("inside", ["schema.json", "sub/schema.json"], ids=["parent", "grandparent"])
+def test_schema_out_under_a_file_says_that_file_is_not_a_folder(tmp_path, capsys, inside):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    out = blocker / inside
+    assert main(["schema", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {blocker} is a file, not a folder, so --out {out} cannot be written\n"
+    assert blocker.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_schema_out_that_is_a_folder_asks_for_a_file_name(tmp_path, capsys):
+    assert main(["schema", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path} is a folder; --out expects a file name such as "
+                                       f"{tmp_path / 'spec.schema.json'}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_train_out_under_a_file_says_that_file_is_not_a_folder(tmp_path, capsys):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    argv = ["train", TINY, "--out", str(blocker / "run"), "--max-steps", "1", "--accelerator", "cpu", "--no-progress",
+            *_set_args(TINY_SET)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (f"error: {blocker} is a file, not a folder, so {blocker / 'run'} "
+                                       "cannot be made\n")
+    assert blocker.read_text() == "mine"

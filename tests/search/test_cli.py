@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
+import os
+import shlex
 
 import pytest
 
 from archspec.cli import main
 from archspec.search import objective as objective_module
+from archspec.search import report as report_module
+from archspec.search import study as study_module
 
 from search_helpers import fake_train, tiny_search, write_yaml
 
@@ -157,3 +162,70 @@ def test_a_storage_whose_driver_is_not_installed_exits_2_naming_it(tmp_path, cap
     assert capsys.readouterr().err == ("error: storage: mysql://user:***@127.0.0.1:1/db needs a database driver "
                                        "that is not installed (MySQLdb)\n")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None, reason="needs psycopg2")
+def test_a_postgres_host_that_never_answers_gives_up_after_the_connect_timeout_and_exits_2(
+    tmp_path, monkeypatch, capsys
+):
+    import psycopg2
+
+    calls = []
+
+    def silent_host(*args, **kwargs):  # what libpq does once connect_timeout runs out on a host dropping packets
+        calls.append(kwargs)
+        raise psycopg2.OperationalError('connection to server at "192.0.2.1", port 5432 failed: timeout expired')
+
+    monkeypatch.setattr(psycopg2, "connect", silent_host)
+    path = write_yaml(tmp_path / "tiny.yaml", tiny_search(n_trials=1))
+    url = "postgresql+psycopg2://user:secret@192.0.2.1/db"
+    assert main(["search", str(path), "--out", str(tmp_path / "out"), "--storage", url, "--no-progress"]) == 2
+    assert calls and all(call["connect_timeout"] == study_module.CONNECT_TIMEOUT_S == 10 for call in calls)
+    err = capsys.readouterr().err
+    assert err.startswith("error: storage: cannot open postgresql+psycopg2://user:***@192.0.2.1/db: ")
+    assert err.endswith("timeout expired\n") and "secret" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("url", "connect_args"), [
+    ("postgresql://u:pw@db.example/study", {"connect_timeout": 10}),
+    ("postgresql+psycopg2://u:pw@db.example/study", {"connect_timeout": 10}),
+    ("postgresql+psycopg://u:pw@db.example/study", {"connect_timeout": 10}),
+    ("postgresql+pg8000://u:pw@db.example/study", None),  # no libpq: another keyword, left to the driver's default
+    ("mysql://u:pw@db.example/study", None),
+    ("sqlite:////tmp/study.db", {"timeout": 60}),  # a lock wait, not a connect timeout
+], ids=["postgresql", "psycopg2", "psycopg3", "pg8000", "mysql", "sqlite"])
+def test_only_postgres_through_libpq_gets_a_connect_timeout(url, connect_args):
+    kwargs = study_module.engine_kwargs(url)
+    assert kwargs.get("connect_args") == connect_args
+
+
+@pytest.mark.parametrize("where", ["default", "own-storage"])
+def test_a_report_that_cannot_be_written_says_the_trials_are_safe_and_how_to_rewrite_it(
+    tmp_path, monkeypatch, capsys, where
+):
+    monkeypatch.setattr(objective_module, "train", fake_train)
+    real_write = report_module.write_atomic
+
+    def disk_full_at_best_yaml(path, data):
+        if path.name == "best.yaml":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(report_module, "write_atomic", disk_full_at_best_yaml)
+    path = write_yaml(tmp_path / "tiny.yaml", tiny_search(n_trials=2))
+    out = tmp_path / "out dir"
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    extra = {"default": [], "own-storage": ["--storage", storage, "--study-name", "mine"]}[where]
+    assert main(["search", str(path), "--out", str(out), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    name, url = ("tiny", f"sqlite:///{(out / 'study.db').resolve()}") if where == "default" else ("mine", storage)
+    assert err.startswith(f"error: {out / 'best.yaml'}: No space left on device; ") and err.count("\n") == 1
+    assert f"the study's 2 finished trials are safe in study {name!r} in {url}" in err
+    command = err.split("`")[1]
+    assert command.startswith("archspec search ") and command.endswith(" --report-only")
+
+    monkeypatch.setattr(report_module, "write_atomic", real_write)  # space freed: the command given rewrites it
+    assert main(shlex.split(command)[1:]) == 0
+    assert "2 finished trials (2 complete)" in capsys.readouterr().out
+    assert (out / "best.yaml").exists() and (out / "trials.csv").read_text().count("\n") == 3

@@ -124,3 +124,26 @@ def test_bench_on_a_gpu_times_both_at_every_length(tmp_path, core):
     for row in result.rows:
         assert all(row[k] > 0 for k in ("ssd_fwd_ms", "ssd_fwd_bwd_ms", "attention_fwd_ms", "attention_fwd_bwd_ms"))
     assert "CPU" not in result.device and (tmp_path / "crossover.png").exists()
+
+
+def test_compare_refuses_a_damaged_checkpoint_up_front_with_one_line_and_trains_once_it_is_deleted(tmp_path, capsys):
+    ssd, hybrid = _specs(tmp_path)
+    out = tmp_path / "out"
+    compare([hybrid], task=load_task(ssd), budget_flops=1.2e7, out_dir=out, val_checks=1, isolate=False)
+    last = out / "runs" / "hybrid" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a run killed while saving its checkpoint
+    (out / "runs" / "hybrid" / "result.json").unlink()
+    earlier = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    argv = ["compare", str(ssd), str(hybrid), "--budget", "1.2e7", "--task", str(ssd), "--val-checks", "1",
+            "--out", str(out)]
+    assert main(argv) == 2  # each spec in its own process by default: refused before any process starts
+    assert capsys.readouterr().err == (f"error: out_dir: {last} is damaged (truncated or not a checkpoint); "
+                                       "delete it to train hybrid over\n")
+    assert not (out / "runs" / "ssd").exists()  # refused before the first spec trained
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
+
+    last.unlink()  # the way out the message gives
+    assert main([*argv, "--in-process"]) == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["ssd", "hybrid"] and all(r["val_loss"] is not None for r in rows)

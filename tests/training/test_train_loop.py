@@ -17,6 +17,8 @@ from archspec.training import (
     AdvanceBatches,
     ResumableBatches,
     RunDirError,
+    TrainResult,
+    check_last_checkpoint,
     claim_out_dir,
     resolve_precision,
     resolve_run_spec,
@@ -251,3 +253,21 @@ def test_train_rejects_more_than_one_device(tmp_path, tiny_spec):
     with pytest.raises(ValueError, match="devices"):
         train(tiny_spec, out_dir=tmp_path, devices=2)
     assert not tmp_path.joinpath("spec.yaml").exists()
+
+
+def test_check_last_checkpoint_refuses_only_a_damaged_checkpoint_a_run_would_resume_from(tmp_path):
+    run = tmp_path / "run"
+    check_last_checkpoint(run, max_steps=4)  # no run yet
+    last = run / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"step": 2}, last)
+    check_last_checkpoint(run, max_steps=4)  # a whole checkpoint: the run resumes from it
+    last.write_bytes(last.read_bytes()[:20])  # killed while saving
+    with pytest.raises(RunDirError, match=r"^out_dir: .*last\.ckpt is damaged \(truncated or not a checkpoint\); "
+                                          r"delete it to start over$"):
+        check_last_checkpoint(run, max_steps=4, hint="delete it to start over")
+    done = TrainResult(steps=4, tokens=0, train_flops=0, val_loss=None, val_accuracy=None, best_val_loss=None)
+    (run / "result.json").write_text(json.dumps(done.to_dict()))  # written after the checkpoint: the run finished
+    check_last_checkpoint(run, max_steps=4)  # nothing left to resume
+    with pytest.raises(RunDirError, match="delete it or pass --no-resume"):
+        check_last_checkpoint(run, max_steps=5)  # more steps asked for: it would resume
