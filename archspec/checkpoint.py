@@ -29,6 +29,7 @@ from typing import Any, Union
 import torch
 
 from archspec.builder import LanguageModel, build_model
+from archspec.fileio import read_json_object
 from archspec.layout import describe_layout
 from archspec.spec import ModelSpec
 
@@ -210,14 +211,7 @@ def load_mamba_ssm_checkpoint(dir_or_files: Union[PathLike, Sequence[PathLike]],
     not load (not JSON, truncated) raises ValueError naming it.
     """
     config_path, weight_paths = _resolve_files(dir_or_files)
-    try:
-        config = json.loads(config_path.read_bytes())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path}:{err.lineno}: not valid JSON at column {err.colno} ({err.msg})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{config_path}: not UTF-8 text") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: expected a JSON object of MambaConfig keys, got {type(config).__name__}")
+    config = read_json_object(config_path, "of MambaConfig keys")
     name = config_path.parent.name or "mamba_ssm"
     spec = spec_from_mamba_ssm_config(config, name=name)
     state_dict: dict[str, torch.Tensor] = {}

@@ -1,11 +1,14 @@
-"""Writing files so that a failure never leaves a half-written file or a stray temporary one."""
+"""Files the project writes and reads back: atomic writes that never leave a half-written file or a stray
+temporary one, and JSON records read with errors that name the file and the line."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
-__all__ = ["write_atomic"]
+__all__ = ["write_atomic", "read_json_object"]
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -22,3 +25,21 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_json_object(path: Path, expected: str, hint: str = "") -> dict[str, Any]:
+    """The JSON object in ``path``. Raises ValueError naming the file (and line and column) when it cannot be
+    read, is not UTF-8 JSON, or is not an object; ``expected`` completes "a JSON object ..." (e.g. "of MambaConfig keys"), ``hint`` how to
+    recover (appended after "; " when given)."""
+    tail = f"; {hint}" if hint else ""
+    try:
+        record = json.loads(path.read_bytes())
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror}){tail}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON at column {err.colno} ({err.msg}){tail}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text{tail}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object {expected}, got {type(record).__name__}{tail}")
+    return record

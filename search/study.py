@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from archspec.fileio import write_atomic
+from archspec.fileio import read_json_object, write_atomic
 from archspec.search.objective import make_objective
 from archspec.search.searchspec import SearchSpec
 from archspec.search.space import grid
@@ -253,16 +253,7 @@ def _read_marker(marker: Path, mine: dict[str, str]) -> dict[str, Any]:
     when it is damaged, with how to recover: delete it if the folder is the one of ``mine``, else use another."""
     hint = (f"it records which study owns {marker.parent}: if that is study {mine['study_name']!r} in "
             f"{mine['storage']}, delete it (the search writes it again), else use another --out")
-    try:
-        record = json.loads(marker.read_bytes())
-    except OSError as err:
-        raise ValueError(f"{marker}: cannot be read ({err.strerror}); {hint}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{marker}:{err.lineno}: not valid JSON at column {err.colno} ({err.msg}); {hint}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{marker}: not UTF-8 text; {hint}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{marker}: expected a JSON object with study_name and storage, got {record!r:.40}; {hint}")
+    record = read_json_object(marker, "with study_name and storage", hint)
     for key in mine:
         if not isinstance(record.get(key), str):
             found = f"got {record[key]!r:.40}" if key in record else "missing"
