@@ -18,7 +18,6 @@ prefill + decode equals the forward pass.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re

@@ -100,7 +100,7 @@ def main() -> None:
     print(f"Mamba2Mixer d_model {args.d_model}, d_state {args.d_state}, head_dim {args.head_dim}, "
           f"{batch} x {args.seqlen} tokens, bf16; copy bandwidth {bw / 1e12:.2f} TB/s; "
           f"torch {torch.__version__}, triton {triton.__version__}, {torch.cuda.get_device_name()}")
-    print(f"| stage | fwd ms | fwd+bwd ms | elementwise fwd floor ms |")
+    print("| stage | fwd ms | fwd+bwd ms | elementwise fwd floor ms |")
     print("| --- | --- | --- | --- |")
     for name, fwd, both, floor in rows:
         print(f"| {name} | {fwd:.3f} | {both:.3f} | {'-' if floor is None else f'{floor:.3f}'} |")

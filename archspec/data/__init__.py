@@ -51,6 +51,7 @@ __all__ = [
     "TextConfig",
     "TokensConfig",
     "parse_data_config",
+    "task_vocab_size",
     *_LAZY,
 ]
 
