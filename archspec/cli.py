@@ -15,6 +15,7 @@ from typing import Sequence
 
 from archspec.cliargs import non_negative_int, parse_flops, positive_int
 from archspec.errors import SpecError
+from archspec.fileio import file_in_the_way, os_error_text, write_atomic
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -84,14 +85,13 @@ def _fmt(value: float | None) -> str:
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of the spec format, or write it to ``--out``."""
     from archspec.schema import model_json_schema_text
-    from archspec.fileio import write_atomic
 
     text = model_json_schema_text()
     if args.out is None:
         sys.stdout.write(text)
         return 0
     out = Path(args.out)
-    blocker = _file_in_the_way(out.parent)
+    blocker = file_in_the_way(out.parent)
     if blocker is not None:
         print(f"error: {blocker} is a file, not a folder, so --out {out} cannot be written", file=sys.stderr)
         return 2
@@ -147,27 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_bench_parser(sub)
     return parser
-
-
-def os_error_text(exc: OSError) -> str:
-    """``<path>: <reason>`` for an OSError from the system (naming the destination of a failed rename), else
-    the exception's own message. A folder that cannot be made because a file is in the way (``mkdir`` of
-    ``notes.txt/out``: "File exists" or "Not a directory") reads ``<file> is a file, not a folder``."""
-    path = exc.filename2 or exc.filename
-    if isinstance(exc, (FileExistsError, NotADirectoryError)) and path is not None:
-        wanted = Path(os.fsdecode(path))
-        blocker = _file_in_the_way(wanted)
-        if blocker is not None:
-            return f"{blocker} is a file, not a folder" + ("" if blocker == wanted else f", so {wanted} cannot be made")
-    return f"{path}: {exc.strerror}" if path is not None and exc.strerror else str(exc)
-
-
-def _file_in_the_way(path: Path) -> Path | None:
-    """The first of ``path`` and its parents that exists and is not a folder, or None."""
-    for candidate in (path, *path.parents):
-        if candidate.exists() or candidate.is_symlink():
-            return None if candidate.is_dir() else candidate
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

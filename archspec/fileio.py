@@ -1,5 +1,5 @@
 """Files the project writes and reads back: atomic writes that never leave a half-written file or a stray
-temporary one, and JSON records read with errors that name the file and the line."""
+temporary one, JSON records read with errors that name the file and the line, and OSErrors said in one line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_atomic", "read_json_object"]
+__all__ = ["write_atomic", "read_json_object", "os_error_text", "file_in_the_way"]
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -43,3 +43,24 @@ def read_json_object(path: Path, expected: str, hint: str = "") -> dict[str, Any
     if not isinstance(record, dict):
         raise ValueError(f"{path}: expected a JSON object {expected}, got {type(record).__name__}{tail}")
     return record
+
+
+def os_error_text(exc: OSError) -> str:
+    """``<path>: <reason>`` for an OSError from the system (naming the destination of a failed rename), else
+    the exception's own message. A folder that cannot be made because a file is in the way (``mkdir`` of
+    ``notes.txt/out``: "File exists" or "Not a directory") reads ``<file> is a file, not a folder``."""
+    path = exc.filename2 or exc.filename
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and path is not None:
+        wanted = Path(os.fsdecode(path))
+        blocker = file_in_the_way(wanted)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder" + ("" if blocker == wanted else f", so {wanted} cannot be made")
+    return f"{path}: {exc.strerror}" if path is not None and exc.strerror else str(exc)
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a folder, or None."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None

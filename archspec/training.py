@@ -33,9 +33,9 @@ from archspec.accounting import steps_for_budget
 from archspec.data import TaskDataModule, parse_data_config, task_vocab_size
 from archspec.data.seeding import make_generator
 from archspec.errors import SpecError
+from archspec.fileio import write_atomic
 from archspec.lightning_module import LMModule
 from archspec.loader import dump_spec, load_spec
-from archspec.fileio import write_atomic
 from archspec.spec import ModelSpec
 
 CHECKPOINT_DIR = "checkpoints"

@@ -104,7 +104,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         report = write_report(study, search, out)
     except OSError as err:  # a full disk, an --out that cannot be written: the trials themselves are stored
-        from archspec.cli import os_error_text
+        from archspec.fileio import os_error_text
 
         print(f"error: {os_error_text(err)}; the report is incomplete, but the study's "
               f"{finished_trials(study)} finished trials are safe in study {study.study_name!r} in "
