@@ -1,4 +1,4 @@
-"""write_atomic: a result file is replaced whole or not at all, and a failed write leaves no temporary file."""
+"""archspec.fileio.write_atomic: a file is replaced whole or not at all, and a failed write leaves no temporary file."""
 
 from __future__ import annotations
 
