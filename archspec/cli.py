@@ -1,20 +1,25 @@
-"""The ``archspec`` command: validate, summary, train, schema, and search / compare / bench from archspec.search.
+"""The ``archspec`` command: validate, summary, train, eval, generate, schema, and search / compare / bench from
+archspec.search.
 
-Spec mistakes (SpecError), refused run directories and files that cannot be read or written (OSError) are printed
-as ``error: <message>`` on stderr without a traceback, exit status 2. FLOP arguments accept plain numbers
-(``1e12``) and SI suffixes (``2.5T``, ``300G``).
+Spec mistakes (SpecError), refused run directories (RunDirError), prompts a model cannot take and files that cannot
+be read or written (OSError) are printed as ``error: <message>`` on stderr without a traceback, exit status 2. FLOP
+arguments accept plain numbers (``1e12``) and SI suffixes (``2.5T``, ``300G``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from archspec.cliargs import non_negative_int, parse_flops, positive_int
-from archspec.errors import SpecError
+from archspec.cliargs import (
+    batches_or_all, non_negative_float, non_negative_int, parse_flops, positive_int, token_ids,
+)
+from archspec.errors import RunDirError, SpecError
 from archspec.fileio import file_in_the_way, os_error_text, write_atomic
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -57,16 +62,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a spec (see archspec.training.train) and print the final numbers."""
     from archspec.loader import load_spec
-    from archspec.training import RunDirError, train
+    from archspec.training import train
 
     spec = load_spec(args.spec, args.overrides)
     out_dir = args.out or os.path.join("runs", spec.name)
     try:
         result = train(spec, out_dir=out_dir, max_steps=args.max_steps, budget_flops=args.budget, seed=args.seed,
                        accelerator=args.accelerator, resume=not args.no_resume, progress_bar=not args.no_progress)
-    except RunDirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except SpecError as exc:  # a rule between sections (batch size vs data) found when the run starts
         exc.source = exc.source or args.spec
         raise
@@ -80,6 +82,101 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a run's last checkpoint (or a mamba_ssm checkpoint) on its data or ``--data``; print a table or JSON.
+
+    Defaults reproduce the run's validation: its seed, ``training.batch_size`` and ``training.val_batches``.
+    """
+    from archspec.evaluation import evaluate, load_data_file
+    from archspec.runs import open_run
+    from archspec.training import resolve_precision
+
+    device = _device(args.accelerator)
+    if device is None:
+        return 2
+    run = open_run(args.run)
+    spec = run.spec
+    if args.data is not None:
+        data = load_data_file(args.data, vocab_size=spec.vocab_size, model=str(run.path))
+        source = os.path.normpath(args.data)
+    elif spec.data is not None:
+        data, source = spec.data, str(run.spec_path)
+    else:
+        print(f"error: --data: {run.path} is a mamba_ssm checkpoint without a data section; "
+              "give a task with --data FILE.yaml", file=sys.stderr)
+        return 2
+    cfg = spec.training
+    batch_size = args.batch_size or cfg.batch_size
+    max_batches = cfg.val_batches if args.batches is None else (None if args.batches == "all" else args.batches)
+    precision = resolve_precision(cfg.precision, "gpu" if device.type == "cuda" else "cpu")
+    result = evaluate(run.model.to(device), data, split=args.split, batch_size=batch_size, max_batches=max_batches,
+                      seed=cfg.seed, precision=precision, source=source)
+    record = {"run": str(run.path), "kind": run.kind, "checkpoint": str(run.checkpoint), "step": run.step,
+              "data": source, "precision": precision, "device": str(device), **result.to_dict()}
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    step = f" at step {run.step}" if run.step is not None else ""
+    print(f"{run.path} ({spec.name}, {run.checkpoint.name}{step}) on {result.split} of {data.task} "
+          f"(seq_len {result.seq_len}, from {source}): {result.batches} batch{'es' * (result.batches != 1)} of up to "
+          f"{batch_size}, "
+          f"{result.sequences} sequences")
+    rows = [
+        ("loss", _num(result.loss, ".6f")),
+        ("accuracy", _num(result.accuracy, ".4f")),
+        ("perplexity", _num(result.perplexity, ".4g")),
+        ("tokens", f"{result.scored_tokens:,} scored of {result.tokens:,}"),
+        ("tokens/s", "-" if result.tokens_per_second is None else f"{result.tokens_per_second:,.0f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    return 0
+
+
+def _num(value: float, spec: str) -> str:
+    return format(value, spec) if math.isfinite(value) else ("inf" if value == math.inf else "-")
+
+
+def _device(accelerator: str):
+    """The torch device of ``--accelerator`` (auto: CUDA when present), or None after printing why it is missing."""
+    import torch
+
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        print("error: --accelerator gpu: no CUDA device is available; use --accelerator cpu", file=sys.stderr)
+        return None
+    cuda = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Continue a prompt with a run's last checkpoint: text in and out for a byte-level text model, ids otherwise."""
+    from archspec.generation import (
+        PromptError, beyond_context, check_prompt_ids, decode_text, encode_text_prompt, generate_ids,
+    )
+    from archspec.runs import open_run
+
+    device = _device(args.accelerator)
+    if device is None:
+        return 2
+    run = open_run(args.run)
+    try:
+        if args.prompt is not None:
+            prompt = encode_text_prompt(run.spec, args.prompt, model=str(run.path))
+        else:
+            prompt = check_prompt_ids(run.spec, args.prompt_ids, model=str(run.path))
+    except PromptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ids = generate_ids(run.model.to(device), prompt, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    print(decode_text(ids, len(prompt)) if args.prompt is not None else ",".join(str(i) for i in ids))
+    if beyond_context(run.spec, len(prompt), args.max_new_tokens):
+        print(f"note: {len(prompt)} prompt + {args.max_new_tokens} new tokens run past the "
+              f"{run.spec.data.seq_len}-token context {run.path} was trained on", file=sys.stderr)
+    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -139,6 +236,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("eval", help="loss, accuracy, perplexity of a trained run on its data or another task",
+                       description="Evaluate RUN_DIR/checkpoints/last.ckpt (or a mamba_ssm folder with config.json "
+                       "and pytorch_model.bin, given --data) without writing anything. The defaults reproduce the "
+                       "run's validation: its data section, seed, training.batch_size and training.val_batches.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--data", default=None, metavar="FILE.yaml",
+                   help="another task: a YAML with a data section, a bare task config (task: ...) or a spec")
+    p.add_argument("--batches", type=batches_or_all, default=None, metavar="N",
+                   help="batches to evaluate, or 'all' (default: training.val_batches, else all)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: training.batch_size")
+    p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="continue a prompt with a trained run (text for byte-level text models)",
+                       description="Continue a prompt with RUN_DIR/checkpoints/last.ckpt: --prompt TEXT for a model "
+                       "trained on the text task (prints the text, stopping at the end of a document), "
+                       "--prompt-ids for any model (prints the ids). Writes nothing.")
+    p.add_argument("run", metavar="RUN_DIR")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", default=None, metavar="TEXT", help="text (byte-level text models)")
+    prompt.add_argument("--prompt-ids", type=token_ids, default=None, metavar="1,2,3", help="token ids")
+    p.add_argument("--max-new-tokens", type=non_negative_int, default=64)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 (default): greedy; > 0: sample")
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0: reproducible)")
+    p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
+    p.set_defaults(func=cmd_generate)
+
     p = sub.add_parser("schema", help="JSON Schema of the spec format")
     p.add_argument("--out", default=None, metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=cmd_schema)
@@ -155,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except SpecError as exc:
+    except (SpecError, RunDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a missing input, an --out that cannot be written, a full disk

@@ -60,3 +60,24 @@ def int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 512,1024, got {text!r}")
     return values
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    return _number(text, float, 0.0, "a number >= 0")
+
+
+def batches_or_all(text: str) -> int | str:
+    """A positive integer, or ``all``."""
+    return "all" if text.strip().lower() == "all" else positive_int(text)
+
+
+def token_ids(text: str) -> list[int]:
+    """``"1,2,3"`` -> [1, 2, 3]: comma-separated integers (their range is the model's to check)."""
+    try:
+        ids = [int(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        ids = []
+    if not ids:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids such as 1,2,3, got {text!r}")
+    return ids

@@ -1,4 +1,5 @@
-"""The one exception type for spec problems, and the located error the schema raises internally.
+"""The one exception type for spec problems, the located error the schema raises internally, and the error for
+a run folder that cannot be used.
 
 ``SpecError`` is what users see: it names the file, the line, the dotted field path and a hint::
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from difflib import get_close_matches
 
-__all__ = ["FieldError", "SpecError", "did_you_mean"]
+__all__ = ["FieldError", "RunDirError", "SpecError", "did_you_mean"]
 
 
 class SpecError(ValueError):
@@ -80,3 +81,8 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
 
 def _dotted(path: tuple[str | int, ...]) -> str:
     return ".".join(str(p) for p in path)
+
+
+class RunDirError(ValueError):
+    """A run folder that cannot be used: it holds a run of a different spec, a spec.yaml that cannot be read, a
+    damaged checkpoint, or no checkpoint where one is needed. The message names the folder or file."""

@@ -16,7 +16,6 @@ import os
 import resource
 import sys
 import time
-import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,19 +31,13 @@ from torch.utils.data import DataLoader, Dataset
 from archspec.accounting import steps_for_budget
 from archspec.data import TaskDataModule, parse_data_config, task_vocab_size
 from archspec.data.seeding import make_generator
-from archspec.errors import SpecError
+from archspec.errors import RunDirError, SpecError
 from archspec.fileio import write_atomic
 from archspec.lightning_module import LMModule
 from archspec.loader import dump_spec, load_spec
+from archspec.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, damaged_checkpoint
 from archspec.spec import ModelSpec
 
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-
-
-class RunDirError(ValueError):
-    """``out_dir`` already holds a run of a different spec (or a spec.yaml that cannot be read, or a damaged
-    checkpoint to resume from)."""
 
 
 @dataclass
@@ -275,7 +268,7 @@ def check_last_checkpoint(out_dir: Path, max_steps: int, *, hint: str = RESTART_
     last = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if not last.exists() or _finished_result(out_dir, max_steps) is not None:
         return
-    if not zipfile.is_zipfile(last):  # torch.save writes a zip: the end of a truncated one is missing
+    if damaged_checkpoint(last):
         raise RunDirError(f"out_dir: {last} is damaged (truncated or not a checkpoint); {hint}")
 
 

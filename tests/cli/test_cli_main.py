@@ -160,7 +160,8 @@ def test_train_rejects_budget_together_with_max_steps(capsys):
 
 def test_parser_offers_every_command():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert {"validate", "summary", "train", "schema", "search", "compare", "bench"} <= set(sub.choices)
+    commands = {"validate", "summary", "train", "eval", "generate", "schema", "search", "compare", "bench"}
+    assert commands <= set(sub.choices)
 
 
 def test_installed_archspec_script_validates_and_fails_cleanly(tmp_path):
