@@ -26,6 +26,16 @@ def postgres_bin_dir() -> str | None:
     return found.rsplit("/", 1)[0] if found and shutil.which("pg_ctl") else None
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one intra-op thread (and far faster when other processes share the cores);
+    the training, CLI and eval tests use it for every module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     no_cuda = pytest.mark.skip(reason="needs a CUDA device")
     no_pg = pytest.mark.skip(reason="needs a PostgreSQL server (initdb/pg_ctl not found)")

@@ -30,9 +30,5 @@ def text_run(tmp_path_factory) -> tuple[Path, dict[str, Any]]:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one intra-op thread (and far faster when other processes share the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _on_one_thread(one_thread):
+    """Every module here runs its tiny models on one thread (tests/conftest.py)."""

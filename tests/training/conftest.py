@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from archspec.loader import load_spec
 from archspec.spec import ModelSpec
@@ -37,9 +36,5 @@ def tiny_spec() -> ModelSpec:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one intra-op thread (and far faster when other processes share the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _on_one_thread(one_thread):
+    """Every module here runs its tiny models on one thread (tests/conftest.py)."""
