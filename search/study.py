@@ -305,7 +305,8 @@ def run_search(
 
     ``workers`` > 1 starts that many processes on this machine, each running its share of the missing
     trials against the same storage (SQLite serialises their writes; use PostgreSQL for many workers or
-    machines). Workers started separately (other machines) stop when the study reaches n_trials; each may
+    machines); on a machine with several GPUs, worker i trains on GPU i mod count (``worker_gpus``). Workers
+    started separately (other machines) stop when the study reaches n_trials; each may
     finish the trial it is running, so the total can exceed n_trials by up to one trial per extra worker.
     """
     if workers < 1:
@@ -347,15 +348,18 @@ def _run_workers(
 ) -> None:
     shares = [missing // workers + (i < missing % workers) for i in range(workers)]
     threads = max(1, (os.cpu_count() or 1) // workers)
+    gpus = worker_gpus(workers, accelerator)
     context = multiprocessing.get_context("spawn")
     procs = [
         context.Process(
             target=_worker_main,
-            args=(search, out_dir, target, i, share, threads, accelerator),
+            args=(search, out_dir, target, i, share, threads, accelerator, gpu),
             name=f"archspec-search-worker-{i}",
         )
-        for i, share in enumerate(shares)
+        for i, (share, gpu) in enumerate(zip(shares, gpus))
     ]
+    if any(gpu is not None for gpu in gpus):
+        log.info("search workers on GPUs %s", ", ".join(f"{i}: {gpu}" for i, gpu in enumerate(gpus)))
     for proc in procs:
         proc.start()
     bar = _progress(target.n_trials, finished_trials(study)) if progress_bar else None
@@ -376,6 +380,20 @@ def _run_workers(
         raise RuntimeError(f"search worker(s) {', '.join(failed)} exited with an error (see their output above)")
 
 
+def worker_gpus(workers: int, accelerator: str) -> list[str | None]:
+    """The GPU each worker process trains on: worker i gets the (i mod count)-th visible GPU (the ids listed in
+    CUDA_VISIBLE_DEVICES when set, else 0..count-1), so workers spread over a multi-GPU machine instead of all
+    using the first one; None for every worker with accelerator "cpu" or without CUDA."""
+    import torch
+
+    count = torch.cuda.device_count() if accelerator != "cpu" else 0
+    if count == 0:
+        return [None] * workers
+    listed = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    visible = listed[:count] if listed else [str(k) for k in range(count)]
+    return [visible[i % len(visible)] for i in range(workers)]
+
+
 def _progress(total: int, done: int):  # noqa: ANN202 - tqdm's type
     from tqdm.auto import tqdm
 
@@ -383,9 +401,13 @@ def _progress(total: int, done: int):  # noqa: ANN202 - tqdm's type
 
 
 def _worker_main(
-    search: SearchSpec, out_dir: Path, target: StudyTarget, worker: int, n_trials: int, threads: int, accelerator: str
+    search: SearchSpec, out_dir: Path, target: StudyTarget, worker: int, n_trials: int, threads: int, accelerator: str,
+    gpu: str | None,
 ) -> None:
-    """One worker process: its own sampler seed, ``n_trials`` trials, stopping early when the study is full."""
+    """One worker process: its own sampler seed, ``n_trials`` trials, stopping early when the study is full; on
+    ``gpu`` (a CUDA_VISIBLE_DEVICES id, set before CUDA starts in this process) when given."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
 
     from archspec.search.cli import quiet_training_logs

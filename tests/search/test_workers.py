@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from archspec.search.searchspec import load_search
-from archspec.search.study import finished_trials, open_storage, resolve_target, run_search
+from archspec.search.study import _worker_main, finished_trials, open_storage, resolve_target, run_search, worker_gpus
 
 from search_helpers import tiny_search, write_yaml
 
@@ -100,3 +100,67 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path):
 @pytest.mark.postgres
 def test_two_worker_processes_share_one_postgresql_study(tmp_path, postgres_url):
     _two_workers_share_one_study(tmp_path, storage=postgres_url)
+
+
+@pytest.mark.parametrize(("visible", "count", "expected"), [
+    (None, 4, ["0", "1", "2", "3", "0"]),
+    ("2,5", 2, ["2", "5", "2", "5", "2"]),
+    (None, 1, ["0"] * 5),
+])
+def test_workers_spread_over_the_visible_gpus(monkeypatch, visible, count, expected):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: count)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert worker_gpus(5, "auto") == expected
+    assert worker_gpus(5, "gpu") == expected
+    assert worker_gpus(5, "cpu") == [None] * 5
+
+
+def test_workers_get_no_gpu_without_cuda(monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    assert worker_gpus(3, "auto") == [None, None, None]
+
+
+def test_each_worker_process_is_started_on_its_gpu(tmp_path, monkeypatch):
+    """run_search hands worker i its GPU; the worker sets CUDA_VISIBLE_DEVICES to it before CUDA starts."""
+    started = []
+
+    class FakeProcess:
+        def __init__(self, target, args, name):
+            started.append(args)
+            self.name, self.exitcode = name, 0
+
+        def start(self):
+            pass
+
+        def is_alive(self):
+            return False
+
+        def join(self):
+            pass
+
+    class FakeContext:
+        Process = FakeProcess
+
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,7")
+    monkeypatch.setattr("multiprocessing.get_context", lambda method: FakeContext)
+    search = load_search(write_yaml(tmp_path / "search.yaml", tiny_search(n_trials=3)))
+    run_search(search, tmp_path / "out", workers=3, progress_bar=False)
+    assert [args[-1] for args in started] == ["3", "7", "3"]
+
+    class Stop(Exception):
+        pass
+
+    def record_and_stop(*args, **kwargs):
+        seen["visible"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        raise Stop
+
+    seen = {}
+    monkeypatch.setattr("archspec.search.study.open_study", record_and_stop)
+    monkeypatch.setattr("torch.set_num_threads", lambda n: None)
+    with pytest.raises(Stop):
+        _worker_main(*started[1])
+    assert seen["visible"] == "7"
