@@ -68,7 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out_dir = args.out or os.path.join("runs", spec.name)
     try:
         result = train(spec, out_dir=out_dir, max_steps=args.max_steps, budget_flops=args.budget, seed=args.seed,
-                       accelerator=args.accelerator, resume=not args.no_resume, progress_bar=not args.no_progress)
+                       accelerator=args.accelerator, devices=args.devices, resume=not args.no_resume,
+                       progress_bar=not args.no_progress)
     except SpecError as exc:  # a rule between sections (batch size vs data) found when the run starts
         exc.source = exc.source or args.spec
         raise
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training FLOP budget (1e12, 2.5T, 300G); sets the steps")
     p.add_argument("--seed", type=non_negative_int, default=None)
     p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
+    p.add_argument("--devices", type=positive_int, default=1,
+                   help="data-parallel (DDP) over N GPUs, or N processes on the CPU; training.batch_size stays the "
+                        "global batch and must be divisible by N (default 1)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of continuing from last.ckpt")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_set(p)

@@ -60,6 +60,12 @@ class LMModule(pl.LightningModule):
     Logs ``train_loss``, ``lr``, ``tokens``, ``flops`` per step and ``val_loss``, ``val_accuracy`` per validation
     (token-weighted means over the validation batches). ``tokens_seen`` / ``flops_seen`` count every input
     position of every training batch and are saved in checkpoints.
+
+    Data-parallel (a Trainer with ``world_size`` N > 1, each rank holding a slice of the global batch): the loss a
+    rank backpropagates is its summed cross-entropy divided by the scored tokens of the whole global batch, times
+    N, so DDP's gradient average is the gradient of the global batch's mean loss, as on one device, however the
+    scored tokens fall on the ranks. ``train_loss`` is that global mean, the counters count the global batch,
+    and ``val_loss`` / ``val_accuracy`` are token-weighted over all ranks (``sync_dist``).
     """
 
     def __init__(self, spec: ModelSpec, *, seq_len: int | None = None) -> None:
@@ -92,14 +98,36 @@ class LMModule(pl.LightningModule):
         )
         return loss, logits
 
+    def _world_size(self) -> int:
+        """Processes of the data-parallel run this module trains in (1 without a Trainer)."""
+        return self._trainer.world_size if self._trainer is not None else 1
+
+    def _global_batch_loss(self, batch: dict[str, torch.Tensor], world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this rank's share of the global batch's mean loss times ``world_size``, to backpropagate; the global
+        batch's mean loss, detached). Sums (scored tokens, summed loss) over the ranks (one all-reduce)."""
+        logits = self(batch["input_ids"])
+        targets = batch["targets"]
+        summed = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        scored = (targets != IGNORE_INDEX).sum().to(summed.dtype)
+        totals = self.trainer.strategy.reduce(torch.stack([scored, summed.detach()]), reduce_op="sum")
+        return summed * world_size / totals[0], totals[1] / totals[0]
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self.compute_loss(batch)
-        tokens = batch["input_ids"].numel()
+        world_size = self._world_size()
+        if world_size > 1:
+            loss, shown = self._global_batch_loss(batch, world_size)
+        else:
+            loss, _ = self.compute_loss(batch)
+            shown = loss
+        tokens = batch["input_ids"].numel() * world_size
         self.tokens_seen += tokens
         self.flops_seen += tokens * self.train_flops_per_token
-        self._train_loss_sum = self._train_loss_sum.to(loss.device) + loss.detach().float()
+        self._train_loss_sum = self._train_loss_sum.to(loss.device) + shown.detach().float()
         self._train_loss_count += 1
-        self.log("train_loss", loss, on_step=True, prog_bar=True)
+        self.log("train_loss", shown, on_step=True, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         self.log("tokens", float(self.tokens_seen), on_step=True)
         self.log("flops", float(self.flops_seen), on_step=True)
@@ -117,11 +145,16 @@ class LMModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self.compute_loss(batch)
         scored = int((batch["targets"] != IGNORE_INDEX).sum())
+        distributed = self._world_size() > 1
         if scored == 0:
-            return
-        accuracy = masked_accuracy(logits, batch["targets"], IGNORE_INDEX)
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=scored)
-        self.log("val_accuracy", accuracy, on_epoch=True, batch_size=scored)
+            if not distributed:
+                return
+            # every rank must log both metrics for their cross-rank reduction; these carry no weight
+            loss = accuracy = torch.zeros((), device=loss.device)
+        else:
+            accuracy = masked_accuracy(logits, batch["targets"], IGNORE_INDEX)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=scored, sync_dist=distributed)
+        self.log("val_accuracy", accuracy, on_epoch=True, batch_size=scored, sync_dist=distributed)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.spec.training

@@ -6,6 +6,7 @@ and ``result.json``.
 Calling it again on the same ``out_dir`` with the same arguments continues from ``last.ckpt`` and ends with the
 weights an uninterrupted run would have (a run that already finished is returned from its result.json, which is
 left as it is); an ``out_dir`` holding a different spec is refused untouched.
+``train(..., devices=N)`` trains data-parallel (Lightning's DDP) on N devices; see ``train``.
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ import json
 import math
 import os
 import resource
+import socket
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.environments import LightningEnvironment
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
@@ -93,16 +97,27 @@ class ResumableBatches:
     ``AdvanceBatches`` after each training batch; Lightning saves ``state_dict()`` in checkpoints and
     restores it, so a resumed run continues with exactly the batches an uninterrupted run would see.
     Items are dicts of tensors; batches are their ``default_collate`` (dict of (batch_size, ...) tensors).
+
+    Data-parallel: ``batch_size`` stays the global batch; with ``world_size`` > 1 the process of rank ``rank``
+    gets the ``rank``-th of ``world_size`` contiguous equal slices of each global batch (``batch_size //
+    world_size`` items), so the ranks together see exactly the batches of a single-device run, and since every
+    rank keeps the same position, a checkpoint of rank 0's position resumes all of them.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size}")
         if len(dataset) < batch_size:
             raise ValueError(f"batch_size: {batch_size} exceeds the {len(dataset)} training examples")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got {rank}, {world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size: {batch_size} is not divisible by world_size {world_size}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self.done = 0
 
@@ -114,6 +129,9 @@ class ResumableBatches:
             self.epoch, self.done = self.epoch + 1, 0
         order = torch.randperm(len(self.dataset), generator=make_generator(self.seed, "train-order", str(self.epoch)))
         batches = order[: len(self) * self.batch_size].view(len(self), self.batch_size)[self.done :]
+        if self.world_size > 1:
+            shard = self.batch_size // self.world_size
+            batches = batches[:, self.rank * shard : (self.rank + 1) * shard]
         yield from DataLoader(self.dataset, batch_sampler=batches.tolist())
 
     def state_dict(self) -> dict[str, int]:
@@ -121,6 +139,19 @@ class ResumableBatches:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.done = int(state["epoch"]), int(state["done"])
+
+
+def shard_batches(n_items: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """Rank ``rank``'s part of each batch of ``range(n_items)`` taken in order ``batch_size`` at a time (the last
+    batch possibly partial, as a ``DataLoader(batch_size=...)`` without shuffling makes them): the ``rank``-th of
+    ``world_size`` contiguous parts (``torch.tensor_split``: sizes differ by at most one); empty parts are left out.
+    """
+    out = []
+    for start in range(0, n_items, batch_size):
+        part = torch.tensor_split(torch.arange(start, min(start + batch_size, n_items)), world_size)[rank]
+        if len(part):
+            out.append(part.tolist())
+    return out
 
 
 class AdvanceBatches(Callback):
@@ -346,6 +377,24 @@ def _peak_memory(on_cuda: bool) -> tuple[int, str]:
     return int(rss if sys.platform == "darwin" else rss * 1024), "process_peak_rss"
 
 
+def _prepare_out_dir(out: Path, run_spec: ModelSpec, datamodule: TaskDataModule, resume: bool) -> TrainResult | None:
+    """Refuse a batch larger than the training set (SpecError, before ``out`` is touched), claim ``out``, and return
+    the stored result of a run there that already finished (when resuming), else None after checking that a
+    checkpoint to resume from is not damaged (RunDirError)."""
+    cfg = run_spec.training
+    n_train = len(datamodule.train_dataset)
+    if n_train < cfg.batch_size:
+        raise SpecError(f"{cfg.batch_size} exceeds the {n_train} training examples of the {run_spec.data.task} task",
+                        field="training.batch_size", hint="lower it or raise data.num_train")
+    claim_out_dir(out, run_spec)  # once the data fits the batch: a refused spec leaves no spec.yaml behind
+    if not resume:
+        return None
+    finished = _finished_result(out, cfg.max_steps)
+    if finished is None:
+        check_last_checkpoint(out, cfg.max_steps)
+    return finished
+
+
 # --------------------------------------------------------------------------------------------- train
 def train(
     spec: ModelSpec,
@@ -371,40 +420,71 @@ def train(
     to ``out_dir/result.json``. Raises RunDirError if ``out_dir`` holds a different spec or a damaged ``last.ckpt``
     to resume from, SpecError when ``training.batch_size`` exceeds the training examples (before ``out_dir`` is
     touched), ValueError on bad arguments.
+
+    ``devices=N`` > 1 trains data-parallel with Lightning's DDP strategy on N GPUs (N processes with the gloo
+    backend on the CPU). ``training.batch_size`` stays the global batch (SpecError unless N divides it): rank r
+    trains on the r-th contiguous slice of every global batch of the single-device data order, and the loss of
+    each rank is its summed cross-entropy over the scored tokens of the whole global batch (times N, since DDP
+    averages gradients), so a step uses the gradient of the single-device step. Validation batches are sliced
+    the same way and its metrics are token-weighted over all ranks, so steps, tokens, FLOPs, budgets and losses
+    are comparable across device counts (equal up to floating-point summation order).
+    Launching: the run folder checks and ``spec.yaml`` happen here, then ``train`` starts N fresh processes
+    itself (``torch.multiprocessing``, "spawn") and waits for them; each sets the environment of Lightning's
+    ``LightningEnvironment`` for externally launched processes (``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``)
+    and runs the step-0 validation and the fit with ``strategy="ddp"``. Neither Lightning launcher fits: "ddp"
+    re-runs ``sys.argv`` as the other ranks (pytest, a notebook kernel), and "ddp_spawn" would run the step-0
+    ``validate`` and the ``fit`` in two sets of processes and bring back only rank 0's weights and metrics (not
+    the History, counters or clock). The same path serves the CLI and in-process callers (tests, notebooks); a
+    script calling it needs the ``if __name__ == "__main__":`` guard that every "spawn" start method needs.
+    Rank 0 writes result.json, the metrics and (through Lightning) the checkpoints; the returned TrainResult is
+    read back from result.json (``wall_seconds`` includes starting the processes; ``peak_memory_bytes`` is rank
+    0's). ``callbacks`` must then be picklable: each process runs its own copy, and their state is not brought
+    back. Each process runs ``max(1, torch.get_num_threads() // N)`` CPU threads. A worker that fails makes this
+    raise RuntimeError (with the worker's traceback); Ctrl-C in a worker raises KeyboardInterrupt here.
     """
-    if devices != 1:
-        raise ValueError(f"devices: only single-device training is supported, got {devices}")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"devices: expected a positive int, got {devices!r}")
     if accelerator not in ("auto", "cpu", "gpu", "cuda"):
         raise ValueError(f"accelerator: expected 'auto', 'cpu' or 'gpu', got {accelerator!r}")
+    if devices > 1 and uses_cuda(accelerator) and devices > torch.cuda.device_count():
+        raise ValueError(f"devices: {devices} asked for, {torch.cuda.device_count()} CUDA devices visible")
     started = time.perf_counter()
     run_spec = resolve_run_spec(spec, data=data, max_steps=max_steps, budget_flops=budget_flops, seed=seed)
     cfg = run_spec.training
     out = Path(out_dir)
     check_out_dir(out, run_spec)
-    ckpt_dir = out / CHECKPOINT_DIR
-    last = ckpt_dir / LAST_CHECKPOINT
+    if devices > 1:
+        return _train_distributed(run_spec, out, callbacks=callbacks, accelerator=accelerator, devices=devices,
+                                  resume=resume, progress_bar=progress_bar, log_every=log_every)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = TaskDataModule(run_spec.data, cfg.batch_size, cfg.seed)
     datamodule.setup("fit")
-    n_train = len(datamodule.train_dataset)
-    if n_train < cfg.batch_size:
-        raise SpecError(f"{cfg.batch_size} exceeds the {n_train} training examples of the {run_spec.data.task} task",
-                        field="training.batch_size", hint="lower it or raise data.num_train")
-    train_batches = ResumableBatches(datamodule.train_dataset, cfg.batch_size, cfg.seed)
-    val_loader = datamodule.val_dataloader()
-    module = LMModule(run_spec)
-    claim_out_dir(out, run_spec)  # once the data fits the batch: a refused spec leaves no spec.yaml behind
-    finished = _finished_result(out, cfg.max_steps) if resume else None
+    module = LMModule(run_spec)  # built before the folder is claimed: a model that cannot be built changes nothing
+    finished = _prepare_out_dir(out, run_spec, datamodule, resume)
     if finished is not None:
         return finished
-    if resume:
-        check_last_checkpoint(out, cfg.max_steps)
-
-    precision = resolve_precision(cfg.precision, accelerator)
+    train_batches = ResumableBatches(datamodule.train_dataset, cfg.batch_size, cfg.seed)
+    val_loader = datamodule.val_dataloader()
     on_cuda = uses_cuda(accelerator)
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
+    return _fit(run_spec, out, module, train_batches, val_loader, callbacks=callbacks, accelerator=accelerator,
+                devices=devices, resume=resume, progress_bar=progress_bar, log_every=log_every,
+                elapsed=lambda: time.perf_counter() - started)
+
+
+def _fit(
+    run_spec: ModelSpec, out: Path, module: LMModule, train_batches: ResumableBatches, val_loader: DataLoader, *,
+    callbacks: Sequence[Callback], accelerator: str, devices: int, resume: bool, progress_bar: bool,
+    log_every: int, elapsed: Callable[[], float], distributed: bool = False,
+) -> TrainResult:
+    """The step-0 validation (unless resuming), the fit and the TrainResult (written to result.json by rank 0)."""
+    cfg = run_spec.training
+    ckpt_dir = out / CHECKPOINT_DIR
+    last = ckpt_dir / LAST_CHECKPOINT
+    precision = resolve_precision(cfg.precision, accelerator)
+    on_cuda = uses_cuda(accelerator)
     history, clock = History(), TrainClock()
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST_CHECKPOINT.removesuffix(".ckpt"), monitor=None,
                                  save_top_k=1, save_last=False, enable_version_counter=False)
@@ -416,14 +496,20 @@ def train(
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
         default_root_dir=out,
+        use_distributed_sampler=False,  # the data loaders slice the data themselves
     )
+
+    def ddp() -> dict[str, Any]:  # a fresh strategy and environment for each Trainer
+        return dict(strategy=DDPStrategy(), plugins=[LightningEnvironment()]) if distributed else {}
+
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path is None:  # step 0: the untrained model, seen by History only (not by the caller's callbacks)
-        step0 = pl.Trainer(**common, callbacks=[history], logger=False, enable_checkpointing=False)
+        step0 = pl.Trainer(**common, **ddp(), callbacks=[history], logger=False, enable_checkpointing=False)
         with ctrl_c_as_keyboard_interrupt(step0):
             step0.validate(module, dataloaders=val_loader, verbose=False)
     trainer = pl.Trainer(
         **common,
+        **ddp(),
         max_steps=cfg.max_steps,
         max_epochs=-1,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
@@ -435,7 +521,6 @@ def train(
         callbacks=[AdvanceBatches(train_batches), history, clock, ValidateAtEnd(), *callbacks, checkpoint],
         logger=CSVLogger(save_dir=out, name="logs"),
         log_every_n_steps=max(1, min(log_every, len(train_batches))),
-        use_distributed_sampler=False,
     )
     with ctrl_c_as_keyboard_interrupt(trainer):
         trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_loader, ckpt_path=ckpt_path)
@@ -455,9 +540,102 @@ def train(
         tokens_per_second=clock.tokens / clock.seconds if clock.seconds > 0 and clock.tokens > 0 else None,
         peak_memory_bytes=peak,
         peak_memory_source=peak_source,
-        wall_seconds=time.perf_counter() - started,
+        wall_seconds=elapsed(),
         checkpoint_path=str(last),
         out_dir=str(out),
     )
-    write_atomic(out / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    if trainer.is_global_zero:
+        write_atomic(out / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
     return result
+
+
+# --------------------------------------------------------------------------------------------- data parallel
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for the ranks' rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_INTERRUPTED = 130  # a worker's exit status after Ctrl-C (128 + SIGINT)
+
+
+def _train_distributed(
+    run_spec: ModelSpec, out: Path, *, callbacks: Sequence[Callback], accelerator: str, devices: int,
+    resume: bool, progress_bar: bool, log_every: int,
+) -> TrainResult:
+    """``train`` with ``devices`` > 1: the checks and ``spec.yaml`` here, then one spawned process per rank."""
+    import torch.multiprocessing as mp
+
+    cfg = run_spec.training
+    if cfg.batch_size % devices:
+        raise SpecError(f"{cfg.batch_size} is not divisible by the {devices} devices (it is the global batch, "
+                        "split evenly over the devices)", field="training.batch_size",
+                        hint=f"use a multiple of {devices} or another number of devices")
+    datamodule = TaskDataModule(run_spec.data, cfg.batch_size, cfg.seed)
+    datamodule.setup("fit")
+    n_val = len(datamodule.val_dataset)
+    if n_val < devices:
+        raise SpecError(f"{n_val} validation examples cannot give each of the {devices} devices one",
+                        field="data.num_val", hint=f"raise it to at least {devices}")
+    finished = _prepare_out_dir(out, run_spec, datamodule, resume)
+    del datamodule
+    if finished is not None:
+        return finished
+
+    threads = max(1, torch.get_num_threads() // devices)
+    args = (run_spec, str(out), tuple(callbacks), accelerator, devices, resume, progress_bar, log_every,
+            _free_port(), threads, time.time())
+    context = mp.start_processes(_distributed_worker, args=args, nprocs=devices, join=False, start_method="spawn")
+    try:
+        while not context.join():
+            pass
+    except mp.ProcessExitedException as exc:
+        if exc.exit_code == _INTERRUPTED:
+            raise KeyboardInterrupt from None
+        raise RuntimeError(f"data-parallel training: {exc}") from None
+    except mp.ProcessRaisedException as exc:
+        raise RuntimeError(f"data-parallel training: {exc}") from None
+    except KeyboardInterrupt:  # Ctrl-C reaches the workers too: let them stop, then end any that do not
+        _stop(context.processes)
+        raise
+    return TrainResult(**json.loads((out / "result.json").read_text()))
+
+
+def _stop(processes: Sequence[Any], grace_seconds: float = 10.0) -> None:
+    """Wait up to ``grace_seconds`` for ``processes`` (ours) to end, then terminate and finally kill the rest."""
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+            process.join(5.0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _distributed_worker(
+    rank: int, run_spec: ModelSpec, out: str, callbacks: tuple[Callback, ...], accelerator: str, devices: int,
+    resume: bool, progress_bar: bool, log_every: int, port: int, threads: int, wall_start: float,
+) -> None:
+    """One rank of a data-parallel run (in a process of its own): its data slices, the step-0 validation, the fit."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK="0", LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(devices))
+    torch.set_num_threads(threads)
+    try:
+        cfg = run_spec.training
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = TaskDataModule(run_spec.data, cfg.batch_size, cfg.seed)
+        datamodule.setup("fit")
+        train_batches = ResumableBatches(datamodule.train_dataset, cfg.batch_size, cfg.seed,
+                                         rank=rank, world_size=devices)
+        val_shards = shard_batches(len(datamodule.val_dataset), cfg.batch_size, rank, devices)
+        val_loader = DataLoader(datamodule.val_dataset, batch_sampler=val_shards)
+        module = LMModule(run_spec)
+        _fit(run_spec, Path(out), module, train_batches, val_loader, callbacks=callbacks, accelerator=accelerator,
+             devices=devices, resume=resume, progress_bar=progress_bar, log_every=log_every,
+             elapsed=lambda: time.time() - wall_start, distributed=True)
+    except KeyboardInterrupt:
+        sys.exit(_INTERRUPTED)
