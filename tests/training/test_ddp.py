@@ -17,6 +17,8 @@ from archspec.errors import SpecError
 from archspec.loader import load_spec
 from archspec.training import ResumableBatches, resolve_run_spec, shard_batches, train
 
+from stop_callbacks import Crash, CtrlC
+
 # 32 training examples = 4 global batches of 8 per epoch: 6 steps cross an epoch boundary; validation at 0, 3, 6
 STEPS = ["training.max_steps=6", "training.val_every_steps=3", "data.num_train=32"]
 GRADS = "grads_step0.pt"
@@ -29,28 +31,6 @@ class SaveFirstGradients(Callback):
         if trainer.global_step == 0 and trainer.is_global_zero:
             grads = {name: p.grad.detach().clone() for name, p in pl_module.named_parameters() if p.grad is not None}
             torch.save(grads, Path(trainer.default_root_dir) / GRADS)
-
-
-class Crash(Callback):
-    """Raises at the start of the batch that would make optimizer step ``at_step + 1`` (on every rank)."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.at_step:
-            raise RuntimeError("simulated crash")
-
-
-class CtrlC(Callback):
-    """Raises KeyboardInterrupt (what Python does on Ctrl-C) at the start of the batch after ``at_step``."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.at_step:
-            raise KeyboardInterrupt
 
 
 def _state_dict(run: Path) -> dict[str, torch.Tensor]:

@@ -25,6 +25,8 @@ from archspec.training import (
     train,
 )
 
+from stop_callbacks import Crash, CtrlC
+
 FAST_VAL = ["training.val_every_steps=1000"]  # validate only at step 0 and after the last step
 
 
@@ -118,17 +120,6 @@ def test_resolve_run_spec_picks_steps_from_arguments_budget_or_spec(tiny_spec, m
         resolve_run_spec(tiny_spec, data=tiny_spec.data.model_copy(update={"vocab_size": 64}))
 
 
-class Crash(Callback):
-    """Raises at the start of the batch that would make optimizer step ``at_step + 1``."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.at_step:
-            raise RuntimeError("simulated crash")
-
-
 def test_resume_after_an_interruption_matches_the_uninterrupted_run(tmp_path, make_tiny_spec):
     # 4 batches per epoch: the checkpoint at step 4 ends epoch 0, the run crosses two more epoch boundaries
     spec = make_tiny_spec("training.max_steps=10", "training.val_every_steps=4", "training.warmup_steps=2",
@@ -157,17 +148,6 @@ def test_resume_after_an_interruption_matches_the_uninterrupted_run(tmp_path, ma
     redone = train(spec, out_dir=resumed_dir, progress_bar=False, accelerator="cpu")
     assert redone.wall_seconds != again.wall_seconds  # trained on from step 4, not the result.json of before
     assert redone.history == straight.history
-
-
-class CtrlC(Callback):
-    """Raises KeyboardInterrupt (what Python does on Ctrl-C) at the start of the batch after ``at_step``."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.at_step:
-            raise KeyboardInterrupt
 
 
 def test_ctrl_c_raises_keyboard_interrupt_keeps_the_checkpoint_and_restores_the_sigint_handler(
