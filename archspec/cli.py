@@ -19,7 +19,7 @@ from typing import Sequence
 from archspec.cliargs import (
     batches_or_all, non_negative_float, non_negative_int, parse_flops, positive_int, token_ids,
 )
-from archspec.errors import RunDirError, SpecError
+from archspec.errors import DeviceError, RunDirError, SpecError
 from archspec.fileio import file_in_the_way, os_error_text, write_atomic
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -95,8 +95,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from archspec.training import resolve_precision
 
     device = _device(args.accelerator)
-    if device is None:
-        return 2
     run = open_run(args.run)
     spec = run.spec
     if args.data is not None:
@@ -142,14 +140,14 @@ def _num(value: float, spec: str) -> str:
 
 
 def _device(accelerator: str):
-    """The torch device of ``--accelerator`` (auto: CUDA when present), or None after printing why it is missing."""
+    """The torch device of ``--accelerator`` (auto: CUDA when present); DeviceError for gpu without CUDA."""
     import torch
 
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        print("error: --accelerator gpu: no CUDA device is available; use --accelerator cpu", file=sys.stderr)
-        return None
-    cuda = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if cuda else "cpu")
+    from archspec.training import check_devices
+
+    check_devices(accelerator)
+    return torch.device("cuda" if accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+                        else "cpu")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -160,8 +158,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from archspec.runs import open_run
 
     device = _device(args.accelerator)
-    if device is None:
-        return 2
     run = open_run(args.run)
     try:
         if args.prompt is not None:
@@ -286,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except (SpecError, RunDirError) as exc:
+    except (SpecError, RunDirError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a missing input, an --out that cannot be written, a full disk

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from difflib import get_close_matches
 
-__all__ = ["FieldError", "RunDirError", "SpecError", "did_you_mean"]
+__all__ = ["DeviceError", "FieldError", "RunDirError", "SpecError", "did_you_mean"]
 
 
 class SpecError(ValueError):
@@ -86,3 +86,8 @@ def _dotted(path: tuple[str | int, ...]) -> str:
 class RunDirError(ValueError):
     """A run folder that cannot be used: it holds a run of a different spec, a spec.yaml that cannot be read, a
     damaged checkpoint, or no checkpoint where one is needed. The message names the folder or file."""
+
+
+class DeviceError(ValueError):
+    """An accelerator or device count this machine does not have (``--accelerator gpu`` without CUDA, more
+    ``--devices`` than visible GPUs). The message names the option and what is available."""

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from archspec.accounting import steps_for_budget
 from archspec.data import TaskDataModule, parse_data_config, task_vocab_size
 from archspec.data.seeding import make_generator
-from archspec.errors import RunDirError, SpecError
+from archspec.errors import DeviceError, RunDirError, SpecError
 from archspec.fileio import write_atomic
 from archspec.lightning_module import LMModule
 from archspec.loader import dump_spec, load_spec
@@ -362,6 +362,18 @@ def uses_cuda(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
+def check_devices(accelerator: str, devices: int = 1) -> None:
+    """Raise DeviceError when ``accelerator`` asks for CUDA on a machine without it, or for more CUDA devices
+    than are visible; before anything is trained or written."""
+    if accelerator not in ("gpu", "cuda") and not (devices > 1 and uses_cuda(accelerator)):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise DeviceError(f"--accelerator {accelerator}: no CUDA device is available; use --accelerator cpu")
+    if devices > count:
+        raise DeviceError(f"--devices {devices}: only {count} CUDA device{'s' * (count != 1)} visible")
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``"auto"`` -> ``"bf16-mixed"`` when training on a CUDA device with bf16 support, else ``"32-true"``."""
     if precision != "auto":
@@ -446,8 +458,7 @@ def train(
         raise ValueError(f"devices: expected a positive int, got {devices!r}")
     if accelerator not in ("auto", "cpu", "gpu", "cuda"):
         raise ValueError(f"accelerator: expected 'auto', 'cpu' or 'gpu', got {accelerator!r}")
-    if devices > 1 and uses_cuda(accelerator) and devices > torch.cuda.device_count():
-        raise ValueError(f"devices: {devices} asked for, {torch.cuda.device_count()} CUDA devices visible")
+    check_devices(accelerator, devices)
     started = time.perf_counter()
     run_spec = resolve_run_spec(spec, data=data, max_steps=max_steps, budget_flops=budget_flops, seed=seed)
     cfg = run_spec.training

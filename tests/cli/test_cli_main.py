@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from archspec.accounting import account, steps_for_budget
 from archspec.cli import build_parser, main
@@ -249,3 +250,14 @@ def test_a_train_out_under_a_file_says_that_file_is_not_a_folder(tmp_path, capsy
     assert capsys.readouterr().err == (f"error: {blocker} is a file, not a folder, so {blocker / 'run'} "
                                        "cannot be made\n")
     assert blocker.read_text() == "mine"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+@pytest.mark.parametrize("devices", ["1", "2"])
+def test_train_on_a_gpu_this_machine_lacks_is_one_line_and_creates_nothing(tmp_path, capsys, devices):
+    out = tmp_path / "run"
+    argv = ["train", TINY, "--out", str(out), "--max-steps", "1", "--accelerator", "gpu", "--devices", devices,
+            "--no-progress", *_set_args(TINY_SET)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == "error: --accelerator gpu: no CUDA device is available; use --accelerator cpu\n"
+    assert not out.exists()
