@@ -63,7 +63,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from archspec.search.study import (
         check_out_dir, check_study, finished_trials, open_storage, public_url, resolve_target, run_search,
     )
+    from archspec.training import check_devices
 
+    check_devices(args.accelerator)  # before any trial: each would fail the same way
     quiet_training_logs()
     if not args.no_progress:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar shows the trials and the best
@@ -179,7 +181,9 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from archspec.search.compare import compare, load_task
+    from archspec.training import check_devices
 
+    check_devices(args.accelerator)
     quiet_training_logs()
     task = load_task(args.task) if args.task else None
     result = compare(  # a RunDirError (runs of another budget, task or seed in --out) is printed by archspec.cli

@@ -7,8 +7,10 @@ import importlib.util
 import json
 import os
 import shlex
+from pathlib import Path
 
 import pytest
+import torch
 
 from archspec.cli import main
 from archspec.search import objective as objective_module
@@ -229,3 +231,15 @@ def test_a_report_that_cannot_be_written_says_the_trials_are_safe_and_how_to_rew
     assert main(shlex.split(command)[1:]) == 0
     assert "2 finished trials (2 complete)" in capsys.readouterr().out
     assert (out / "best.yaml").exists() and (out / "trials.csv").read_text().count("\n") == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_search_and_compare_on_a_gpu_this_machine_lacks_stop_before_any_trial(tmp_path, capsys):
+    path = write_yaml(tmp_path / "tiny.yaml", tiny_search())
+    expected = "error: --accelerator gpu: no CUDA device is available; use --accelerator cpu\n"
+    assert main(["search", str(path), "--out", str(tmp_path / "out"), "--accelerator", "gpu", "--no-progress"]) == 2
+    assert capsys.readouterr().err == expected
+    spec = Path(__file__).resolve().parents[2] / "specs" / "tiny-mamba2.yaml"
+    assert main(["compare", str(spec), "--budget", "1e9", "--out", str(tmp_path / "cmp"), "--accelerator", "gpu"]) == 2
+    assert capsys.readouterr().err == expected
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.yaml"]
