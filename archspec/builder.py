@@ -198,17 +198,20 @@ class LanguageModel(nn.Module):
 def init_weights(model: LanguageModel) -> None:
     """mamba_ssm-style initialisation (its ``_init_weights`` with the GPT-2 residual rescaling).
 
-    Embedding and every nn.Linear weight ~ N(0, init_std); linear biases 0; then each layer's residual-writing
-    projection (``out_proj.weight`` / ``fc2.weight`` of the mixer) is divided by sqrt(n_layers), n_layers
-    counting every residual block (mamba_ssm's n_residuals_per_layer * n_layer). mamba_ssm draws those two
-    from its default kaiming-uniform init before rescaling, and leaves the other linears at PyTorch's default;
-    here all linears use init_std so that the spec's init_std governs the whole model. Norm weights, the conv
-    and the mixers' own special parameters (dt_bias, A_log, D) keep the values their modules gave them.
+    Embedding ~ N(0, init_std); linear biases 0; each layer's residual-writing projection (``out_proj.weight`` /
+    ``fc2.weight`` of the mixer) is divided by sqrt(n_layers), n_layers counting every residual block (mamba_ssm's
+    n_residuals_per_layer * n_layer). The other linear weights: spec.init "normal" draws them ~ N(0, init_std)
+    (the residual-writing ones too, before the division), so that init_std governs the whole model;
+    "mamba_ssm" keeps PyTorch's default kaiming-uniform init, redrawing the residual-writing ones with it before
+    the division, exactly as mamba_ssm does. Norm weights, the conv and the mixers' own special parameters
+    (dt_bias, A_log, D) keep the values their modules gave them.
     """
     std = model.spec.init_std
+    normal = model.spec.init == "normal"
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
+            if normal:
+                nn.init.normal_(module.weight, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -217,6 +220,8 @@ def init_weights(model: LanguageModel) -> None:
     for layer in model.backbone.layers:
         for name, param in layer.mixer.named_parameters():
             if name in RESCALED_PARAMETERS:
+                if not normal:
+                    nn.init.kaiming_uniform_(param, a=math.sqrt(5))
                 param.mul_(scale)
 
 

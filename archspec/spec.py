@@ -323,6 +323,9 @@ class ModelSpec(_Strict):
     norm_eps: float = Field(1e-5, gt=0)
     residual_in_fp32: bool = True
     init_std: float = Field(0.02, gt=0)
+    init: Literal["normal", "mamba_ssm"] = Field(
+        "normal", description="normal: every linear weight ~ N(0, init_std); mamba_ssm: linears keep PyTorch's "
+        "kaiming-uniform init, as mamba_ssm's _init_weights leaves them (init_std sets the embedding only)")
     blocks: dict[str, BlockSpec] = Field(min_length=1)
     layout: Layout
     training: TrainingSpec = Field(default_factory=TrainingSpec)

@@ -249,3 +249,25 @@ def test_cuda_parallel_forward_equals_stepwise_decoding(dtype, tol):
     out = model.generate(ids[:, :8], 6, temperature=1.0, top_k=5, seed=1)
     assert torch.equal(out, model.generate(ids[:, :8], 6, temperature=1.0, top_k=5, seed=1))
     assert out.device.type == "cuda" and out.max() < spec.vocab_size
+
+
+def test_init_mamba_ssm_keeps_pytorch_linear_init_like_mamba_ssm():
+    """init: mamba_ssm leaves linears at kaiming-uniform (bound 1/sqrt(fan_in)); out_proj / fc2 are redrawn the
+    same way and divided by sqrt(n_layers); biases 0; the embedding still ~ N(0, init_std)."""
+    torch.manual_seed(0)
+    spec = make_spec(d_model=256, init_std=0.05, init="mamba_ssm", blocks={
+        "M": {"type": "ssd", "d_state": 16, "head_dim": 64},
+        "F": {"type": "mlp", "hidden": 512, "bias": True}}, layout=["M", "F"] * 2)
+    model = build_model(spec)
+    ssd, mlp = model.backbone.layers[0].mixer, model.backbone.layers[1].mixer
+
+    def uniform_bound(weight: torch.Tensor, scale: float = 1.0) -> float:
+        return scale / math.sqrt(weight.shape[1])
+
+    for weight, scale in ((ssd.in_proj.weight, 1.0), (mlp.fc1.weight, 1.0),
+                          (ssd.out_proj.weight, 0.5), (mlp.fc2.weight, 0.5)):  # 0.5 = 1 / sqrt(4 layers)
+        bound = uniform_bound(weight, scale)
+        assert weight.abs().max().item() <= bound
+        assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)  # std of U(-b, b)
+    assert torch.count_nonzero(mlp.fc1.bias) == 0 and torch.count_nonzero(mlp.fc2.bias) == 0
+    assert model.backbone.embedding.weight.std().item() == pytest.approx(0.05, rel=0.05)
