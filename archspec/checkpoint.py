@@ -152,7 +152,8 @@ def spec_from_mamba_ssm_config(config: Mapping[str, Any], name: str = "mamba_ssm
         "d_model": d_model, "vocab_size": cfg["vocab_size"],
         "pad_vocab_size_multiple": cfg["pad_vocab_size_multiple"], "tie_embeddings": cfg["tie_embeddings"],
         "norm": "rmsnorm" if cfg["rms_norm"] else "layernorm", "norm_eps": cfg.get("norm_epsilon", 1e-5),
-        "residual_in_fp32": cfg["residual_in_fp32"], "blocks": blocks, "layout": describe_layout(layers),
+        "residual_in_fp32": cfg["residual_in_fp32"], "init": "mamba_ssm", "blocks": blocks,
+        "layout": describe_layout(layers),
     }
     return ModelSpec.model_validate(data)
 
