@@ -180,16 +180,20 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from archspec.search.compare import compare, load_task
+    from archspec.search.compare import RunFailed, compare, load_task
     from archspec.training import check_devices
 
     check_devices(args.accelerator)
     quiet_training_logs()
     task = load_task(args.task) if args.task else None
-    result = compare(  # a RunDirError (runs of another budget, task or seed in --out) is printed by archspec.cli
-        args.specs, budget_flops=args.budget, out_dir=args.out, task=task, seed=args.seed,
-        val_checks=args.val_checks, accelerator=args.accelerator, isolate=not args.in_process,
-    )
+    try:  # a RunDirError (runs of another budget, task or seed in --out) is printed by archspec.cli
+        result = compare(
+            args.specs, budget_flops=args.budget, out_dir=args.out, task=task, seed=args.seed,
+            val_checks=args.val_checks, accelerator=args.accelerator, isolate=not args.in_process,
+        )
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(result.markdown)
     for path in result.files:
         print(f"wrote {path}")

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import multiprocessing
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -158,18 +159,37 @@ def _train(
     proc = context.Process(target=_train_child, args=(spec, run_dir, kwargs), name=f"archspec-compare-{spec.name}")
     proc.start()
     proc.join()
+    if proc.exitcode == INTERRUPTED:
+        raise KeyboardInterrupt
     result_file = run_dir / "result.json"
     if proc.exitcode != 0 or not result_file.exists():
-        raise RuntimeError(f"training {spec.name} failed (exit code {proc.exitcode}); see the output above")
+        raise RunFailed(f"compare: training {spec.name} stopped (exit status {proc.exitcode}; its error is above); "
+                        f"the runs that finished stay in {run_dir.parent}, and the same command continues from them")
     return json.loads(result_file.read_text())
 
 
+class RunFailed(RuntimeError):
+    """A spec's training process of ``compare`` ended without a result (it printed why)."""
+
+
+INTERRUPTED = 130  # exit status of a training process stopped with Ctrl-C (128 + SIGINT)
+
+
 def _train_child(spec: ModelSpec, run_dir: Path, kwargs: dict) -> None:
+    """One spec's training in its own process: a mistake in the spec, its run folder or the device ends it with
+    one ``error:`` line and exit status 2, Ctrl-C with 130; anything else with its traceback."""
+    from archspec.errors import DeviceError, RunDirError
     from archspec.search.cli import quiet_training_logs
     from archspec.training import train
 
     quiet_training_logs()
-    train(spec, out_dir=run_dir, **kwargs)
+    try:
+        train(spec, out_dir=run_dir, **kwargs)
+    except (SpecError, RunDirError, DeviceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
 
 
 def _row(name: str, path: str, spec: ModelSpec, data: Any, result: dict) -> dict[str, Any]:

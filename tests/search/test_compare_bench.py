@@ -147,3 +147,22 @@ def test_compare_refuses_a_damaged_checkpoint_up_front_with_one_line_and_trains_
     assert main([*argv, "--in-process"]) == 0
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["ssd", "hybrid"] and all(r["val_loss"] is not None for r in rows)
+
+
+def test_a_spec_whose_training_process_stops_on_a_mistake_gives_one_line_per_process_and_keeps_finished_runs(
+    tmp_path, capfd
+):
+    ssd, hybrid = _specs(tmp_path)
+    big_batch = write_yaml(tmp_path / "big.yaml", {**TINY_BASE, "name": "big", "layout": "M A",
+                                                   "training": {"batch_size": 128}})
+    out = tmp_path / "out"
+    argv = ["compare", str(ssd), str(big_batch), "--budget", "1.2e7", "--task", str(ssd), "--val-checks", "1",
+            "--out", str(out)]
+    assert main(argv) == 2  # each spec in its own process: the second one finds its batch larger than the data
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert "training.batch_size: 128 exceeds the 64 training examples" in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: compare: training big stopped (exit status 2; its error is above); the runs that finished stay in "
+        f"{out / 'runs'}, and the same command continues from them")
+    assert (out / "runs" / "ssd" / "result.json").exists() and not (out / "runs" / "big").exists()
