@@ -12,6 +12,12 @@ lookup (0 FLOPs). Every per-token figure of a causal product is the average over
 Each layer of the stack is one pre-norm residual block ``x + mixer(norm(x))``; its parameter count includes
 its norm (``d_model`` weights for RMSNorm, ``2 * d_model`` with the LayerNorm bias).
 
+Activation checkpointing (``training.activation_checkpointing``) recomputes every layer's forward during
+backward, which costs about one more forward of the layers (not of the LM head) in time. Training FLOPs stay
+3 x forward regardless (model FLOPs, not hardware FLOPs): a budget buys the same steps, tokens and losses with
+the setting on or off, so runs and searches stay comparable; ``ModelAccount.recompute_flops_per_token`` gives
+the extra work for throughput figures.
+
 User block types registered with ``archspec.spec.register_block_spec`` get accounting through
 ``register_block_accounting``.
 """
@@ -292,7 +298,8 @@ class ModelAccount:
     embedding_params: the input embedding plus, when untied, the LM head (padded_vocab x d_model each);
     non_embedding_params: the rest (layers and the final norm);
     lm_head_flops_per_token: ``2 * d_model * padded_vocab``;
-    fwd_flops_per_token: layers + LM head; train_flops_per_token: 3 x forward.
+    fwd_flops_per_token: layers + LM head; train_flops_per_token: 3 x forward (with or without activation
+    checkpointing); recompute_flops_per_token: the forward of the layers again when the spec checkpoints them.
     """
 
     spec: ModelSpec
@@ -311,10 +318,19 @@ class ModelAccount:
         """Forward + backward: 3 x the forward FLOPs per token."""
         return 3.0 * self.fwd_flops_per_token
 
+    @property
+    def recompute_flops_per_token(self) -> float:
+        """FLOPs per token that activation checkpointing adds on top of ``train_flops_per_token``: the layers'
+        forward once more when ``spec.training.activation_checkpointing`` is on, else 0. Not part of budgets."""
+        if not self.spec.training.activation_checkpointing:
+            return 0.0
+        return sum(layer.fwd_flops_per_token for layer in self.layers)
+
     def decode_state_bytes(self, batch: int = 1, dtype_bytes: int = 2, seq_len: Optional[int] = None) -> int:
         """Bytes of decode state for ``batch`` sequences after ``seq_len`` tokens (default: the account's):
         each SSD layer's SSM (float32) + conv state, constant in seq_len, plus each attention layer's KV cache,
-        growing with seq_len up to its sliding window (and its qkv conv state, constant, when it has a conv). dtype_bytes: the activation/cache dtype's size."""
+        growing with seq_len up to its sliding window (and its qkv conv state, constant, when it has a conv).
+        dtype_bytes: the activation/cache dtype's size."""
         _check_positive("batch", batch)
         _check_positive("dtype_bytes", dtype_bytes)
         seq_len = self.seq_len if seq_len is None else seq_len

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from archspec.blocks import ResidualBlock, get_module_factory, make_norm
 from archspec.layout import expand_layout
@@ -85,10 +86,18 @@ def build_mixer(block: Any, d_model: int, *, layer_idx: int, device=None, dtype=
 
 # ------------------------------------------------------------------------------------ the model
 class Backbone(nn.Module):
-    """Embedding, the residual stack and the final norm. input_ids (b, l) -> hidden (b, l, d_model)."""
+    """Embedding, the residual stack and the final norm. input_ids (b, l) -> hidden (b, l, d_model).
+
+    activation_checkpointing (from ``spec.training.activation_checkpointing``; a plain attribute, so it can be
+    switched on a built model): in training mode with gradients enabled and no decode caches, each residual
+    block runs under ``torch.utils.checkpoint`` (non-reentrant, RNG state preserved), so backward keeps only the
+    blocks' inputs and recomputes each block's forward when it reaches it. Eval mode, ``no_grad`` and cached
+    decoding run the plain loop.
+    """
 
     def __init__(self, spec: ModelSpec, layer_symbols: list[str], device=None, dtype=None) -> None:
         super().__init__()
+        self.activation_checkpointing = spec.training.activation_checkpointing
         factory = {"device": device, "dtype": dtype}
         self.embedding = nn.Embedding(spec.padded_vocab_size, spec.d_model, **factory)
         self.layers = nn.ModuleList(
@@ -102,9 +111,18 @@ class Backbone(nn.Module):
     def forward(self, input_ids: torch.Tensor, caches: Optional[list] = None,
                 cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.embedding(input_ids)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cache=None if caches is None else caches[i], cu_seqlens=cu_seqlens)
+        if self.recomputes(caches):
+            for layer in self.layers:
+                x = checkpoint(layer, x, None, cu_seqlens, use_reentrant=False)
+        else:
+            for i, layer in enumerate(self.layers):
+                x = layer(x, cache=None if caches is None else caches[i], cu_seqlens=cu_seqlens)
         return self.norm_f(x)
+
+    def recomputes(self, caches: Optional[list] = None) -> bool:
+        """Whether a forward now (with these caches) would checkpoint its blocks: activation_checkpointing is on,
+        the module is in training mode, gradients are enabled and there are no decode caches."""
+        return bool(self.activation_checkpointing) and self.training and caches is None and torch.is_grad_enabled()
 
 
 class LanguageModel(nn.Module):

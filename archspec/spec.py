@@ -302,6 +302,13 @@ class TrainingSpec(_Strict):
     eps: float = Field(1e-8, gt=0)
     grad_clip: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    activation_checkpointing: bool = Field(
+        False,
+        description="recompute each residual block's forward during backward (torch.utils.checkpoint, "
+        "non-reentrant): backward keeps only each block's input plus one block's activations at a time, for one "
+        "more forward of the layers in compute; gradients and losses are unchanged, and budgets still count "
+        "3 x forward FLOPs (model FLOPs, not the recompute); inference, eval and decoding are unaffected",
+    )
     val_every_steps: int = Field(100, ge=1)
     val_batches: int | None = Field(None, ge=1, description="validation batches per check; None = all")
     seed: int = 0
@@ -359,9 +366,8 @@ class ModelSpec(_Strict):
         expand(self.layout, self.blocks)
         if self.data is not None and self.vocab_size < task_vocab_size(self.data):
             need = task_vocab_size(self.data)
-            raise FieldError(("vocab_size",),
-                             f"{self.vocab_size} does not cover the {self.data.task} task's vocabulary of {need} tokens",
-                             f"set vocab_size to at least {need}")
+            raise FieldError(("vocab_size",), f"{self.vocab_size} does not cover the {self.data.task} task's "
+                             f"vocabulary of {need} tokens", f"set vocab_size to at least {need}")
         return self
 
     @property
