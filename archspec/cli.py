@@ -1,5 +1,5 @@
-"""The ``archspec`` command: validate, summary, train, eval, generate, schema, and search / compare / bench from
-archspec.search.
+"""The ``archspec`` command: validate, summary, train, eval, generate, export, schema, and search / compare / bench
+from archspec.search.
 
 Spec mistakes (SpecError), refused run directories (RunDirError), prompts a model cannot take and files that cannot
 be read or written (OSError) are printed as ``error: <message>`` on stderr without a traceback, exit status 2. FLOP
@@ -176,6 +176,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's last checkpoint (or a mamba_ssm folder) as a mamba_ssm checkpoint: config.json and
+    pytorch_model.bin in a new or empty folder. A spec mamba_ssm cannot express, or an --to folder that already
+    holds files, is one ``error:`` line (exit 2) and nothing is written."""
+    from archspec.checkpoint import mamba_ssm_config_from_spec, save_mamba_ssm_checkpoint
+    from archspec.runs import open_run
+
+    run = open_run(args.run)
+    try:
+        config = mamba_ssm_config_from_spec(run.spec)
+    except ValueError as exc:
+        print(f"error: {run.spec_path} {exc}", file=sys.stderr)
+        return 2
+    try:
+        written = save_mamba_ssm_checkpoint(run.model, args.to)
+    except ValueError as exc:
+        print(f"error: --to {exc}", file=sys.stderr)
+        return 2
+    mixers = f"{config['n_layer']} layers" + (f" ({len(config['attn_layer_idx'])} MHA)" if config["attn_layer_idx"]
+                                               else "")
+    mlp = f", GatedMLP {config['d_intermediate']}" if config["d_intermediate"] else ""
+    step = f" at step {run.step}" if run.step is not None else ""
+    print(f"{run.path} ({run.spec.name}, {run.checkpoint.name}{step}) as mamba_ssm MambaLMHeadModel: {mixers}, "
+          f"d_model {config['d_model']}{mlp}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of the spec format, or write it to ``--out``."""
     from archspec.schema import model_json_schema_text
@@ -265,6 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0: reproducible)")
     p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="write a trained run as a mamba_ssm checkpoint (config.json + pytorch_model.bin)",
+                       description="Write RUN_DIR/checkpoints/last.ckpt (or a mamba_ssm folder) in mamba_ssm's "
+                       "save_pretrained format: OUT_DIR/config.json (MambaConfig) and OUT_DIR/pytorch_model.bin "
+                       "(MambaLMHeadModel's state dict), loadable with MambaLMHeadModel.from_pretrained(OUT_DIR). "
+                       "OUT_DIR must be new or empty; a spec mamba_ssm cannot express (e.g. GELU MLPs, sliding "
+                       "windows, two different SSD configs) is refused naming the field. Nothing is written into "
+                       "RUN_DIR.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--to", required=True, metavar="OUT_DIR", help="a new or empty folder")
+    p.add_argument("--format", choices=["mamba_ssm"], default="mamba_ssm", help="the checkpoint format (default and "
+                   "only one: mamba_ssm)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("schema", help="JSON Schema of the spec format")
     p.add_argument("--out", default=None, metavar="FILE", help="write here instead of stdout")

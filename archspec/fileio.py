@@ -29,8 +29,8 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 def read_json_object(path: Path, expected: str, hint: str = "") -> dict[str, Any]:
     """The JSON object in ``path``. Raises ValueError naming the file (and line and column) when it cannot be
-    read, is not UTF-8 JSON, or is not an object; ``expected`` completes "a JSON object ..." (e.g. "of MambaConfig keys"), ``hint`` how to
-    recover (appended after "; " when given)."""
+    read, is not UTF-8 JSON, or is not an object; ``expected`` completes "a JSON object ..." (e.g. "of
+    MambaConfig keys"), ``hint`` how to recover (appended after "; " when given)."""
     tail = f"; {hint}" if hint else ""
     try:
         record = json.loads(path.read_bytes())

@@ -63,7 +63,8 @@ class Mamba2Mixer(nn.Module):
         if d_state <= 0:
             raise ValueError(f"d_state: expected a positive integer, got {d_state}")
         if not 1 <= d_conv <= MAX_D_CONV:
-            raise ValueError(f"d_conv: expected an integer from 1 to {MAX_D_CONV} (the conv kernel's limit), got {d_conv}")
+            raise ValueError(f"d_conv: expected an integer from 1 to {MAX_D_CONV} (the conv kernel's limit), "
+                             f"got {d_conv}")
         if chunk_size <= 0:
             raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
         if not 0 < A_init_range[0] <= A_init_range[1]:

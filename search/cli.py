@@ -166,7 +166,8 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
         "seed for the same training FLOPs; writes compare.md/csv/json and loss-vs-FLOPs plots in --out.",
     )
     p.add_argument("specs", nargs="+", metavar="SPEC")
-    p.add_argument("--budget", type=parse_flops, required=True, metavar="FLOPS", help="training FLOPs per spec (1e12, 2.5T)")
+    p.add_argument("--budget", type=parse_flops, required=True, metavar="FLOPS",
+                   help="training FLOPs per spec (1e12, 2.5T)")
     p.add_argument("--task", default=None, metavar="FILE",
                    help="YAML with a data config (task: ...) or a spec whose data section to use")
     p.add_argument("--seed", type=int, default=0)

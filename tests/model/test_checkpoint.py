@@ -324,7 +324,8 @@ def test_a_truncated_config_or_weight_file_is_named_in_the_error(tmp_path):
     with pytest.raises(ValueError, match=f"^{re.escape(str(config))}:3: not valid JSON at column"):
         load_mamba_ssm_checkpoint(tmp_path)
     config.write_text("[]")
-    with pytest.raises(ValueError, match=f"^{re.escape(str(config))}: expected a JSON object of MambaConfig keys, got list"):
+    not_an_object = f"^{re.escape(str(config))}: expected a JSON object of MambaConfig keys, got list"
+    with pytest.raises(ValueError, match=not_an_object):
         load_mamba_ssm_checkpoint(tmp_path)
 
 
