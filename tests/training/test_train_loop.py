@@ -10,6 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+import archspec.builder as archspec_builder
 from archspec.accounting import account, steps_for_budget
 from archspec.errors import SpecError
 from archspec.loader import load_spec
@@ -251,3 +252,38 @@ def test_check_last_checkpoint_refuses_only_a_damaged_checkpoint_a_run_would_res
     check_last_checkpoint(run, max_steps=4)  # nothing left to resume
     with pytest.raises(RunDirError, match="delete it or pass --no-resume"):
         check_last_checkpoint(run, max_steps=5)  # more steps asked for: it would resume
+
+
+class _StepLosses(Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss))
+
+
+def test_training_with_checkpointing_matches_training_without(tmp_path, make_tiny_spec, monkeypatch):
+    calls = []
+    original = archspec_builder.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(archspec_builder, "checkpoint", counting)
+    runs = {}
+    for on in (False, True):
+        spec = make_tiny_spec("training.max_steps=5", "training.val_every_steps=5",
+                              f"training.activation_checkpointing={str(on).lower()}")
+        steps = _StepLosses()
+        result = train(
+            spec, out_dir=tmp_path / str(on), progress_bar=False, accelerator="cpu", callbacks=[steps])
+        runs[on] = (result, steps.losses, len(calls))
+    (off, off_losses, off_calls), (on_result, on_losses, on_calls) = runs[False], runs[True]
+    assert off_calls == 0
+    assert on_calls - off_calls == 5 * 4  # every training step checkpoints each of the 4 layers, validation none
+    assert len(off_losses) == len(on_losses) == 5
+    assert on_losses == pytest.approx(off_losses, rel=0, abs=1e-5)
+    assert on_result.val_loss == pytest.approx(off.val_loss, rel=0, abs=1e-5)
+    assert on_result.train_flops == off.train_flops

@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 import archspec.builder as builder
 from archspec.accounting import account, steps_for_budget
 from archspec.builder import build_model
 from archspec.spec import ModelSpec
-from archspec.training import train
 
-
-def make_spec(**overrides: Any) -> ModelSpec:
-    """A tiny hybrid of every built-in mixer: SSD (chunk 8, 2 groups), GQA attention with partial RoPE, windowed
-    attention with qk-norm, SwiGLU MLP; vocab 50."""
-    data: dict[str, Any] = {
-        "name": "tiny-ckpt",
-        "d_model": 32,
-        "vocab_size": 50,
-        "blocks": {
-            "M": {"type": "ssd", "d_state": 16, "head_dim": 32, "ngroups": 2, "chunk_size": 8, "backend": "torch"},
-            "A": {"type": "attention", "n_heads": 4, "n_kv_heads": 2, "rope_fraction": 0.5, "backend": "sdpa"},
-            "W": {"type": "attention", "n_heads": 2, "sliding_window": 5, "qk_norm": True, "backend": "sdpa"},
-            "F": {"type": "mlp", "kind": "swiglu"},
-        },
-        "layout": ["M", "F", "A", "M", "W", "F"],
-    }
-    data.update(overrides)
-    return ModelSpec.model_validate(data)
+from model_specs import make_spec
 
 
 PACKED = torch.tensor([0, 7, 16, 24])  # three sequences packed into one row of 24 tokens
@@ -183,38 +162,3 @@ def test_accounting_keeps_training_flops_and_reports_the_recompute():
     assert acc_off.recompute_flops_per_token == 0.0
     layers = sum(layer.fwd_flops_per_token for layer in acc_on.layers)
     assert acc_on.recompute_flops_per_token == layers == acc_on.fwd_flops_per_token - acc_on.lm_head_flops_per_token
-
-
-class _StepLosses(Callback):
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.losses.append(float(loss))
-
-
-def test_training_with_checkpointing_matches_training_without(tmp_path, make_tiny_spec, monkeypatch):
-    calls = []
-    original = builder.checkpoint
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(builder, "checkpoint", counting)
-    runs = {}
-    for on in (False, True):
-        spec = make_tiny_spec("training.max_steps=5", "training.val_every_steps=5",
-                              f"training.activation_checkpointing={str(on).lower()}")
-        steps = _StepLosses()
-        result = train(
-            spec, out_dir=tmp_path / str(on), progress_bar=False, accelerator="cpu", callbacks=[steps])
-        runs[on] = (result, steps.losses, len(calls))
-    (off, off_losses, off_calls), (on_result, on_losses, on_calls) = runs[False], runs[True]
-    assert off_calls == 0
-    assert on_calls - off_calls == 5 * 4  # every training step checkpoints each of the 4 layers, validation none
-    assert len(off_losses) == len(on_losses) == 5
-    assert on_losses == pytest.approx(off_losses, rel=0, abs=1e-5)
-    assert on_result.val_loss == pytest.approx(off.val_loss, rel=0, abs=1e-5)
-    assert on_result.train_flops == off.train_flops
