@@ -110,6 +110,8 @@ def compare(
     names = _unique_names([s.name for s in specs])
     from archspec.training import check_last_checkpoint, check_out_dir, resolve_run_spec
 
+    for spec, path in zip(specs, spec_paths):
+        _check_one_step_fits(spec, data, budget_flops, str(path))
     run_specs = [_prepare(spec, data, budget_flops, seed, val_checks) for spec in specs]
     for name, run_spec in zip(names, run_specs):  # refuse, before training anything, earlier runs of another
         run_dir = out / "runs" / name            # budget, task or seed and damaged checkpoints to resume from
@@ -134,6 +136,17 @@ def _unique_names(names: list[str]) -> list[str]:
     if len(set(names)) == len(names):
         return names
     return [f"{i}-{n}" for i, n in enumerate(names)]
+
+
+def _check_one_step_fits(spec: ModelSpec, data: Any, budget_flops: float, source: str) -> None:
+    """SpecError when one optimizer step of ``spec`` on ``data`` costs more than the whole budget: it would train
+    one step anyway and spend more than the others, so the comparison would not be at equal FLOPs."""
+    batch = spec.training.batch_size * spec.training.accumulate_grad_batches
+    step = account(spec.model_copy(update={"data": data}), data.seq_len).train_flops_per_token * batch * data.seq_len
+    if step > budget_flops:
+        raise SpecError(f"one optimizer step ({batch} x {data.seq_len} tokens) costs {human_flops(step)}, more than "
+                        f"the budget of {human_flops(budget_flops)}", source=source, field="training.batch_size",
+                        hint=f"raise --budget to at least {step:.3g} or lower the batch size")
 
 
 def _prepare(spec: ModelSpec, data: Any, budget_flops: float, seed: int, val_checks: int) -> ModelSpec:

@@ -156,8 +156,8 @@ def test_a_spec_whose_training_process_stops_on_a_mistake_gives_one_line_per_pro
     big_batch = write_yaml(tmp_path / "big.yaml", {**TINY_BASE, "name": "big", "layout": "M A",
                                                    "training": {"batch_size": 128}})
     out = tmp_path / "out"
-    argv = ["compare", str(ssd), str(big_batch), "--budget", "1.2e7", "--task", str(ssd), "--val-checks", "1",
-            "--out", str(out)]
+    argv = ["compare", str(ssd), str(big_batch), "--budget", "1.3e8", "--task", str(ssd), "--val-checks", "1",
+            "--out", str(out)]  # a budget of a few of big's steps
     assert main(argv) == 2  # each spec in its own process: the second one finds its batch larger than the data
     err = capfd.readouterr().err
     assert "Traceback" not in err
@@ -166,3 +166,13 @@ def test_a_spec_whose_training_process_stops_on_a_mistake_gives_one_line_per_pro
         f"error: compare: training big stopped (exit status 2; its error is above); the runs that finished stay in "
         f"{out / 'runs'}, and the same command continues from them")
     assert (out / "runs" / "ssd" / "result.json").exists() and not (out / "runs" / "big").exists()
+
+
+def test_a_budget_below_one_optimizer_step_is_refused_before_training_anything(tmp_path, capsys):
+    ssd, hybrid = _specs(tmp_path)
+    out = tmp_path / "out"
+    assert main(["compare", str(ssd), str(hybrid), "--budget", "1e6", "--out", str(out), "--in-process"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {ssd} training.batch_size: one optimizer step (4 x 16 tokens) costs ")
+    assert "more than the budget of 1.0 MFLOP, raise --budget to at least" in err
+    assert not out.exists()
