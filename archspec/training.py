@@ -259,8 +259,15 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix or '<spec>'}: {a!r} -> {b!r}"]
 
 
+def _as_run(spec: ModelSpec) -> ModelSpec:
+    """``spec`` without the settings that change how a run computes but not what (activation checkpointing), so
+    that a run may be resumed with them switched."""
+    return spec.model_copy(update={"training": spec.training.model_copy(update={"activation_checkpointing": False})})
+
+
 def check_out_dir(out_dir: Path, spec: ModelSpec) -> None:
-    """Raise RunDirError when ``out_dir`` is a file or holds a spec.yaml that does not load or differs from ``spec``."""
+    """Raise RunDirError when ``out_dir`` is a file or holds a spec.yaml that does not load or differs from ``spec``
+    (beyond settings that do not change the results, such as activation checkpointing)."""
     path = out_dir / "spec.yaml"
     if out_dir.exists() and not out_dir.is_dir():
         raise RunDirError(f"out_dir: {out_dir} is a file, not a folder; use another out_dir")
@@ -271,8 +278,8 @@ def check_out_dir(out_dir: Path, spec: ModelSpec) -> None:
     except SpecError as exc:
         raise RunDirError(f"out_dir: {out_dir} holds a spec.yaml that does not load ({exc}); "
                           "use another out_dir or remove it") from exc
-    if previous != spec:
-        diff = _differences(previous.model_dump(), spec.model_dump())
+    if _as_run(previous) != _as_run(spec):
+        diff = _differences(_as_run(previous).model_dump(), _as_run(spec).model_dump())
         shown = "; ".join(diff[:5]) + (f"; ... {len(diff) - 5} more" if len(diff) > 5 else "")
         raise RunDirError(f"out_dir: {out_dir} already holds a run of a different spec ({shown}); "
                           "use another out_dir or remove it")

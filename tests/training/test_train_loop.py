@@ -287,3 +287,20 @@ def test_training_with_checkpointing_matches_training_without(tmp_path, make_tin
     assert on_losses == pytest.approx(off_losses, rel=0, abs=1e-5)
     assert on_result.val_loss == pytest.approx(off.val_loss, rel=0, abs=1e-5)
     assert on_result.train_flops == off.train_flops
+
+
+def test_a_run_resumes_with_activation_checkpointing_switched(tmp_path, make_tiny_spec):
+    """Checkpointing changes how a step computes, not what: a run stopped without it continues with it."""
+    out = tmp_path / "run"
+    first = make_tiny_spec("training.max_steps=4", "training.val_every_steps=2")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(first, out_dir=out, progress_bar=False, accelerator="cpu", callbacks=[Crash(at_step=2)])
+    switched = make_tiny_spec("training.max_steps=4", "training.val_every_steps=2",
+                              "training.activation_checkpointing=true")
+    resumed = train(switched, out_dir=out, progress_bar=False, accelerator="cpu")
+    whole = train(first, out_dir=tmp_path / "whole", progress_bar=False, accelerator="cpu")
+    assert resumed.steps == whole.steps == 4
+    assert resumed.val_loss == pytest.approx(whole.val_loss, rel=0, abs=1e-5)
+    other = make_tiny_spec("training.max_steps=4", "training.val_every_steps=2", "training.lr=0.5")
+    with pytest.raises(RunDirError, match="training.lr"):
+        train(other, out_dir=out, progress_bar=False, accelerator="cpu")
