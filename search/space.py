@@ -142,8 +142,12 @@ def static_metrics(search: SearchSpec, spec: ModelSpec) -> dict[str, Any]:
 
 
 def violations(search: SearchSpec, metrics: dict[str, Any]) -> list[str]:
-    """One sentence per broken constraint (empty when the spec is feasible)."""
+    """One sentence per broken constraint (empty when the spec is feasible). The budget is one too: a spec whose
+    single optimizer step costs more than ``budget_flops`` would train one step anyway and outspend the others."""
     out = []
+    if metrics["flops_per_step"] > search.budget_flops:
+        out.append(f"one optimizer step costs {metrics['flops_per_step']:,.6g} FLOPs, more than the budget "
+                   f"{search.budget_flops:,.6g}")
     for metric, bounds in search.constraints.items():
         value = metrics[metric]
         if bounds.min is not None and value < bounds.min:

@@ -62,6 +62,9 @@ def test_static_metrics_and_constraint_violations(tmp_path):
     assert len(broken) == 1 and broken[0].startswith("decode_state_bytes")
     metrics["params"] = 9500
     assert len(violations(search, metrics)) == 2
+    metrics["flops_per_step"] = search.budget_flops * 1.5  # one step would outspend the budget
+    assert violations(search, metrics)[0].startswith("one optimizer step costs")
+    assert len(violations(search, metrics)) == 3
 
 
 def test_grid_lists_every_value(tmp_path):
