@@ -110,10 +110,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or cfg.batch_size
     max_batches = cfg.val_batches if args.batches is None else (None if args.batches == "all" else args.batches)
     precision = resolve_precision(cfg.precision, "gpu" if device.type == "cuda" else "cpu")
+    seed = cfg.seed if args.seed is None else args.seed
     result = evaluate(run.model.to(device), data, split=args.split, batch_size=batch_size, max_batches=max_batches,
-                      seed=cfg.seed, precision=precision, source=source)
+                      seed=seed, precision=precision, source=source)
     record = {"run": str(run.path), "kind": run.kind, "checkpoint": str(run.checkpoint), "step": run.step,
-              "data": source, "precision": precision, "device": str(device), **result.to_dict()}
+              "data": source, "seed": seed, "precision": precision, "device": str(device), **result.to_dict()}
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -276,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=batches_or_all, default=None, metavar="N",
                    help="batches to evaluate, or 'all' (default: training.val_batches, else all)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: training.batch_size")
+    p.add_argument("--seed", type=non_negative_int, default=None,
+                   help="the data seed of synthetic tasks (default: the run's training.seed, as its validation)")
     p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
     p.set_defaults(func=cmd_eval)

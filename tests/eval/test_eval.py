@@ -50,6 +50,17 @@ def test_eval_json_holds_the_run_the_data_and_consistent_numbers(mqar_run, capsy
     assert record["tokens_per_second"] > 0 and record["seconds"] > 0
 
 
+def test_eval_seed_draws_other_synthetic_examples(mqar_run, capsys):
+    run, _ = mqar_run
+    spec = load_spec(run / "spec.yaml")
+    default = eval_json(capsys, str(run))
+    record = eval_json(capsys, str(run), "--seed", "7")
+    loss, accuracy, scored = reference_metrics(trained_model(run), spec.data, "val", 7, 20)
+    assert default["seed"] == spec.training.seed and record["seed"] == 7
+    assert is_close(record["loss"], loss, 1e-5) and record["scored_tokens"] == scored
+    assert record["loss"] != default["loss"]
+
+
 def test_eval_prints_a_table_of_loss_accuracy_perplexity_tokens_and_throughput(mqar_run, capsys):
     run, result = mqar_run
     assert main(["eval", str(run), "--accelerator", "cpu"]) == 0
