@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader
 
 from archspec.data import DataConfig, make_dataset, task_vocab_size
+from archspec.data.metrics import masked_cross_entropy
 from archspec.data.sampling import IGNORE_INDEX
 from archspec.errors import SpecError
 from archspec.loader import load_yaml_tree, read_yaml, validate_model
@@ -113,9 +113,7 @@ def evaluate(
                 input_ids = batch["input_ids"].to(device)
                 targets = batch["targets"].to(device)
                 logits = model(input_ids)
-                # as LMModule.compute_loss: the mean over the scored positions, in float32
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                       ignore_index=IGNORE_INDEX)
+                loss = masked_cross_entropy(logits, targets)  # as LMModule.compute_loss
                 scored = targets != IGNORE_INDEX
                 n_scored = scored.sum()
                 # Lightning pools each batch's mean weighted by its scored positions (batches without any are skipped)

@@ -10,6 +10,7 @@ past that context (the SSD state and RoPE carry on); ``beyond_context`` says so,
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import torch
 
 from archspec.builder import LanguageModel

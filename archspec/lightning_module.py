@@ -11,12 +11,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from archspec.accounting import account
 from archspec.builder import build_model
-from archspec.data.metrics import masked_accuracy
+from archspec.data.metrics import masked_accuracy, masked_cross_entropy
 from archspec.data.sampling import IGNORE_INDEX
 from archspec.spec import ModelSpec
 
@@ -93,10 +92,7 @@ class LMModule(pl.LightningModule):
         """(mean cross-entropy over the targets != -100 as a float32 0-dim tensor, the logits)."""
         logits = self(batch["input_ids"])
         targets = batch["targets"]
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX
-        )
-        return loss, logits
+        return masked_cross_entropy(logits, targets), logits
 
     def _world_size(self) -> int:
         """Processes of the data-parallel run this module trains in (1 without a Trainer)."""
@@ -107,10 +103,7 @@ class LMModule(pl.LightningModule):
         batch's mean loss, detached). Sums (scored tokens, summed loss) over the ranks (one all-reduce)."""
         logits = self(batch["input_ids"])
         targets = batch["targets"]
-        summed = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
+        summed = masked_cross_entropy(logits, targets, reduction="sum")
         scored = (targets != IGNORE_INDEX).sum().to(summed.dtype)
         totals = self.trainer.strategy.reduce(torch.stack([scored, summed.detach()]), reduce_op="sum")
         return summed * world_size / totals[0], totals[1] / totals[0]
