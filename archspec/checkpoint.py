@@ -31,7 +31,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import torch
 
@@ -173,18 +173,28 @@ def convert_mamba_ssm_state_dict(state_dict: Mapping[str, torch.Tensor], config:
                                  ) -> dict[str, torch.Tensor]:
     """Rename a mamba_ssm state dict to archspec's: with d_intermediate > 0, Block i's ``norm``/``mixer`` go to
     layer 2i and its ``norm2``/``mlp`` to layer 2i + 1 (as ``norm``/``mixer``); other keys are unchanged."""
+    def ours(block: int, part: str) -> tuple[int, str]:
+        second = part in ("norm2", "mlp")
+        return 2 * block + int(second), {"norm2": "norm", "mlp": "mixer"}.get(part, part)
+
+    return _rename_layers(state_dict, config, _LAYER_KEY, ours)
+
+
+def _rename_layers(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any], pattern: re.Pattern,
+                   rename: Callable[[int, str], tuple[int, str]]) -> dict[str, torch.Tensor]:
+    """``backbone.layers.<i>.<part>.<rest>`` keys matching ``pattern`` renamed to the (layer, part) that ``rename``
+    gives, when the config has MLPs (d_intermediate > 0: mamba_ssm's Blocks hold two of our layers); other keys
+    and MLP-free configs unchanged."""
     if not config.get("d_intermediate", MAMBA_CONFIG_DEFAULTS["d_intermediate"]):
         return dict(state_dict)
     renamed = {}
     for key, value in state_dict.items():
-        match = _LAYER_KEY.match(key)
+        match = pattern.match(key)
         if match is None:
             renamed[key] = value
             continue
-        i, part, rest = int(match.group(1)), match.group(2), match.group(3)
-        second = part in ("norm2", "mlp")
-        target = {"norm2": "norm", "mlp": "mixer"}.get(part, part)
-        renamed[f"backbone.layers.{2 * i + int(second)}.{target}.{rest}"] = value
+        layer, part = rename(int(match.group(1)), match.group(2))
+        renamed[f"backbone.layers.{layer}.{part}.{match.group(3)}"] = value
     return renamed
 
 
@@ -426,18 +436,11 @@ def to_mamba_ssm_state_dict(state_dict: Mapping[str, torch.Tensor], config: Mapp
                             ) -> dict[str, torch.Tensor]:
     """The inverse of ``convert_mamba_ssm_state_dict``: with d_intermediate > 0, layer 2i's ``norm``/``mixer`` go to
     Block i's ``norm``/``mixer`` and layer 2i + 1's to its ``norm2``/``mlp``; other keys are unchanged."""
-    if not config.get("d_intermediate", MAMBA_CONFIG_DEFAULTS["d_intermediate"]):
-        return dict(state_dict)
-    renamed = {}
-    for key, value in state_dict.items():
-        match = _OUR_LAYER_KEY.match(key)
-        if match is None:
-            renamed[key] = value
-            continue
-        block, second = divmod(int(match.group(1)), 2)
-        part = {"norm": "norm2", "mixer": "mlp"}[match.group(2)] if second else match.group(2)
-        renamed[f"backbone.layers.{block}.{part}.{match.group(3)}"] = value
-    return renamed
+    def theirs(layer: int, part: str) -> tuple[int, str]:
+        block, second = divmod(layer, 2)
+        return block, {"norm": "norm2", "mixer": "mlp"}[part] if second else part
+
+    return _rename_layers(state_dict, config, _OUR_LAYER_KEY, theirs)
 
 
 def _check_out_dir(out: Path) -> None:
