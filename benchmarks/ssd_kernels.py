@@ -13,7 +13,7 @@ extensions that such a wheel lacks, so `load_mamba_chunk_scan` registers an empt
 `mamba_ssm` (keeping its search path) before importing mamba_ssm.ops.triton.ssd_combined, which needs only
 Triton, einops and torch.
 
-Usage: python benchmarks/ssd_kernels.py [--quick] [--sweep] [--profile] [--rep MS] [--out DIR]
+Usage: python benchmarks/ssd_kernels.py [--quick] [--forward-only] [--sweep] [--profile] [--rep MS] [--out DIR]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run_row(ours: Callable, theirs: Callable, batch: int, seqlen: int, headdim: int, dstate: int,
-            bandwidth: float, rep: int) -> dict:
+            bandwidth: float, rep: int, forward_only: bool = False) -> dict:
     from triton.testing import do_bench
 
     inputs = make_inputs(batch, seqlen, headdim, dstate, seed=seqlen + headdim + dstate)
@@ -119,10 +119,12 @@ def run_row(ours: Callable, theirs: Callable, batch: int, seqlen: int, headdim: 
     with torch.no_grad():
         y_ours, y_theirs = fwd_ours(), fwd_theirs()
     agree = {"y": rel_diff(y_ours, y_theirs)}
-    g_ours, g_theirs = both(fwd_ours)(), both(fwd_theirs)()
-    for name, a, b in zip(grad_names, g_ours, g_theirs):
-        agree["d" + name] = rel_diff(a, b)
-    del y_ours, y_theirs, g_ours, g_theirs
+    del y_ours, y_theirs
+    if not forward_only:
+        g_ours, g_theirs = both(fwd_ours)(), both(fwd_theirs)()
+        for name, a, b in zip(grad_names, g_ours, g_theirs):
+            agree["d" + name] = rel_diff(a, b)
+        del g_ours, g_theirs
 
     def bench(fn: Callable, grad: bool) -> float:
         if grad:
@@ -133,8 +135,9 @@ def run_row(ours: Callable, theirs: Callable, batch: int, seqlen: int, headdim: 
     row = dict(batch=batch, seqlen=seqlen, headdim=headdim, dstate=dstate)
     row["fwd_ours"] = bench(fwd_ours, False)
     row["fwd_mamba"] = bench(fwd_theirs, False)
-    row["fb_ours"] = bench(both(fwd_ours), True)
-    row["fb_mamba"] = bench(both(fwd_theirs), True)
+    nan = float("nan")
+    row["fb_ours"] = nan if forward_only else bench(both(fwd_ours), True)
+    row["fb_mamba"] = nan if forward_only else bench(both(fwd_theirs), True)
     row["floor_fwd"], row["floor_fb"] = floors(inputs, bandwidth)
     row["agree"] = agree
     return row
@@ -231,6 +234,7 @@ def main() -> None:
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time in ms")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for ssd_bench.json")
     parser.add_argument("--profile", action="store_true", help="also print per-kernel times of one row")
+    parser.add_argument("--forward-only", action="store_true", help="time the forward pass only")
     parser.add_argument("--sweep", action="store_true", help="first tune tile sizes greedily on one row")
     opts = parser.parse_args()
 
@@ -254,7 +258,8 @@ def main() -> None:
         for dstate in (int(v) for v in opts.dstates.split(",")):
             for seqlen in seqlens:
                 start = time.time()
-                row = run_row(ssd_scan_triton, theirs, TOKENS // seqlen, seqlen, headdim, dstate, bandwidth, opts.rep)
+                row = run_row(ssd_scan_triton, theirs, TOKENS // seqlen, seqlen, headdim, dstate, bandwidth, opts.rep,
+                              opts.forward_only)
                 rows.append(row)
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                                   if k != "agree"}), {k: f"{v:.1e}" for k, v in row["agree"].items()},

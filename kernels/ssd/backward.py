@@ -1,7 +1,9 @@
 """Backward SSD kernels that work per chunk, and the launcher of the whole backward pass.
 
 With dh_c = dL/d(state at the end of chunk c) (from backward_states), per chunk and head:
-- `_dx_kernel`: dxp_j = exp(s_last - s_j) dh_c B_j + sum_{t>=j} CB_tj exp(s_t - s_j) dy_t;
+- `_dx_kernel`, one program per (head and head_dim block, chunk) walking the chunk backwards and carrying
+  g = sum over later tokens of exp(s_t - s_ref) C_t^T dy_t (or tiles.py's kernel per row tile, as config.py picks):
+  dxp_j = exp(s_last - s_j) dh_c B_j + sum_{t>=j} CB_tj exp(s_t - s_j) dy_t;
   dx_j = dt'_j dxp_j + D dy_j; dL/d dt'_j (as a multiplier) = x_j . dxp_j; dL/dD; and two log-decay terms:
   dy_j . exp(s_j) C_j h_in (the entering state's output) and dt'_j exp(s_last - s_j) x_j . dh_c B_j (the path
   to the chunk's end state).
@@ -26,100 +28,101 @@ from .common import dot_precision, mm
 from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, pow2, state_config
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
+from .tiles import chunk_cb, dx_tiles
 
 __all__ = ["Gradients", "ssd_backward"]
 
 
 @triton.jit
 def _dx_kernel(
-    x_ptr, dy_ptr, b_ptr, c_ptr, cb_ptr, states_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
+    x_ptr, dy_ptr, b_ptr, c_ptr, states_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
     dx_ptr, ds_ptr, dsend_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
-    stride_dx_t, stride_dx_h,
-    ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
-    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PREC: tl.constexpr,
+    stride_dx_t, stride_dx_h, ntokens, nheads, headdim, dstate, heads_per_group,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PREC: tl.constexpr,
 ):
     blocks_p = tl.cdiv(headdim, BLOCK_P)
     head = (tl.program_id(0) // blocks_p).to(tl.int64)  # times a head stride: may pass 2^31
     pid_p = tl.program_id(0) % blocks_p
-    pid_j = tl.program_id(1)
-    chunk = tl.program_id(2).to(tl.int64)
+    chunk = tl.program_id(1).to(tl.int64)
     group = head // heads_per_group
     c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
     clen = tl.load(chunk_len_ptr + chunk)
-    if pid_j * BLOCK_M < clen:
-        offs_j = pid_j * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-        mask_j = offs_j < clen
-        mask_p = offs_p < headdim
-        row = head.to(tl.int64) * ntokens + c0
-        s_j = tl.load(s_ptr + row + offs_j, mask=mask_j, other=0.0)
-        dt_j = tl.load(dtp_ptr + row + offs_j, mask=mask_j, other=0.0)
-        s_last = tl.load(s_ptr + row + clen - 1)
-        x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
-        dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
-        b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
-        c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
-        mask = mask_j[:, None] & mask_p[None, :]
-        tile_j = offs_j[:, None] * stride_x_t + offs_p[None, :]
-        tile_dy = offs_j[:, None] * stride_dy_t + offs_p[None, :]
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_p = offs_p < headdim
+    mask_n = offs_n < dstate
+    row = head * ntokens + c0
+    s_last = tl.load(s_ptr + row + clen - 1)
+    x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
+    dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
+    b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
+    c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
+    dx_base = dx_ptr + c0 * stride_dx_t + head * stride_dx_h
+    state_tile = (chunk * nheads + head) * headdim * dstate + offs_p[None, :] * dstate + offs_n[:, None]
+    mask_np = mask_n[:, None] & mask_p[None, :]
+    h_in = tl.load(states_ptr + state_tile, mask=mask_np, other=0.0)
+    dh = tl.load(dstates_ptr + state_tile, mask=mask_np, other=0.0)
+    if HAS_D:
+        if D_HAS_HDIM:
+            dvec = tl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        else:
+            dval = tl.load(d_ptr + head).to(tl.float32)
+    dd = tl.zeros((BLOCK_P,), dtype=tl.float32)
 
-        # through the chunk's end state: exp(s_last - s_j) B_j dh^T; and the output of the entering state
-        # h_in, exp(s_j) C_j h_in^T, whose product with dy_j is the log-decay gradient of that path
-        acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
-        y_in = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
-        state_off = (chunk * nheads + head) * headdim * dstate
-        for n0 in range(0, dstate, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < dstate
-            mask_jn = mask_j[:, None] & mask_n[None, :]
-            mask_np = mask_n[:, None] & mask_p[None, :]
-            tile_t = offs_p[None, :] * dstate + offs_n[:, None]
-            b = tl.load(b_base + offs_j[:, None] * stride_b_t + offs_n[None, :],
-                        mask=mask_jn, other=0.0)
-            dh_t = tl.load(dstates_ptr + state_off + tile_t, mask=mask_np, other=0.0)
-            acc += mm(b, dh_t.to(b.dtype), PREC)
-            c = tl.load(c_base + offs_j[:, None] * stride_c_t + offs_n[None, :],
-                        mask=mask_jn, other=0.0)
-            h_t = tl.load(states_ptr + state_off + tile_t, mask=mask_np, other=0.0)
-            y_in += mm(c, h_t.to(c.dtype), PREC)
-        acc = acc * tl.exp(s_last - s_j)[:, None]
-        dyj = tl.load(dy_base + tile_dy, mask=mask, other=0.0).to(tl.float32)
-        tl.atomic_add(ds_ptr + row + offs_j, tl.sum(y_in * dyj, 1) * tl.exp(s_j), mask=mask_j, sem="relaxed")
-        xj = tl.load(x_base + tile_j, mask=mask, other=0.0).to(tl.float32)
-        tl.atomic_add(dsend_ptr + row + offs_j, dt_j * tl.sum(acc * xj, 1), mask=mask_j, sem="relaxed")
+    # g^T (d_state x head_dim block): sum over the chunk's later tokens t of exp(s_t - s_ref) C_t^T dy_t, where
+    # ref is the last token of the tile being walked (the chunk-end state's gradient dh enters separately)
+    g = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+    ntiles = tl.cdiv(clen, BLOCK_T)
+    for i in range(0, ntiles):
+        t0 = (ntiles - 1 - i) * BLOCK_T
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask_t = offs_t < clen
+        s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
+        dt_t = tl.load(dtp_ptr + row + offs_t, mask=mask_t, other=0.0)
+        s_ref = tl.load(s_ptr + row + tl.minimum(t0 + BLOCK_T, clen) - 1)
+        mask_tn = mask_t[:, None] & mask_n[None, :]
+        b = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :], mask=mask_tn, other=0.0)
+        c = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :], mask=mask_tn, other=0.0)
+        mask = mask_t[:, None] & mask_p[None, :]
+        xt = tl.load(x_base + offs_t[:, None] * stride_x_t + offs_p[None, :], mask=mask, other=0.0)
+        dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :], mask=mask, other=0.0)
+        xf = xt.to(tl.float32)
+        dyf = dyt.to(tl.float32)
 
-        # through the outputs of the same chunk, tiles on or below the diagonal
-        cb_base = cb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
-        for t0 in range(pid_j * BLOCK_M, clen, BLOCK_K):
-            offs_t = t0 + tl.arange(0, BLOCK_K)
-            mask_t = offs_t < clen
-            cb_t = tl.load(cb_base + offs_t[None, :] * CHUNK + offs_j[:, None],
-                           mask=mask_j[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
-            s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
-            w = cb_t * tl.exp(tl.minimum(s_t[None, :] - s_j[:, None], 0.0))
-            w = tl.where((offs_t[None, :] >= offs_j[:, None]) & mask_t[None, :], w, 0.0)
-            dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :],
-                          mask=mask_t[:, None] & mask_p[None, :], other=0.0)
-            acc += mm(w.to(dyt.dtype), dyt, PREC)
+        # the entering state's output exp(s_t) C_t h_in: its product with dy_t is a log-decay gradient
+        y_in = mm(c, h_in, PREC)
+        tl.atomic_add(ds_ptr + row + offs_t, tl.sum(y_in * dyf, 1) * tl.exp(s_t), mask=mask_t, sem="relaxed")
+        # through the chunk's end state, exp(s_last - s_t) B_t dh^T
+        acc = mm(b, dh, PREC) * tl.where(mask_t, tl.exp(s_last - s_t), 0.0)[:, None]
+        tl.atomic_add(dsend_ptr + row + offs_t, dt_t * tl.sum(acc * xf, 1), mask=mask_t, sem="relaxed")
+        # through the outputs of later tiles, then of this tile (t' >= t)
+        acc += mm(b, g.to(b.dtype), PREC) * tl.where(mask_t, tl.exp(s_ref - s_t), 0.0)[:, None]
+        bc = mm(b, tl.trans(c), PREC)
+        w = bc * tl.exp(tl.minimum(s_t[None, :] - s_t[:, None], 0.0))
+        w = tl.where(offs_t[None, :] >= offs_t[:, None], w, 0.0)
+        acc += mm(w.to(dyt.dtype), dyt, PREC)
 
-        xj = tl.load(x_base + tile_j, mask=mask, other=0.0).to(tl.float32)
-        dyj = tl.load(dy_base + tile_dy, mask=mask, other=0.0).to(tl.float32)
-        ddt = tl.sum(acc * xj, 1)
-        dx = acc * dt_j[:, None]
+        s_prev = tl.load(s_ptr + row + tl.maximum(t0 - 1, 0))
+        dyw = (dyf * tl.where(mask_t, tl.exp(s_t - s_prev), 0.0)[:, None]).to(c.dtype)
+        g = g * tl.exp(s_ref - s_prev) + mm(tl.trans(c), dyw, PREC)
+
+        dx = acc * dt_t[:, None]
         if HAS_D:
             if D_HAS_HDIM:
-                dvec = tl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
-                dx += dyj * dvec[None, :]
-                tl.atomic_add(dd_ptr + head * headdim + offs_p, tl.sum(dyj * xj, 0), mask=mask_p, sem="relaxed")
+                dx += dyf * dvec[None, :]
             else:
-                dval = tl.load(d_ptr + head).to(tl.float32)
-                dx += dyj * dval
-                tl.atomic_add(dd_ptr + head, tl.sum(tl.sum(dyj * xj, 1), 0), sem="relaxed")
-        tl.store(dx_ptr + c0 * stride_dx_t + head * stride_dx_h + offs_j[:, None] * stride_dx_t + offs_p[None, :],
-                 dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        tl.atomic_add(ddtp_ptr + row + offs_j, ddt, mask=mask_j, sem="relaxed")
+                dx += dyf * dval
+            dd += tl.sum(dyf * xf, 0)
+        tl.store(dx_base + offs_t[:, None] * stride_dx_t + offs_p[None, :], dx.to(dx_ptr.dtype.element_ty),
+                 mask=mask)
+        tl.atomic_add(ddtp_ptr + row + offs_t, tl.sum(acc * xf, 1), mask=mask_t, sem="relaxed")
+    if HAS_D:
+        if D_HAS_HDIM:
+            tl.atomic_add(dd_ptr + head * headdim + offs_p, dd, mask=mask_p, sem="relaxed")
+        else:
+            tl.atomic_add(dd_ptr + head, tl.sum(dd, 0), sem="relaxed")
 
 
 @triton.jit
@@ -315,24 +318,28 @@ def ssd_backward(
         HAS_DFINAL=dfinal is not None, PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
+    cb = fwd.cb if fwd.cb is not None else chunk_cb(B, C, table, prec)
     dx = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)
     dD = torch.zeros(D.shape, **f32) if D is not None else None
     cfg = bwd_dx_config(headdim, dstate, chunk)
-    grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
-    _dx_kernel[grid](
-        x, dy, B, C, fwd.cb, fwd.states, dstates, fwd.s, fwd.dtp, D, dx, ds, dsend, ddtp, dD, table.chunk_start,
-        table.chunk_len, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1),
-        C.stride(0), C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
-        CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-        HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, PREC=prec,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    if not cfg.walk:
+        dx_tiles(x, dy, B, C, cb, fwd.states, dstates, fwd.s, fwd.dtp, D, dx, ds, dsend, ddtp, dD, table, prec)
+    else:
+        grid = (nheads * triton.cdiv(headdim, cfg.block_p), table.nchunks)
+        _dx_kernel[grid](
+            x, dy, B, C, fwd.states, dstates, fwd.s, fwd.dtp, D, dx, ds, dsend, ddtp, dD, table.chunk_start,
+            table.chunk_len, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1),
+            C.stride(0), C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, per_group,
+            BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
+            HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, PREC=prec,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
 
     dcb = torch.empty(table.nchunks, ngroups, chunk, chunk, **f32)
     cfg = bwd_dcb_config(headdim, chunk)
     grid = ((chunk // cfg.block_m) * (chunk // cfg.block_k), ngroups, table.nchunks)
     _dcb_kernel[grid](
-        x, dy, fwd.s, fwd.dtp, fwd.cb, dcb, ds, table.chunk_start, table.chunk_len,
+        x, dy, fwd.s, fwd.dtp, cb, dcb, ds, table.chunk_start, table.chunk_len,
         x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), ntokens, headdim, ngroups, per_group,
         CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, PREC=prec,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

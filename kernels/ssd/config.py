@@ -2,7 +2,7 @@
 
 All tile edges are powers of two of at least 16 (tl.dot's minimum); head_dim and d_state that are not powers of
 two are padded up to the next one inside a tile and masked. `KernelConfig` holds one kernel's choice; the
-`*_config` functions are the heuristics (tuned on an H100, see benchmarks/NOTES-ssd.md).
+`*_config` functions are the heuristics (tuned on an H100 and an H200, see benchmarks/NOTES-ssd.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ def pow2(n: int) -> int:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Tile sizes of one kernel. block_m/block_k: token tiles; block_p: head_dim tile; block_n: d_state tile."""
+    """Tile sizes of one kernel. block_m/block_k: token tiles; block_p: head_dim tile; block_n: d_state tile.
+
+    walk (output and dx kernels only): 1 for the kernel that walks a chunk carrying a block_n x block_p state
+    tile, 0 for the kernel per (row tile, chunk) of tiles.py.
+    """
 
     block_m: int
     block_k: int
@@ -33,15 +37,19 @@ class KernelConfig:
     block_n: int
     num_warps: int = 4
     num_stages: int = 2
+    walk: int = 0
+
+
+def _overrides(name: str) -> dict[str, int]:
+    spec = os.environ.get(f"ARCHSPEC_SSD_{name.upper()}")
+    if not spec:
+        return {}
+    return {k.strip(): int(v) for k, v in (item.split("=") for item in spec.split(",") if item.strip())}
 
 
 def _override(name: str, cfg: KernelConfig) -> KernelConfig:
     """Applies ARCHSPEC_SSD_<NAME>="block_m=..,num_warps=.." (a tuning hook for benchmarks/ssd_kernels.py)."""
-    spec = os.environ.get(f"ARCHSPEC_SSD_{name.upper()}")
-    if not spec:
-        return cfg
-    fields = {k.strip(): int(v) for k, v in (item.split("=") for item in spec.split(",") if item.strip())}
-    return replace(cfg, **fields)
+    return replace(cfg, **_overrides(name))
 
 
 def _token_tile(chunk_size: int) -> int:
@@ -66,18 +74,33 @@ def cb_config(dstate: int, chunk_size: int) -> KernelConfig:
     return _override("cb", KernelConfig(t, t, 16, min(pow2(dstate), 64), 4, 2))
 
 
-def scan_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
-    """Forward output kernel: block_m output rows, block_k source rows, block_p head_dim, block_n d_state step."""
+def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, walk_max_state: int,
+                         walk_block_m: int) -> KernelConfig:
+    """Output or dx kernel: the chunk walk while d_state <= 128 and the whole state (pow2(d_state) x
+    pow2(head_dim)) has at most walk_max_state elements, else the kernel per row tile, which steps through d_state
+    in block_n slices."""
     t = _token_tile(chunk_size)
-    bp = min(pow2(headdim), 128)
-    return _override("scan", KernelConfig(t, t, bp, min(pow2(dstate), 64), 4 if bp <= 64 else 8, 2))
+    bn = pow2(dstate)
+    walk = _overrides(name).get("walk", int(bn <= 128 and bn * pow2(headdim) <= walk_max_state))
+    if walk:
+        cfg = KernelConfig(min(walk_block_m, t), t, min(pow2(headdim), max(16, 8192 // bn)), bn, 4, 2, 1)
+    else:
+        bp = min(pow2(headdim), 128)
+        cfg = KernelConfig(t, t, bp, min(bn, 64), 4 if bp <= 64 else 8, 2, 0)
+    return _override(name, cfg)
+
+
+def scan_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
+    """Forward output kernel. H200, 65,536 tokens, 64 heads: the walk wins up to d_state 128 (head_dim 64, d_state
+    128: 2.0 vs 3.1 ms for the whole forward; head_dim 128: 3.9 vs 4.7) and loses at 256 (5.1 vs 4.2)."""
+    return _chunk_kernel_config("scan", headdim, dstate, chunk_size, 128 * 128, 64)
 
 
 def bwd_dx_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
-    """Backward dx kernel: block_m source rows, block_k target rows, block_p head_dim, block_n d_state step."""
-    t = _token_tile(chunk_size)
-    bp = min(pow2(headdim), 128)
-    return _override("dx", KernelConfig(t, t, bp, min(pow2(dstate), 64), 4 if bp <= 64 else 8, 2))
+    """Backward dx kernel. H200 (as above, forward+backward): the walk wins with a 64 x 64 state (6.3 vs 7.7 ms)
+    and loses from 64 x 128 on (head_dim 64, d_state 128: 10.1 vs 9.4 ms; head_dim 128, d_state 64: 13.8 vs
+    12.5), where it carries more than the registers hold."""
+    return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 64, 32 if dstate > 64 else 64)
 
 
 def bwd_dcb_config(headdim: int, chunk_size: int) -> KernelConfig:

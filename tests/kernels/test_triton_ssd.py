@@ -106,8 +106,8 @@ def test_head_dim_not_a_power_of_two_matches_naive_with_gradients(make_ssd_input
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_heads_of_a_group_share_tiles_across_row_tiles(make_ssd_inputs, dtype: torch.dtype) -> None:
-    """Four heads share each group's B and C; chunk 128 spans two 64-row tiles, so the tiles below the diagonal
-    and the diagonal tiles both count, with per-head decays."""
+    """Four heads share each group's B and C; chunk 128 spans two 64-token tiles, so the chunk walks carry the
+    state (forward) and its gradient (backward) from one tile to the next, with per-head decays."""
     inputs = make_ssd_inputs(2, 200, 8, 32, 2, 16, dtype, DEVICE, requires_grad=True, with_D=True,
                              with_dt_bias=True, dt_softplus=True, with_initial_states=True)
     check_scan(inputs, 128, dtype, grads=True)
@@ -184,11 +184,23 @@ def test_more_chunks_than_one_launch_can_hold_is_rejected_clearly() -> None:
 
 
 def test_chunk_256_spanning_several_token_tiles_matches_naive_with_gradients(make_ssd_inputs) -> None:
-    """chunk 256: the state kernels take two 128-token steps per chunk and the chunk kernels 4 x 4 tiles of 64;
-    packed sequences end mid-step, mid-tile and after one token."""
+    """chunk 256: the state kernels take two 128-token steps per chunk and the chunk kernels walk four 64-token
+    tiles; packed sequences end mid-step, mid-tile and after one token."""
     inputs = make_ssd_inputs(1, 400, 1, 32, 1, 16, torch.float32, DEVICE, seqlens=[130, 1, 269],
                              with_initial_states=True, requires_grad=True)
     check_scan(inputs, 256, torch.float32, grads=True)
+
+
+@pytest.mark.parametrize("walk", ["0", "1"])
+def test_chunk_walking_and_row_tile_kernels_both_match_naive(make_ssd_inputs, monkeypatch, walk: str) -> None:
+    """config.py picks by shape between output and dx kernels that walk a chunk and those per row tile
+    (tiles.py); forced either way, the scan and its gradients are the same (two tiles per chunk, packed
+    sequences, initial states, D and z)."""
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"walk={walk}")
+    monkeypatch.setenv("ARCHSPEC_SSD_DX", f"walk={walk}")
+    inputs = make_ssd_inputs(1, 300, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=[70, 1, 229], requires_grad=True,
+                             with_initial_states=True, with_D=True, with_z=True)
+    check_scan(inputs, 128, torch.float32, grads=True)
 
 
 def test_bfloat16_matches_naive_with_gradients(make_ssd_inputs) -> None:

@@ -1,0 +1,53 @@
+"""One forward+backward of our SSD scan and of mamba_ssm's, bracketed for Nsight Compute.
+
+Compiles and warms both first, then runs one call of each between cudaProfilerStart/Stop, so that
+`ncu --profile-from-start off` profiles only those kernels (each once).
+
+Usage: ncu --profile-from-start off --clock-control none --section ... \
+           python benchmarks/ssd_ncu.py [--headdim 64] [--dstate 128] [--seqlen 8192] [--only ours|mamba_ssm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ssd_kernels import CHUNK, TOKENS, load_mamba_chunk_scan, make_inputs  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--headdim", type=int, default=64)
+    parser.add_argument("--dstate", type=int, default=128)
+    parser.add_argument("--seqlen", type=int, default=8192)
+    parser.add_argument("--only", choices=("ours", "mamba_ssm"))
+    args = parser.parse_args()
+    from archspec.kernels.ssd import ssd_scan_triton
+
+    impls = {"ours": ssd_scan_triton, "mamba_ssm": load_mamba_chunk_scan()}
+    if args.only:
+        impls = {args.only: impls[args.only]}
+    inputs = make_inputs(TOKENS // args.seqlen, args.seqlen, args.headdim, args.dstate, seed=0)
+    leaves = [inputs[k].requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
+    dy = torch.randn_like(inputs["x"])
+
+    def step(fn) -> None:
+        y = fn(*leaves[:5], CHUNK, D=inputs["D"], dt_bias=inputs["dt_bias"], dt_softplus=True)
+        torch.autograd.grad(y, leaves, dy)
+
+    for fn in impls.values():
+        step(fn)
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    for fn in impls.values():
+        step(fn)
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+
+
+if __name__ == "__main__":
+    main()

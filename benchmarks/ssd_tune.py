@@ -1,0 +1,64 @@
+"""Times our SSD scan under kernel-config overrides, row by row (a tuning aid for kernels/ssd/config.py).
+
+Each override is `NAME=field=v,field=v` for the ARCHSPEC_SSD_<NAME> hook of kernels/ssd/config.py (names: state,
+cb, scan, dx, dcb, dbc), several joined by ';'; "-" is the defaults. Rows are head_dim x d_state at 8 x 8192
+tokens. Prints forward and forward+backward medians (ms) per row and override, a table last.
+
+Usage: python benchmarks/ssd_tune.py --rows 64x256,128x128 --configs "-" "scan=num_warps=8;dx=block_m=32" [--fwd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ssd_kernels import CHUNK, make_inputs  # noqa: E402
+
+
+def apply(config: str) -> None:
+    for key in [k for k in os.environ if k.startswith("ARCHSPEC_SSD_")]:
+        del os.environ[key]
+    if config != "-":
+        for part in config.split(";"):
+            name, value = part.split("=", 1)
+            os.environ[f"ARCHSPEC_SSD_{name.strip().upper()}"] = value.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="64x128")
+    parser.add_argument("--configs", nargs="+", default=["-"])
+    parser.add_argument("--fwd", action="store_true", help="time the forward pass only")
+    parser.add_argument("--rep", type=int, default=15)
+    opts = parser.parse_args()
+    from triton.testing import do_bench
+
+    from archspec.kernels.ssd import ssd_scan_triton
+
+    lines = ["| head_dim x d_state | config | fwd ms | fwd+bwd ms |", "| --- | --- | --- | --- |"]
+    for row in opts.rows.split(","):
+        headdim, dstate = (int(v) for v in row.split("x"))
+        inputs = make_inputs(8, 8192, headdim, dstate, seed=0)
+        leaves = [inputs[k].requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
+        dy = torch.randn_like(inputs["x"])
+
+        def fwd():
+            return ssd_scan_triton(*leaves[:5], CHUNK, D=inputs["D"], dt_bias=inputs["dt_bias"], dt_softplus=True)
+
+        for config in opts.configs:
+            apply(config)
+            with torch.no_grad():
+                t_fwd = do_bench(fwd, warmup=5, rep=opts.rep, return_mode="median")
+            t_fb = float("nan") if opts.fwd else do_bench(lambda: torch.autograd.grad(fwd(), leaves, dy), warmup=5,
+                                                          rep=opts.rep, return_mode="median")
+            lines.append(f"| {row} | {config} | {t_fwd:.3f} | {t_fb:.3f} |")
+            print(lines[-1], flush=True)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

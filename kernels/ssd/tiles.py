@@ -1,0 +1,281 @@
+"""SSD kernels that work per (row tile, chunk): C B^T per chunk, and the tiled output and dx kernels.
+
+- `_cb_kernel`: CB[c, g] = C_c B_c^T (chunk x chunk, float32) once per chunk and group (shared by the group's
+  heads), lower-triangular tiles only. The backward's dCB and dB/dC kernels always use it.
+- `_scan_tiles_kernel`: y_i = exp(s_i) C_i h_c + sum_{j<=i} CB_ij exp(s_i - s_j) dt'_j x_j (+ D x_i, * silu(z_i)),
+  one program per (head and head_dim block, row tile, chunk), skipping tiles above the diagonal.
+- `_dx_tiles_kernel`: the same terms as backward.py's `_dx_kernel`, one program per (head and head_dim block,
+  source row tile, chunk), reading every target tile on or below the diagonal.
+The chunk-walking kernels of forward.py and backward.py do the same work with fewer loads but carry a
+d_state x head_dim tile in registers; config.py picks between them by shape (benchmarks/NOTES-ssd.md).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .common import mm
+from .config import bwd_dx_config, cb_config, scan_config
+from .layout import ChunkTable
+
+__all__ = ["chunk_cb", "dx_tiles", "scan_tiles"]
+
+
+@triton.jit
+def _cb_kernel(
+    b_ptr, c_ptr, cb_ptr, chunk_start_ptr, chunk_len_ptr,
+    stride_b_t, stride_b_g, stride_c_t, stride_c_g, ngroups, dstate,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    tiles_k: tl.constexpr = CHUNK // BLOCK_K
+    pid_m = tl.program_id(0) // tiles_k
+    pid_k = tl.program_id(0) % tiles_k
+    group = tl.program_id(1).to(tl.int64)
+    chunk = tl.program_id(2)
+    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
+    clen = tl.load(chunk_len_ptr + chunk)
+    if (pid_k * BLOCK_K <= pid_m * BLOCK_M + BLOCK_M - 1) & (pid_m * BLOCK_M < clen):
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_m = offs_m < clen
+        mask_k = offs_k < clen
+        c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
+        b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
+        acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for n0 in range(0, dstate, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < dstate
+            c = tl.load(c_base + offs_m[:, None] * stride_c_t + offs_n[None, :],
+                        mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+            b = tl.load(b_base + offs_k[:, None] * stride_b_t + offs_n[None, :],
+                        mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            acc += mm(c, tl.trans(b), PREC)
+        base = (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
+        tl.store(cb_ptr + base + offs_m[:, None] * CHUNK + offs_k[None, :], acc.to(cb_ptr.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_k[None, :])
+
+
+@triton.jit
+def _scan_tiles_kernel(
+    x_ptr, c_ptr, cb_ptr, states_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
+    chunk_start_ptr, chunk_len_ptr,
+    stride_x_t, stride_x_h, stride_c_t, stride_c_g, stride_z_t, stride_z_h, stride_y_t, stride_y_h,
+    ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    blocks_p = tl.cdiv(headdim, BLOCK_P)
+    head = (tl.program_id(0) // blocks_p).to(tl.int64)
+    pid_p = tl.program_id(0) % blocks_p
+    pid_m = tl.program_id(1)
+    chunk = tl.program_id(2).to(tl.int64)
+    group = head // heads_per_group
+    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
+    clen = tl.load(chunk_len_ptr + chunk)
+    if pid_m * BLOCK_M < clen:
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        mask_m = offs_m < clen
+        mask_p = offs_p < headdim
+        row = head.to(tl.int64) * ntokens + c0
+        s_m = tl.load(s_ptr + row + offs_m, mask=mask_m, other=0.0)
+        x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
+        c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
+
+        # contribution of the state entering the chunk: exp(s_i) C_i h^T
+        acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+        state_base = states_ptr + (chunk * nheads + head) * headdim * dstate
+        for n0 in range(0, dstate, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < dstate
+            c = tl.load(c_base + offs_m[:, None] * stride_c_t + offs_n[None, :],
+                        mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+            h_t = tl.load(state_base + offs_p[None, :] * dstate + offs_n[:, None],
+                          mask=mask_n[:, None] & mask_p[None, :], other=0.0)
+            acc += mm(c, h_t.to(c.dtype), PREC)
+        acc = acc * tl.exp(s_m)[:, None]
+
+        # within-chunk contribution, tiles on or below the diagonal
+        cb_base = cb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
+        k_end = tl.minimum((pid_m + 1) * BLOCK_M, clen)
+        for k0 in range(0, k_end, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < clen
+            cb = tl.load(cb_base + offs_m[:, None] * CHUNK + offs_k[None, :],
+                         mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+            s_k = tl.load(s_ptr + row + offs_k, mask=mask_k, other=0.0)
+            dt_k = tl.load(dtp_ptr + row + offs_k, mask=mask_k, other=0.0)
+            w = cb * tl.exp(tl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :]
+            w = tl.where(offs_k[None, :] <= offs_m[:, None], w, 0.0)
+            xk = tl.load(x_base + offs_k[:, None] * stride_x_t + offs_p[None, :],
+                         mask=mask_k[:, None] & mask_p[None, :], other=0.0)
+            acc += mm(w.to(xk.dtype), xk, PREC)
+
+        mask = mask_m[:, None] & mask_p[None, :]
+        if HAS_D:
+            xm = tl.load(x_base + offs_m[:, None] * stride_x_t + offs_p[None, :], mask=mask, other=0.0).to(tl.float32)
+            if D_HAS_HDIM:
+                dvec = tl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+                acc += xm * dvec[None, :]
+            else:
+                acc += xm * tl.load(d_ptr + head).to(tl.float32)
+        if HAS_Z:
+            tl.store(ypre_ptr + c0 * stride_y_t + head * stride_y_h + offs_m[:, None] * stride_y_t + offs_p[None, :],
+                     acc.to(ypre_ptr.dtype.element_ty), mask=mask)
+            zt = tl.load(z_ptr + c0 * stride_z_t + head * stride_z_h + offs_m[:, None] * stride_z_t + offs_p[None, :],
+                         mask=mask, other=0.0).to(tl.float32)
+            acc = acc * zt * tl.sigmoid(zt)
+        tl.store(y_ptr + c0 * stride_y_t + head * stride_y_h + offs_m[:, None] * stride_y_t + offs_p[None, :],
+                 acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dx_tiles_kernel(
+    x_ptr, dy_ptr, b_ptr, c_ptr, cb_ptr, states_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
+    dx_ptr, ds_ptr, dsend_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
+    stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
+    stride_dx_t, stride_dx_h,
+    ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PREC: tl.constexpr,
+):
+    blocks_p = tl.cdiv(headdim, BLOCK_P)
+    head = (tl.program_id(0) // blocks_p).to(tl.int64)  # times a head stride: may pass 2^31
+    pid_p = tl.program_id(0) % blocks_p
+    pid_j = tl.program_id(1)
+    chunk = tl.program_id(2).to(tl.int64)
+    group = head // heads_per_group
+    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
+    clen = tl.load(chunk_len_ptr + chunk)
+    if pid_j * BLOCK_M < clen:
+        offs_j = pid_j * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        mask_j = offs_j < clen
+        mask_p = offs_p < headdim
+        row = head.to(tl.int64) * ntokens + c0
+        s_j = tl.load(s_ptr + row + offs_j, mask=mask_j, other=0.0)
+        dt_j = tl.load(dtp_ptr + row + offs_j, mask=mask_j, other=0.0)
+        s_last = tl.load(s_ptr + row + clen - 1)
+        x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
+        dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
+        b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
+        c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
+        mask = mask_j[:, None] & mask_p[None, :]
+        tile_j = offs_j[:, None] * stride_x_t + offs_p[None, :]
+        tile_dy = offs_j[:, None] * stride_dy_t + offs_p[None, :]
+
+        # through the chunk's end state: exp(s_last - s_j) B_j dh^T; and the output of the entering state
+        # h_in, exp(s_j) C_j h_in^T, whose product with dy_j is the log-decay gradient of that path
+        acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+        y_in = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+        state_off = (chunk * nheads + head) * headdim * dstate
+        for n0 in range(0, dstate, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < dstate
+            mask_jn = mask_j[:, None] & mask_n[None, :]
+            mask_np = mask_n[:, None] & mask_p[None, :]
+            tile_t = offs_p[None, :] * dstate + offs_n[:, None]
+            b = tl.load(b_base + offs_j[:, None] * stride_b_t + offs_n[None, :],
+                        mask=mask_jn, other=0.0)
+            dh_t = tl.load(dstates_ptr + state_off + tile_t, mask=mask_np, other=0.0)
+            acc += mm(b, dh_t.to(b.dtype), PREC)
+            c = tl.load(c_base + offs_j[:, None] * stride_c_t + offs_n[None, :],
+                        mask=mask_jn, other=0.0)
+            h_t = tl.load(states_ptr + state_off + tile_t, mask=mask_np, other=0.0)
+            y_in += mm(c, h_t.to(c.dtype), PREC)
+        acc = acc * tl.exp(s_last - s_j)[:, None]
+        dyj = tl.load(dy_base + tile_dy, mask=mask, other=0.0).to(tl.float32)
+        tl.atomic_add(ds_ptr + row + offs_j, tl.sum(y_in * dyj, 1) * tl.exp(s_j), mask=mask_j, sem="relaxed")
+        xj = tl.load(x_base + tile_j, mask=mask, other=0.0).to(tl.float32)
+        tl.atomic_add(dsend_ptr + row + offs_j, dt_j * tl.sum(acc * xj, 1), mask=mask_j, sem="relaxed")
+
+        # through the outputs of the same chunk, tiles on or below the diagonal
+        cb_base = cb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
+        for t0 in range(pid_j * BLOCK_M, clen, BLOCK_K):
+            offs_t = t0 + tl.arange(0, BLOCK_K)
+            mask_t = offs_t < clen
+            cb_t = tl.load(cb_base + offs_t[None, :] * CHUNK + offs_j[:, None],
+                           mask=mask_j[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
+            s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
+            w = cb_t * tl.exp(tl.minimum(s_t[None, :] - s_j[:, None], 0.0))
+            w = tl.where((offs_t[None, :] >= offs_j[:, None]) & mask_t[None, :], w, 0.0)
+            dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :],
+                          mask=mask_t[:, None] & mask_p[None, :], other=0.0)
+            acc += mm(w.to(dyt.dtype), dyt, PREC)
+
+        xj = tl.load(x_base + tile_j, mask=mask, other=0.0).to(tl.float32)
+        dyj = tl.load(dy_base + tile_dy, mask=mask, other=0.0).to(tl.float32)
+        ddt = tl.sum(acc * xj, 1)
+        dx = acc * dt_j[:, None]
+        if HAS_D:
+            if D_HAS_HDIM:
+                dvec = tl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+                dx += dyj * dvec[None, :]
+                tl.atomic_add(dd_ptr + head * headdim + offs_p, tl.sum(dyj * xj, 0), mask=mask_p, sem="relaxed")
+            else:
+                dval = tl.load(d_ptr + head).to(tl.float32)
+                dx += dyj * dval
+                tl.atomic_add(dd_ptr + head, tl.sum(tl.sum(dyj * xj, 1), 0), sem="relaxed")
+        tl.store(dx_ptr + c0 * stride_dx_t + head * stride_dx_h + offs_j[:, None] * stride_dx_t + offs_p[None, :],
+                 dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.atomic_add(ddtp_ptr + row + offs_j, ddt, mask=mask_j, sem="relaxed")
+
+
+def chunk_cb(B: Tensor, C: Tensor, table: ChunkTable, prec: str) -> Tensor:
+    """C B^T per chunk and group, (nchunks, ngroups, chunk, chunk) float32; tiles above the diagonal unset."""
+    ngroups, dstate = B.shape[1:]
+    chunk = table.chunk_size
+    cb = torch.empty(table.nchunks, ngroups, chunk, chunk, device=B.device, dtype=torch.float32)
+    cfg = cb_config(dstate, chunk)
+    grid = ((chunk // cfg.block_m) * (chunk // cfg.block_k), ngroups, table.nchunks)
+    _cb_kernel[grid](
+        B, C, cb, table.chunk_start, table.chunk_len, B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+        ngroups, dstate, CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_N=cfg.block_n, PREC=prec,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return cb
+
+
+def scan_tiles(x: Tensor, C: Tensor, cb: Tensor, states: Tensor, s: Tensor, dtp: Tensor, D: Optional[Tensor],
+               z: Optional[Tensor], y: Tensor, y_pre: Optional[Tensor], table: ChunkTable, prec: str) -> None:
+    """Writes y (and y_pre) by `_scan_tiles_kernel`; arguments as in forward.ssd_forward."""
+    ntokens, nheads, headdim = x.shape
+    ngroups, dstate = C.shape[1:]
+    chunk = table.chunk_size
+    cfg = scan_config(headdim, dstate, chunk)
+    grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
+    _scan_tiles_kernel[grid](
+        x, C, cb, states, s, dtp, D, z, y, y_pre, table.chunk_start, table.chunk_len,
+        x.stride(0), x.stride(1), C.stride(0), C.stride(1),
+        z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),
+        ntokens, nheads, headdim, dstate, ngroups, nheads // ngroups,
+        CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
+        HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None, PREC=prec,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+def dx_tiles(x: Tensor, dy: Tensor, B: Tensor, C: Tensor, cb: Tensor, states: Tensor, dstates: Tensor, s: Tensor,
+             dtp: Tensor, D: Optional[Tensor], dx: Tensor, ds: Tensor, dsend: Tensor, ddtp: Tensor,
+             dD: Optional[Tensor], table: ChunkTable, prec: str) -> None:
+    """Writes dx and adds to ds, dsend, ddtp, dD by `_dx_tiles_kernel`; arguments as in backward.ssd_backward."""
+    ntokens, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[1:]
+    chunk = table.chunk_size
+    cfg = bwd_dx_config(headdim, dstate, chunk)
+    grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
+    _dx_tiles_kernel[grid](
+        x, dy, B, C, cb, states, dstates, s, dtp, D, dx, ds, dsend, ddtp, dD, table.chunk_start,
+        table.chunk_len, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1),
+        C.stride(0), C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, ngroups,
+        nheads // ngroups, CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p,
+        BLOCK_N=cfg.block_n, HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, PREC=prec,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
