@@ -167,8 +167,8 @@ def profile_row(ours: Callable, theirs: Callable, headdim: int, dstate: int, seq
 SWEEP = [
     ("ARCHSPEC_SSD_STATE", "block_m=128"),
     ("ARCHSPEC_SSD_STATE", "block_p=32,num_warps=4"),
-    ("ARCHSPEC_SSD_SCAN", "block_m=128,num_warps=8"),
-    ("ARCHSPEC_SSD_DX", "block_m=128,num_warps=8"),
+    ("ARCHSPEC_SSD_SCAN", "num_warps=8"),
+    ("ARCHSPEC_SSD_DX", "walk=1,block_m=32"),
     ("ARCHSPEC_SSD_DCB", "num_warps=8"),
 ]
 
