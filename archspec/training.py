@@ -1,8 +1,8 @@
 """Training a spec on its data task with Lightning: budget -> steps, checkpoints, exact resume, result.json.
 
 ``train(spec, out_dir=...)`` leaves in ``out_dir``: ``spec.yaml`` (the spec as run: data, seed and step count
-resolved), ``checkpoints/last.ckpt`` (saved after every validation), ``logs/version_<k>/metrics.csv`` (one per call)
-and ``result.json``.
+resolved, data files absolute), ``checkpoints/last.ckpt`` (saved after every validation),
+``logs/version_<k>/metrics.csv`` (one per call) and ``result.json``.
 Calling it again on the same ``out_dir`` with the same arguments continues from ``last.ckpt`` and ends with the
 weights an uninterrupted run would have (a run that already finished is returned from its result.json, which is
 left as it is); an ``out_dir`` holding a different spec is refused untouched.
@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from archspec.accounting import steps_for_budget
 from archspec.data import TaskDataModule, parse_data_config, task_vocab_size
+from archspec.data.config import with_absolute_paths
 from archspec.data.seeding import make_generator
 from archspec.errors import DeviceError, RunDirError, SpecError
 from archspec.fileio import write_atomic
@@ -260,9 +261,12 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def _as_run(spec: ModelSpec) -> ModelSpec:
-    """``spec`` without the settings that change how a run computes but not what (activation checkpointing), so
-    that a run may be resumed with them switched."""
-    return spec.model_copy(update={"training": spec.training.model_copy(update={"activation_checkpointing": False})})
+    """``spec`` without the settings that change how a run computes but not what (activation checkpointing), and
+    with its data files absolute (``with_absolute_paths``: relative ones against the working directory, as a
+    spec.yaml written before paths were stored absolute has them), so that a run may be resumed with them
+    switched, or with the relative paths it was started with."""
+    training = spec.training.model_copy(update={"activation_checkpointing": False})
+    return spec.model_copy(update={"training": training, "data": with_absolute_paths(spec.data)})
 
 
 def check_out_dir(out_dir: Path, spec: ModelSpec) -> None:
@@ -286,7 +290,9 @@ def check_out_dir(out_dir: Path, spec: ModelSpec) -> None:
 
 
 def claim_out_dir(out_dir: Path, spec: ModelSpec) -> None:
-    """Create ``out_dir`` and write ``spec.yaml``; if one is there already it must hold the same spec.
+    """Create ``out_dir`` and write ``spec.yaml`` with the data files absolute (``with_absolute_paths``), so that
+    the run can be evaluated or resumed from any working directory; if one is there already it must hold the
+    same spec.
 
     Raises RunDirError (nothing in ``out_dir`` is changed) when ``check_out_dir`` refuses it.
     """
@@ -294,7 +300,7 @@ def claim_out_dir(out_dir: Path, spec: ModelSpec) -> None:
     path = out_dir / "spec.yaml"
     if not path.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, dump_spec(spec))
+        write_atomic(path, dump_spec(spec.model_copy(update={"data": with_absolute_paths(spec.data)})))
 
 
 RESTART_HINT = "delete it or pass --no-resume (resume=False) to start the run over"

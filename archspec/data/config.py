@@ -7,6 +7,7 @@ Token-id layouts of the synthetic tasks are documented in `archspec.data.mqar` a
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
@@ -24,6 +25,7 @@ __all__ = [
     "TextConfig",
     "TokensConfig",
     "parse_data_config",
+    "with_absolute_paths",
 ]
 
 NumTrain = Annotated[int, Field(ge=1, description="Number of training examples.")]
@@ -278,6 +280,23 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(DataConfig)
 def parse_data_config(data: Any) -> Any:
     """Validate a mapping (e.g. a YAML section) into the matching task config; raises pydantic.ValidationError."""
     return _ADAPTER.validate_python(data)
+
+
+def with_absolute_paths(config: Any) -> Any:
+    """``config`` with the files it names (``path`` and ``val_path`` of the tokens and text tasks) made absolute
+    against the current working directory, as ``os.path.abspath`` does (``~`` is left as it is: the files are
+    opened as written); any other config, or None, is returned unchanged.
+    """
+    if not isinstance(config, (TokensConfig, TextConfig)):
+        return config
+
+    def absolute(value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            return [os.path.abspath(item) for item in value]
+        return None if value is None else os.path.abspath(value)
+
+    return config.model_copy(update={"path": absolute(config.path), "val_path": absolute(config.val_path)})
+
 
 def task_vocab_size(config: Any) -> int:
     """Embedding rows a model needs for `config`: every input and target id is below it (specials included)."""

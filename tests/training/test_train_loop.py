@@ -12,6 +12,8 @@ from lightning.pytorch.callbacks import Callback
 
 import archspec.builder as archspec_builder
 from archspec.accounting import account, steps_for_budget
+from archspec.cli import main
+from archspec.data import write_token_file
 from archspec.errors import SpecError
 from archspec.loader import load_spec
 from archspec.training import (
@@ -304,3 +306,58 @@ def test_a_run_resumes_with_activation_checkpointing_switched(tmp_path, make_tin
     other = make_tiny_spec("training.max_steps=4", "training.val_every_steps=2", "training.lr=0.5")
     with pytest.raises(RunDirError, match="training.lr"):
         train(other, out_dir=out, progress_bar=False, accelerator="cpu")
+
+
+# --------------------------------------------------------------------------------------------- data file paths
+TOKENS = {"task": "tokens", "path": "tokens.bin", "vocab_size": 32, "seq_len": 32, "val_fraction": 0.1,
+          "num_train": 16}  # a path relative to the working directory
+
+
+@pytest.fixture
+def token_cwd(tmp_path, monkeypatch) -> Path:
+    """The working directory: tmp_path/work, holding tokens.bin (2048 random ids below 32)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    ids = torch.randint(0, 32, (2048,), generator=torch.Generator().manual_seed(0))
+    write_token_file(work / "tokens.bin", ids.tolist())
+    monkeypatch.chdir(work)
+    return work
+
+
+def _train_tokens(spec, out: Path, data=TOKENS, **kwargs) -> TrainResult:
+    return train(spec, out_dir=out, data=data, progress_bar=False, accelerator="cpu", **kwargs)
+
+
+def _crashed_token_run(spec, out: Path) -> None:
+    """A run on tokens.bin stopped by a crash after step 2 of 4 (checkpointed at step 2)."""
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train_tokens(spec, out, callbacks=[Crash(at_step=2)])
+
+
+def test_spec_yaml_stores_data_files_absolute_so_eval_works_from_anywhere(
+        token_cwd, tmp_path, make_tiny_spec, monkeypatch, capsys):
+    out = tmp_path / "run"
+    result = _train_tokens(make_tiny_spec("training.max_steps=2", *FAST_VAL), out)
+    assert load_spec(out / "spec.yaml").data.path == str(token_cwd / "tokens.bin")
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(out), "--accelerator", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(result.val_loss, abs=1e-6)
+
+
+def test_a_run_resumes_given_its_relative_data_path_and_accepts_the_absolute_one(token_cwd, tmp_path, make_tiny_spec):
+    spec, out = make_tiny_spec("training.max_steps=4", "training.val_every_steps=2"), tmp_path / "run"
+    _crashed_token_run(spec, out)
+    assert _train_tokens(spec, out).steps == 4
+    assert _train_tokens(spec, out, data={**TOKENS, "path": str(token_cwd / "tokens.bin")}).steps == 4
+
+
+def test_a_spec_yaml_with_a_relative_data_path_still_resumes_from_its_working_directory(
+        token_cwd, tmp_path, make_tiny_spec):
+    """Run folders of earlier versions hold the data paths as given; they resolve against the working directory."""
+    spec, out = make_tiny_spec("training.max_steps=4", "training.val_every_steps=2"), tmp_path / "run"
+    _crashed_token_run(spec, out)
+    stored = out / "spec.yaml"
+    stored.write_text(stored.read_text().replace(str(token_cwd / "tokens.bin"), "tokens.bin"))
+    assert load_spec(stored).data.path == "tokens.bin"
+    assert _train_tokens(spec, out).steps == 4
+    assert _train_tokens(spec, out, data={**TOKENS, "path": str(token_cwd / "tokens.bin")}).steps == 4
