@@ -25,6 +25,10 @@ class Mamba2Mixer(nn.Module):
     kernel d_conv, padding d_conv - 1); dt_bias (nheads,); A_log (nheads,) with A = -exp(A_log); D (nheads,) or
     (d_inner,) when D_has_hdim; norm (gated RMSNorm over d_inner, group size d_inner / ngroups) when rmsnorm;
     out_proj (d_inner -> d_model). d_inner = expand * d_model, nheads = d_inner / head_dim.
+
+    dt_limit clamps the step in the scan and in the one-token decode step alike, so decoding continues exactly
+    what the forward pass computes; mamba_ssm 2.3's Mamba2.step skips the clamp (same result with the default
+    (0, inf) limit).
     """
 
     def __init__(
