@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import resource
 import socket
 import sys
@@ -574,8 +575,30 @@ def _fit(
 
 
 # --------------------------------------------------------------------------------------------- data parallel
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel draws outgoing connections' local ports from (Linux's default where unreadable)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low, high = (int(v) for v in handle.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for the ranks' rendezvous)."""
+    """A TCP port on 127.0.0.1 that nothing listens on now, for the ranks' rendezvous, taken below the ephemeral
+    range: rank 1 retries its connect until rank 0 listens, and a connect to a free port inside that range can be
+    given the same port as its own (a TCP self-connect), which then holds it and rank 0's bind fails."""
+    low, _ = _ephemeral_ports()
+    draw = random.SystemRandom()
+    for _ in range(100):
+        port = draw.randrange(max(1024, low // 2), max(1025, low))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -6,6 +6,7 @@ The data-parallel runs spawn fresh processes (a few seconds each), so the module
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from archspec.cli import build_parser
 from archspec.errors import SpecError
 from archspec.loader import load_spec
-from archspec.training import ResumableBatches, resolve_run_spec, shard_batches, train
+from archspec.training import ResumableBatches, _ephemeral_ports, _free_port, resolve_run_spec, shard_batches, train
 
 from stop_callbacks import Crash, CtrlC
 
@@ -140,3 +141,12 @@ def test_cli_train_takes_devices():
     args = build_parser().parse_args(["train", "x.yaml", "--devices", "2"])
     assert args.devices == 2
     assert build_parser().parse_args(["train", "x.yaml"]).devices == 1
+
+
+def test_rendezvous_port_is_free_and_below_the_ephemeral_range():
+    """Outgoing connections never get such a port, so a rank retrying its connect cannot connect to itself on it."""
+    low, _ = _ephemeral_ports()
+    ports = {_free_port() for _ in range(20)}
+    assert all(1024 <= port < low for port in ports) and len(ports) > 1
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", ports.pop()))
