@@ -686,3 +686,8 @@ def _distributed_worker(
              elapsed=lambda: time.time() - wall_start, distributed=True)
     except KeyboardInterrupt:
         sys.exit(_INTERRUPTED)
+    finally:
+        # Lightning leaves the process group up; a rank that exits with it can abort at interpreter shutdown
+        # ("terminate called without an active exception": gloo's threads outlive the interpreter)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
