@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from archspec.cliargs import (
-    batches_or_all, non_negative_float, non_negative_int, parse_flops, positive_int, token_ids,
+    add_accelerator, batches_or_all, non_negative_float, non_negative_int, parse_flops, positive_int, token_ids,
 )
 from archspec.errors import DeviceError, RunDirError, SpecError
 from archspec.fileio import file_in_the_way, os_error_text, write_atomic
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--budget", type=parse_flops, default=None, metavar="FLOPS",
                        help="training FLOP budget (1e12, 2.5T, 300G); sets the steps")
     p.add_argument("--seed", type=non_negative_int, default=None)
-    p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
+    add_accelerator(p)
     p.add_argument("--devices", type=positive_int, default=1,
                    help="data-parallel (DDP) over N GPUs, or N processes on the CPU; training.batch_size stays the "
                         "global batch and must be divisible by N (default 1)")
@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: training.batch_size")
     p.add_argument("--seed", type=non_negative_int, default=None,
                    help="the data seed of synthetic tasks (default: the run's training.seed, as its validation)")
-    p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
+    add_accelerator(p)
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
     p.set_defaults(func=cmd_eval)
 
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 (default): greedy; > 0: sample")
     p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0: reproducible)")
-    p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
+    add_accelerator(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("export", help="write a trained run as a mamba_ssm checkpoint (config.json + pytorch_model.bin)",

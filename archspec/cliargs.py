@@ -1,4 +1,5 @@
-"""argparse value types shared by every ``archspec`` subcommand; each raises ArgumentTypeError naming the text."""
+"""argparse value types shared by every ``archspec`` subcommand (each raises ArgumentTypeError naming the text),
+and the options several subcommands take alike."""
 
 from __future__ import annotations
 
@@ -81,3 +82,8 @@ def token_ids(text: str) -> list[int]:
     if not ids:
         raise argparse.ArgumentTypeError(f"expected comma-separated token ids such as 1,2,3, got {text!r}")
     return ids
+
+
+def add_accelerator(parser: argparse.ArgumentParser) -> None:
+    """``--accelerator cpu|gpu|auto`` (default auto), as Lightning's Trainer takes it."""
+    parser.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")

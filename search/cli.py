@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from archspec.cliargs import int_list, parse_flops, positive_float, positive_int
+from archspec.cliargs import add_accelerator, int_list, parse_flops, positive_float, positive_int
 
 
 def quiet_training_logs() -> None:
@@ -49,7 +49,7 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=None,
                    help="worker processes on this machine, all sharing the storage (default: the file's workers)")
     p.add_argument("--report-only", action="store_true", help="write the report of the stored study, run nothing")
-    p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
+    add_accelerator(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_search)
     return p
@@ -173,7 +173,7 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-checks", type=positive_int, default=8, help="validations per run (equal FLOP intervals)")
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
-    p.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto")
+    add_accelerator(p)
     p.add_argument("--in-process", action="store_true",
                    help="train in this process (faster start; on the CPU peak memory then accumulates across specs)")
     p.set_defaults(func=cmd_compare)
