@@ -93,51 +93,57 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def run_row(ours: Callable, theirs: Callable, batch: int, seqlen: int, headdim: int, dstate: int,
-            bandwidth: float, rep: int, forward_only: bool = False) -> dict:
+GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias")
+
+
+def scan_calls(fn: Callable, inputs: dict, dy: torch.Tensor) -> tuple[Callable, Callable]:
+    """(forward, forward+backward) closures of an SSD scan (ours or mamba_ssm's) on `make_inputs`' tensors, called
+    as the Mamba-2 mixer calls it (chunk 256, dt_bias, softplus, D); the second returns the gradients of
+    GRAD_NAMES for the output gradient dy."""
+    leaves = [inputs[k].requires_grad_(True) for k in GRAD_NAMES]
+
+    def forward() -> torch.Tensor:
+        return fn(*leaves[:5], CHUNK, D=inputs["D"], dt_bias=inputs["dt_bias"], dt_softplus=True)
+
+    def forward_backward() -> tuple:
+        return torch.autograd.grad(forward(), leaves, dy)
+
+    return forward, forward_backward
+
+
+def median_ms(call: Callable, rep: int, grad: bool) -> float:
+    """triton.testing.do_bench median of `call` in ms (under torch.no_grad() unless grad)."""
     from triton.testing import do_bench
 
+    if grad:
+        return do_bench(call, warmup=10, rep=rep, return_mode="median")
+    with torch.no_grad():
+        return do_bench(call, warmup=10, rep=rep, return_mode="median")
+
+
+def run_row(ours: Callable, theirs: Callable, batch: int, seqlen: int, headdim: int, dstate: int,
+            bandwidth: float, rep: int, forward_only: bool = False) -> dict:
     inputs = make_inputs(batch, seqlen, headdim, dstate, seed=seqlen + headdim + dstate)
-    grad_names = ["x", "dt", "A", "B", "C", "D", "dt_bias"]
-    for k in grad_names:
-        inputs[k].requires_grad_(True)
-    kwargs = dict(D=inputs["D"], dt_bias=inputs["dt_bias"], dt_softplus=True)
-    args = [inputs[k] for k in ("x", "dt", "A", "B", "C")]
-
-    def fwd_ours():
-        return ours(*args, CHUNK, **kwargs)
-
-    def fwd_theirs():
-        return theirs(*args, CHUNK, **kwargs)
-
-    leaves = [inputs[k] for k in grad_names]
     dy = torch.randn_like(inputs["x"])
-
-    def both(fn: Callable) -> Callable:
-        return lambda: torch.autograd.grad(fn(), leaves, dy)
+    fwd_ours, fb_ours = scan_calls(ours, inputs, dy)
+    fwd_theirs, fb_theirs = scan_calls(theirs, inputs, dy)
 
     with torch.no_grad():
         y_ours, y_theirs = fwd_ours(), fwd_theirs()
     agree = {"y": rel_diff(y_ours, y_theirs)}
     del y_ours, y_theirs
     if not forward_only:
-        g_ours, g_theirs = both(fwd_ours)(), both(fwd_theirs)()
-        for name, a, b in zip(grad_names, g_ours, g_theirs):
+        g_ours, g_theirs = fb_ours(), fb_theirs()
+        for name, a, b in zip(GRAD_NAMES, g_ours, g_theirs):
             agree["d" + name] = rel_diff(a, b)
         del g_ours, g_theirs
 
-    def bench(fn: Callable, grad: bool) -> float:
-        if grad:
-            return do_bench(fn, warmup=10, rep=rep, return_mode="median")
-        with torch.no_grad():
-            return do_bench(fn, warmup=10, rep=rep, return_mode="median")
-
     row = dict(batch=batch, seqlen=seqlen, headdim=headdim, dstate=dstate)
-    row["fwd_ours"] = bench(fwd_ours, False)
-    row["fwd_mamba"] = bench(fwd_theirs, False)
+    row["fwd_ours"] = median_ms(fwd_ours, rep, False)
+    row["fwd_mamba"] = median_ms(fwd_theirs, rep, False)
     nan = float("nan")
-    row["fb_ours"] = nan if forward_only else bench(both(fwd_ours), True)
-    row["fb_mamba"] = nan if forward_only else bench(both(fwd_theirs), True)
+    row["fb_ours"] = nan if forward_only else median_ms(fb_ours, rep, True)
+    row["fb_mamba"] = nan if forward_only else median_ms(fb_theirs, rep, True)
     row["floor_fwd"], row["floor_fb"] = floors(inputs, bandwidth)
     row["agree"] = agree
     return row
@@ -148,12 +154,9 @@ def profile_row(ours: Callable, theirs: Callable, headdim: int, dstate: int, seq
     from torch.profiler import ProfilerActivity, profile
 
     inputs = make_inputs(TOKENS // seqlen, seqlen, headdim, dstate, seed=0)
-    leaves = [inputs[k].requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
     dy = torch.randn_like(inputs["x"])
     for name, fn in (("ours", ours), ("mamba_ssm", theirs)):
-        def step() -> None:
-            y = fn(*leaves[:5], CHUNK, D=inputs["D"], dt_bias=inputs["dt_bias"], dt_softplus=True)
-            torch.autograd.grad(y, leaves, dy)
+        _, step = scan_calls(fn, inputs, dy)
         step()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -176,21 +179,11 @@ SWEEP = [
 def sweep(ours: Callable, headdim: int, dstate: int, seqlen: int, rep: int) -> dict:
     """Greedy tile-size search on one row: keeps each override (config.py's tuning hook) that cuts fwd+bwd time
     by more than 3%. Leaves the kept overrides in os.environ and returns them."""
-    from triton.testing import do_bench
-
     inputs = make_inputs(TOKENS // seqlen, seqlen, headdim, dstate, seed=1)
-    leaves = [inputs[k].requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
-    dy = torch.randn_like(inputs["x"])
-
-    def step() -> None:
-        y = ours(*leaves[:5], CHUNK, D=inputs["D"], dt_bias=inputs["dt_bias"], dt_softplus=True)
-        torch.autograd.grad(y, leaves, dy)
+    forward, forward_backward = scan_calls(ours, inputs, torch.randn_like(inputs["x"]))
 
     def timed() -> tuple[float, float]:
-        with torch.no_grad():
-            fwd = do_bench(lambda: ours(*leaves[:5], CHUNK, D=inputs["D"], dt_bias=inputs["dt_bias"],
-                                        dt_softplus=True), warmup=10, rep=rep, return_mode="median")
-        return fwd, do_bench(step, warmup=10, rep=rep, return_mode="median")
+        return median_ms(forward, rep, False), median_ms(forward_backward, rep, True)
 
     best_fwd, best = timed()
     print(f"sweep baseline: fwd {best_fwd:.3f} ms, fwd+bwd {best:.3f} ms", flush=True)

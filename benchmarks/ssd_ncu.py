@@ -16,7 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ssd_kernels import CHUNK, TOKENS, load_mamba_chunk_scan, make_inputs  # noqa: E402
+from ssd_kernels import TOKENS, load_mamba_chunk_scan, make_inputs, scan_calls  # noqa: E402
 
 
 def main() -> None:
@@ -32,19 +32,14 @@ def main() -> None:
     if args.only:
         impls = {args.only: impls[args.only]}
     inputs = make_inputs(TOKENS // args.seqlen, args.seqlen, args.headdim, args.dstate, seed=0)
-    leaves = [inputs[k].requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
     dy = torch.randn_like(inputs["x"])
-
-    def step(fn) -> None:
-        y = fn(*leaves[:5], CHUNK, D=inputs["D"], dt_bias=inputs["dt_bias"], dt_softplus=True)
-        torch.autograd.grad(y, leaves, dy)
-
-    for fn in impls.values():
-        step(fn)
+    steps = [scan_calls(fn, inputs, dy)[1] for fn in impls.values()]
+    for step in steps:
+        step()
     torch.cuda.synchronize()
     torch.cuda.profiler.start()
-    for fn in impls.values():
-        step(fn)
+    for step in steps:
+        step()
     torch.cuda.synchronize()
     torch.cuda.profiler.stop()
 

@@ -16,7 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ssd_kernels import CHUNK, make_inputs  # noqa: E402
+from ssd_kernels import make_inputs, median_ms, scan_calls  # noqa: E402
 
 
 def apply(config: str) -> None:
@@ -35,26 +35,17 @@ def main() -> None:
     parser.add_argument("--fwd", action="store_true", help="time the forward pass only")
     parser.add_argument("--rep", type=int, default=15)
     opts = parser.parse_args()
-    from triton.testing import do_bench
-
     from archspec.kernels.ssd import ssd_scan_triton
 
     lines = ["| head_dim x d_state | config | fwd ms | fwd+bwd ms |", "| --- | --- | --- | --- |"]
     for row in opts.rows.split(","):
         headdim, dstate = (int(v) for v in row.split("x"))
         inputs = make_inputs(8, 8192, headdim, dstate, seed=0)
-        leaves = [inputs[k].requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")]
-        dy = torch.randn_like(inputs["x"])
-
-        def fwd():
-            return ssd_scan_triton(*leaves[:5], CHUNK, D=inputs["D"], dt_bias=inputs["dt_bias"], dt_softplus=True)
-
+        forward, forward_backward = scan_calls(ssd_scan_triton, inputs, torch.randn_like(inputs["x"]))
         for config in opts.configs:
             apply(config)
-            with torch.no_grad():
-                t_fwd = do_bench(fwd, warmup=5, rep=opts.rep, return_mode="median")
-            t_fb = float("nan") if opts.fwd else do_bench(lambda: torch.autograd.grad(fwd(), leaves, dy), warmup=5,
-                                                          rep=opts.rep, return_mode="median")
+            t_fwd = median_ms(forward, opts.rep, False)
+            t_fb = float("nan") if opts.fwd else median_ms(forward_backward, opts.rep, True)
             lines.append(f"| {row} | {config} | {t_fwd:.3f} | {t_fb:.3f} |")
             print(lines[-1], flush=True)
     print("\n".join(lines))
