@@ -81,13 +81,13 @@ def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, 
     in block_n slices."""
     t = _token_tile(chunk_size)
     bn = pow2(dstate)
-    walk = _overrides(name).get("walk", int(bn <= 128 and bn * pow2(headdim) <= walk_max_state))
-    if walk:
+    fields = _overrides(name)
+    if fields.get("walk", int(bn <= 128 and bn * pow2(headdim) <= walk_max_state)):
         cfg = KernelConfig(min(walk_block_m, t), t, min(pow2(headdim), max(16, 8192 // bn)), bn, 4, 2, 1)
     else:
         bp = min(pow2(headdim), 128)
         cfg = KernelConfig(t, t, bp, min(bn, 64), 4 if bp <= 64 else 8, 2, 0)
-    return _override(name, cfg)
+    return replace(cfg, **fields)
 
 
 def scan_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
