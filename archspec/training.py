@@ -575,21 +575,20 @@ def _fit(
 
 
 # --------------------------------------------------------------------------------------------- data parallel
-def _ephemeral_ports() -> tuple[int, int]:
-    """The range the kernel draws outgoing connections' local ports from (Linux's default where unreadable)."""
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections as their local port (Linux's default if unreadable)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
-            low, high = (int(v) for v in handle.read().split())
-        return low, high
-    except (OSError, ValueError):
-        return 32768, 60999
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now, for the ranks' rendezvous, taken below the ephemeral
     range: rank 1 retries its connect until rank 0 listens, and a connect to a free port inside that range can be
     given the same port as its own (a TCP self-connect), which then holds it and rank 0's bind fails."""
-    low, _ = _ephemeral_ports()
+    low = _ephemeral_low()
     draw = random.SystemRandom()
     for _ in range(100):
         port = draw.randrange(max(1024, low // 2), max(1025, low))

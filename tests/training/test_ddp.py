@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from archspec.cli import build_parser
 from archspec.errors import SpecError
 from archspec.loader import load_spec
-from archspec.training import ResumableBatches, _ephemeral_ports, _free_port, resolve_run_spec, shard_batches, train
+from archspec.training import ResumableBatches, _ephemeral_low, _free_port, resolve_run_spec, shard_batches, train
 
 from stop_callbacks import Crash, CtrlC
 
@@ -145,7 +145,7 @@ def test_cli_train_takes_devices():
 
 def test_rendezvous_port_is_free_and_below_the_ephemeral_range():
     """Outgoing connections never get such a port, so a rank retrying its connect cannot connect to itself on it."""
-    low, _ = _ephemeral_ports()
+    low = _ephemeral_low()
     ports = {_free_port() for _ in range(20)}
     assert all(1024 <= port < low for port in ports) and len(ports) > 1
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
