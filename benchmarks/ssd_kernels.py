@@ -13,7 +13,7 @@ extensions that such a wheel lacks, so `load_mamba_chunk_scan` registers an empt
 `mamba_ssm` (keeping its search path) before importing mamba_ssm.ops.triton.ssd_combined, which needs only
 Triton, einops and torch.
 
-Usage: python benchmarks/ssd_kernels.py [--quick] [--forward-only] [--sweep] [--profile] [--rep MS] [--out DIR]
+Usage: python benchmarks/ssd_kernels.py [--quick] [--forward-only] [--sweep] [--profile [HxN,...]] [--rep MS] [--out DIR]
 """
 
 from __future__ import annotations
@@ -226,7 +226,8 @@ def main() -> None:
     parser.add_argument("--dstates", default="64,128,256")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time in ms")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for ssd_bench.json")
-    parser.add_argument("--profile", action="store_true", help="also print per-kernel times of one row")
+    parser.add_argument("--profile", nargs="?", const="64x128", default=None, metavar="ROWS",
+                        help="also print per-kernel times of these head_dim x d_state rows at 8K (default 64x128)")
     parser.add_argument("--forward-only", action="store_true", help="time the forward pass only")
     parser.add_argument("--sweep", action="store_true", help="first tune tile sizes greedily on one row")
     opts = parser.parse_args()
@@ -241,10 +242,12 @@ def main() -> None:
     if opts.sweep:
         sweep(ssd_scan_triton, 64, 128, 8192, opts.rep)
     if opts.profile:
-        try:
-            profile_row(ssd_scan_triton, theirs, 64, 128, 8192)
-        except Exception as exc:  # the table matters more than the profile
-            print(f"profile failed: {exc!r}")
+        for profiled in opts.profile.split(","):
+            headdim, dstate = (int(v) for v in profiled.split("x"))
+            try:
+                profile_row(ssd_scan_triton, theirs, headdim, dstate, 8192)
+            except Exception as exc:  # the table matters more than the profile
+                print(f"profile failed: {exc!r}")
     seqlens = [8192] if opts.quick else [2048, 8192, 32768]
     rows = []
     for headdim in (int(v) for v in opts.headdims.split(",")):

@@ -14,6 +14,7 @@ import os
 import sys
 
 import torch
+import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ssd_kernels import make_inputs, median_ms, scan_calls  # noqa: E402
@@ -44,8 +45,13 @@ def main() -> None:
         forward, forward_backward = scan_calls(ssd_scan_triton, inputs, torch.randn_like(inputs["x"]))
         for config in opts.configs:
             apply(config)
-            t_fwd = median_ms(forward, opts.rep, False)
-            t_fb = float("nan") if opts.fwd else median_ms(forward_backward, opts.rep, True)
+            try:
+                t_fwd = median_ms(forward, opts.rep, False)
+                t_fb = float("nan") if opts.fwd else median_ms(forward_backward, opts.rep, True)
+            except triton.runtime.errors.OutOfResources as exc:  # a setting too large for this GPU: next one
+                lines.append(f"| {row} | {config} | {exc} | |")
+                print(lines[-1], flush=True)
+                continue
             lines.append(f"| {row} | {config} | {t_fwd:.3f} | {t_fb:.3f} |")
             print(lines[-1], flush=True)
     print("\n".join(lines))
