@@ -318,7 +318,7 @@ def ssd_backward(
         dstates, dh0, ds, table.seq_start, table.seq_chunk, dy.stride(0), dy.stride(1), C.stride(0), C.stride(1),
         ntokens, nheads, headdim, dstate, per_group,
         CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=pow2(dstate),
-        HAS_DFINAL=dfinal is not None, PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_DFINAL=dfinal is not None, PREC=prec, **cfg.launch_options(),
     )
 
     cb = fwd.cb if fwd.cb is not None else chunk_cb(B, C, table, prec)
@@ -335,7 +335,7 @@ def ssd_backward(
             C.stride(0), C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, per_group,
             BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
             HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, PREC=prec,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **cfg.launch_options(),
         )
 
     dcb = torch.empty(table.nchunks, ngroups, chunk, chunk, **f32)
@@ -345,7 +345,7 @@ def ssd_backward(
         x, dy, fwd.s, fwd.dtp, cb, dcb, ds, table.chunk_start, table.chunk_len,
         x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), ntokens, headdim, ngroups, per_group,
         CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, PREC=prec,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.launch_options(),
     )
 
     dB = torch.empty(ntokens, ngroups, dstate, device=dev, dtype=B.dtype)
@@ -357,7 +357,7 @@ def ssd_backward(
         x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         dB.stride(0), dB.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
         CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-        PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PREC=prec, **cfg.launch_options(),
     )
 
     ddt = torch.empty(ntokens, nheads, device=dev, dtype=dt.dtype)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from typing import Optional
 
 import triton
 
@@ -29,6 +30,8 @@ class KernelConfig:
 
     walk (output and dx kernels only): 1 for the kernel that walks a chunk carrying a block_n x block_p state
     tile, 0 for the kernel per (row tile, chunk) of tiles.py.
+    maxnreg: registers per thread ptxas may use (0: as many as it likes, up to 255); a lower cap lets more
+    programs share an SM at the price of spills.
     """
 
     block_m: int
@@ -38,6 +41,14 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 2
     walk: int = 0
+    maxnreg: int = 0
+
+    def launch_options(self) -> dict[str, int]:
+        """num_warps, num_stages (and maxnreg when set) for a Triton launch."""
+        options = dict(num_warps=self.num_warps, num_stages=self.num_stages)
+        if self.maxnreg:
+            options["maxnreg"] = self.maxnreg
+        return options
 
 
 def _overrides(name: str) -> dict[str, int]:
@@ -65,7 +76,10 @@ def state_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     bp = min(pow2(headdim), max(16, 8192 // bn))
     warps = 4 if bp * bn <= 4096 else 8
     steps = min(chunk_size, 128)  # H100 sweep: 128-token steps beat 64 (fewer dependent steps per sequence)
-    return _override("state", KernelConfig(steps, steps, bp, bn, warps, 2))
+    # H200: capping the 8-warp walks at 128 registers (two programs per SM) cut the forward by 3-5% up to
+    # d_state 128 (head_dim 64, d_state 128: 2.00 -> 1.92 ms); at 256 it cost 6%, and 96 or 168 lost everywhere
+    maxnreg = 128 if warps == 8 and bn <= 128 else 0
+    return _override("state", KernelConfig(steps, steps, bp, bn, warps, 2, maxnreg=maxnreg))
 
 
 def cb_config(dstate: int, chunk_size: int) -> KernelConfig:
@@ -75,10 +89,10 @@ def cb_config(dstate: int, chunk_size: int) -> KernelConfig:
 
 
 def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, walk_max_state: int,
-                         walk_block_m: int) -> KernelConfig:
+                         walk_block_m: int, tiles_maxnreg: Optional[dict[int, int]] = None) -> KernelConfig:
     """Output or dx kernel: the chunk walk while d_state <= 128 and the whole state (pow2(d_state) x
     pow2(head_dim)) has at most walk_max_state elements, else the kernel per row tile, which steps through d_state
-    in block_n slices."""
+    in block_n slices; tiles_maxnreg maps the latter's num_warps to its register cap."""
     t = _token_tile(chunk_size)
     bn = pow2(dstate)
     fields = _overrides(name)
@@ -86,21 +100,27 @@ def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, 
         cfg = KernelConfig(min(walk_block_m, t), t, min(pow2(headdim), max(16, 8192 // bn)), bn, 4, 2, 1)
     else:
         bp = min(pow2(headdim), 128)
-        cfg = KernelConfig(t, t, bp, min(bn, 64), 4 if bp <= 64 else 8, 2, 0)
+        warps = 4 if bp <= 64 else 8
+        cfg = KernelConfig(t, t, bp, min(bn, 64), warps, 2, 0, (tiles_maxnreg or {}).get(warps, 0))
     return replace(cfg, **fields)
 
 
 def scan_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     """Forward output kernel. H200, 65,536 tokens, 64 heads: the walk wins up to d_state 128 (head_dim 64, d_state
-    128: 2.0 vs 3.1 ms for the whole forward; head_dim 128: 3.9 vs 4.7) and loses at 256 (5.1 vs 4.2)."""
-    return _chunk_kernel_config("scan", headdim, dstate, chunk_size, 128 * 128, 64)
+    128: 2.0 vs 3.1 ms for the whole forward; head_dim 128: 3.9 vs 4.7) and loses at 256 (5.1 vs 4.2). There the
+    per-row-tile kernel's 4-warp programs run best capped at 128 registers (head_dim 64: 4.20 -> 3.96 ms; the
+    8-warp ones of head_dim 128 gain nothing from it)."""
+    return _chunk_kernel_config("scan", headdim, dstate, chunk_size, 128 * 128, 64, tiles_maxnreg={4: 128})
 
 
 def bwd_dx_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     """Backward dx kernel. H200 (as above, forward+backward): the walk wins with a 64 x 64 state (6.3 vs 7.7 ms)
     and loses from 64 x 128 on (head_dim 64, d_state 128: 10.1 vs 9.4 ms; head_dim 128, d_state 64: 13.8 vs
-    12.5), where it carries more than the registers hold."""
-    return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 64, 32 if dstate > 64 else 64)
+    12.5), where it carries more than the registers hold. The per-row-tile kernel runs best with a register cap
+    that fits three 4-warp or two 8-warp programs per SM (head_dim 64, d_state 128: 9.45 -> 8.80 ms; head_dim 128,
+    d_state 128: 16.20 -> 14.27; 96-168 swept); the walk is best uncapped."""
+    return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 64, 32 if dstate > 64 else 64,
+                                tiles_maxnreg={4: 168, 8: 128})
 
 
 def bwd_dcb_config(headdim: int, chunk_size: int) -> KernelConfig:
@@ -113,4 +133,6 @@ def bwd_dbc_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     """Backward dB/dC kernel: block_m rows, block_k partner rows, block_p head_dim step, block_n d_state tile."""
     t = _token_tile(chunk_size)
     bn = min(pow2(dstate), 128)
-    return _override("dbc", KernelConfig(t, t, min(pow2(headdim), 64), bn, 4 if bn <= 64 else 8, 2))
+    # H200: a 128-register cap cut fwd+bwd by 1-4% up to d_state 128 (96 and 168 did not); 256 was not measured
+    maxnreg = 128 if pow2(dstate) <= 128 else 0
+    return _override("dbc", KernelConfig(t, t, min(pow2(headdim), 64), bn, 4 if bn <= 64 else 8, 2, maxnreg=maxnreg))

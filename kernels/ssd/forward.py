@@ -234,7 +234,7 @@ def ssd_forward(
         ntokens, nheads, headdim, dstate, per_group, lo, hi,
         CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=pow2(dstate),
         HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LO=has_lo, HAS_HI=has_hi,
-        HAS_H0=h0 is not None, PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_H0=h0 is not None, PREC=prec, **cfg.launch_options(),
     )
 
     y = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)
@@ -253,6 +253,6 @@ def ssd_forward(
             ntokens, nheads, headdim, dstate, per_group,
             BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
             HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None, PREC=prec,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **cfg.launch_options(),
         )
     return ForwardResult(y, y_pre, final, states, s, dtp, cb)

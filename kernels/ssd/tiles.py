@@ -238,7 +238,7 @@ def chunk_cb(B: Tensor, C: Tensor, table: ChunkTable, prec: str) -> Tensor:
     _cb_kernel[grid](
         B, C, cb, table.chunk_start, table.chunk_len, B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         ngroups, dstate, CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_N=cfg.block_n, PREC=prec,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.launch_options(),
     )
     return cb
 
@@ -258,7 +258,7 @@ def scan_tiles(x: Tensor, C: Tensor, cb: Tensor, states: Tensor, s: Tensor, dtp:
         ntokens, nheads, headdim, dstate, ngroups, nheads // ngroups,
         CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
         HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None, PREC=prec,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.launch_options(),
     )
 
 
@@ -277,5 +277,5 @@ def dx_tiles(x: Tensor, dy: Tensor, B: Tensor, C: Tensor, cb: Tensor, states: Te
         C.stride(0), C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, ngroups,
         nheads // ngroups, CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p,
         BLOCK_N=cfg.block_n, HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, PREC=prec,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.launch_options(),
     )
