@@ -3,10 +3,13 @@
 For each head_dim x d_state row and each (num_warps, block_t) setting, builds forward.py's `_scan_fwd_kernel` or
 backward.py's `_dx_kernel` with the installed Triton (bf16 inputs, D per head, no z) and reads the cubin's resource
 usage with the cuobjdump that Triton's package carries: REG (registers per thread, 255 at most), STACK (bytes per
-thread, where spills go) and the shared memory the launch needs. A guide to what to time on a GPU, not a timing:
-the device's Triton may allocate differently.
+thread, where spills go) and the shared memory the launch needs. Pointers, strides and sizes are marked divisible
+by 16, as a launch on the benchmark's shapes specialises them: without that mark Triton cannot prove the rows
+of a tile aligned and loads them synchronously, a different (and slower) kernel. A guide to what to time on a
+GPU, not a timing: the device's Triton may allocate differently.
 
 Usage: python benchmarks/ssd_registers.py [--kernel scan|dx] [--rows 64x64,64x128] [--warps 4,8] [--block-t 32,64]
+       [--maxnreg 0,168]
 """
 
 from __future__ import annotations
@@ -43,10 +46,18 @@ def _signature(fn: triton.JITFunction, constexprs: dict) -> dict[str, str]:
     return sig
 
 
-def resources(fn: triton.JITFunction, constexprs: dict, num_warps: int) -> tuple[int, int, int]:
+def _divisible_by_16(fn: triton.JITFunction, signature: dict[str, str]) -> dict:
+    """Triton's launch-time specialisation of arguments that are multiples of 16 (pointers, strides, sizes)."""
+    return {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name, kind in signature.items()
+            if kind.startswith("*") or name.startswith("stride") or name in ("ntokens", "headdim", "dstate")}
+
+
+def resources(fn: triton.JITFunction, constexprs: dict, num_warps: int, maxnreg: int = 0) -> tuple[int, int, int]:
     """(registers per thread, stack bytes per thread, shared memory bytes) of one sm_90 build."""
-    src = ASTSource(fn=fn, signature=_signature(fn, constexprs), constexprs=constexprs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=2))
+    signature = _signature(fn, constexprs)
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=_divisible_by_16(fn, signature))
+    options = dict(num_warps=num_warps, num_stages=2, **({"maxnreg": maxnreg} if maxnreg else {}))
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(kernel.asm["cubin"])
@@ -63,10 +74,11 @@ def main() -> None:
     parser.add_argument("--rows", default="64x64,64x128,128x64,128x128,64x256")
     parser.add_argument("--warps", default="4,8")
     parser.add_argument("--block-t", default="32,64")
+    parser.add_argument("--maxnreg", default="0", help="register caps to build with (0: none)")
     opts = parser.parse_args()
     fn = forward._scan_fwd_kernel if opts.kernel == "scan" else backward._dx_kernel
-    lines = ["| head_dim x d_state | warps | block_t | registers | stack bytes | shared KB |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| head_dim x d_state | warps | block_t | maxnreg | registers | stack bytes | shared KB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in opts.rows.split(","):
         headdim, dstate = (int(v) for v in row.split("x"))
         block_n = pow2(dstate)
@@ -77,9 +89,11 @@ def main() -> None:
                                   PREC="tf32")
                 if opts.kernel == "scan":
                     constexprs["HAS_Z"] = False
-                regs, stack, shared = resources(fn, constexprs, warps)
-                lines.append(f"| {row} | {warps} | {block_t} | {regs} | {stack} | {shared / 1024:.1f} |")
-                print(lines[-1], flush=True)
+                for maxnreg in (int(v) for v in opts.maxnreg.split(",")):
+                    regs, stack, shared = resources(fn, constexprs, warps, maxnreg)
+                    lines.append(f"| {row} | {warps} | {block_t} | {maxnreg or '-'} | {regs} | {stack} | "
+                                 f"{shared / 1024:.1f} |")
+                    print(lines[-1], flush=True)
     print("\n".join(lines))
 
 
