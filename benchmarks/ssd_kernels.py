@@ -13,7 +13,7 @@ extensions that such a wheel lacks, so `load_mamba_chunk_scan` registers an empt
 `mamba_ssm` (keeping its search path) before importing mamba_ssm.ops.triton.ssd_combined, which needs only
 Triton, einops and torch.
 
-Usage: python benchmarks/ssd_kernels.py [--quick] [--forward-only] [--sweep] [--profile [HxN,...]] [--rep MS] [--out DIR]
+Usage: python benchmarks/ssd_kernels.py [--quick | --seqlens 2048,32768] [--forward-only] [--sweep] [--profile [HxN,...]] [--rep MS] [--out DIR]
 """
 
 from __future__ import annotations
@@ -222,6 +222,7 @@ def format_table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="seqlen 8K only")
+    parser.add_argument("--seqlens", default="2048,8192,32768", help="sequence lengths of the rows (without --quick)")
     parser.add_argument("--headdims", default="64,128")
     parser.add_argument("--dstates", default="64,128,256")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time in ms")
@@ -248,7 +249,7 @@ def main() -> None:
                 profile_row(ssd_scan_triton, theirs, headdim, dstate, 8192)
             except Exception as exc:  # the table matters more than the profile
                 print(f"profile failed: {exc!r}")
-    seqlens = [8192] if opts.quick else [2048, 8192, 32768]
+    seqlens = [8192] if opts.quick else [int(v) for v in opts.seqlens.split(",")]
     rows = []
     for headdim in (int(v) for v in opts.headdims.split(",")):
         for dstate in (int(v) for v in opts.dstates.split(",")):
