@@ -1,0 +1,40 @@
+"""kernels/ssd/config.py picks each SSD kernel's tiles, warps and register cap from the problem's sizes, and the
+ARCHSPEC_SSD_<KERNEL> variables override any field (a tuning hook for benchmarks/ssd_tune.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from archspec.kernels.ssd.config import KernelConfig, bwd_dx_config, scan_config, state_config
+
+
+def test_output_kernel_walks_the_chunk_up_to_d_state_128_and_tiles_it_beyond() -> None:
+    assert scan_config(64, 128, 256).walk == 1
+    assert scan_config(128, 128, 256).walk == 1
+    assert scan_config(64, 256, 256).walk == 0
+
+
+def test_register_caps_apply_to_the_per_row_tile_kernels_not_to_the_walks() -> None:
+    assert bwd_dx_config(64, 64, 256).walk == 1 and bwd_dx_config(64, 64, 256).maxnreg == 0
+    four_warps, eight_warps = bwd_dx_config(64, 128, 256), bwd_dx_config(128, 128, 256)
+    assert (four_warps.walk, four_warps.num_warps, four_warps.maxnreg) == (0, 4, 168)
+    assert (eight_warps.walk, eight_warps.num_warps, eight_warps.maxnreg) == (0, 8, 128)
+    assert scan_config(64, 128, 256).maxnreg == 0
+    assert state_config(64, 128, 256).maxnreg == 128
+    assert state_config(64, 256, 256).maxnreg == 0
+
+
+def test_launch_options_name_the_register_cap_only_when_one_is_set() -> None:
+    assert KernelConfig(64, 64, 64, 64).launch_options() == {"num_warps": 4, "num_stages": 2}
+    assert KernelConfig(64, 64, 64, 64, 8, 3, maxnreg=128).launch_options() == {
+        "num_warps": 8, "num_stages": 3, "maxnreg": 128}
+
+
+def test_environment_overrides_replace_the_named_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCHSPEC_SSD_DX", "walk=0, maxnreg=96")
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "block_m=64")
+    dx = bwd_dx_config(64, 64, 256)
+    assert (dx.walk, dx.maxnreg, dx.block_p) == (0, 96, 64)
+    assert state_config(64, 64, 256).block_m == 64
+    scan = scan_config(64, 64, 256)
+    assert (scan.walk, scan.maxnreg) == (1, 0), "ARCHSPEC_SSD_DX must not reach the output kernel"
