@@ -13,7 +13,8 @@ extensions that such a wheel lacks, so `load_mamba_chunk_scan` registers an empt
 `mamba_ssm` (keeping its search path) before importing mamba_ssm.ops.triton.ssd_combined, which needs only
 Triton, einops and torch.
 
-Usage: python benchmarks/ssd_kernels.py [--quick | --seqlens 2048,32768] [--forward-only] [--sweep] [--profile [HxN,...]] [--rep MS] [--out DIR]
+Usage: python benchmarks/ssd_kernels.py [--quick | --seqlens 2048,32768] [--forward-only] [--sweep]
+       [--profile [HxN,...]] [--rep MS] [--out DIR]
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Times our SSD scan under kernel-config overrides, row by row (a tuning aid for kernels/ssd/config.py).
 
 Each override is `NAME=field=v,field=v` for the ARCHSPEC_SSD_<NAME> hook of kernels/ssd/config.py (names: state,
-cb, scan, dx, dcb, dbc), several joined by ';'; "-" is the defaults. Rows are head_dim x d_state at 8 x 8192
-tokens. Prints forward and forward+backward medians (ms) per row and override, a table last.
+cb, scan, dx, dcb, dbc), several joined by ';'; "-" is the defaults. Rows are head_dim x d_state at 65,536 tokens
+(batch 65,536 / seqlen). Prints forward and forward+backward medians (ms) per row and override, a table last.
 
 Usage: python benchmarks/ssd_tune.py --rows 64x256,128x128 --configs "-" "scan=num_warps=8;dx=block_m=32" [--fwd]
+       [--seqlen 32768]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ssd_kernels import make_inputs, median_ms, scan_calls  # noqa: E402
+from ssd_kernels import TOKENS, make_inputs, median_ms, scan_calls  # noqa: E402
 
 
 def apply(config: str) -> None:
@@ -35,13 +36,16 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["-"])
     parser.add_argument("--fwd", action="store_true", help="time the forward pass only")
     parser.add_argument("--rep", type=int, default=15)
+    parser.add_argument("--seqlen", type=int, default=8192, help="tokens per sequence (a divisor of 65,536)")
     opts = parser.parse_args()
     from archspec.kernels.ssd import ssd_scan_triton
 
-    lines = ["| head_dim x d_state | config | fwd ms | fwd+bwd ms |", "| --- | --- | --- | --- |"]
+    shape = f"{TOKENS // opts.seqlen} x {opts.seqlen}"
+    lines = ["| head_dim x d_state | batch x seqlen | config | fwd ms | fwd+bwd ms |",
+             "| --- | --- | --- | --- | --- |"]
     for row in opts.rows.split(","):
         headdim, dstate = (int(v) for v in row.split("x"))
-        inputs = make_inputs(8, 8192, headdim, dstate, seed=0)
+        inputs = make_inputs(TOKENS // opts.seqlen, opts.seqlen, headdim, dstate, seed=0)
         forward, forward_backward = scan_calls(ssd_scan_triton, inputs, torch.randn_like(inputs["x"]))
         for config in opts.configs:
             apply(config)
@@ -49,10 +53,10 @@ def main() -> None:
                 t_fwd = median_ms(forward, opts.rep, False)
                 t_fb = float("nan") if opts.fwd else median_ms(forward_backward, opts.rep, True)
             except triton.runtime.errors.OutOfResources as exc:  # a setting too large for this GPU: next one
-                lines.append(f"| {row} | {config} | {exc} | |")
+                lines.append(f"| {row} | {shape} | {config} | {exc} | |")
                 print(lines[-1], flush=True)
                 continue
-            lines.append(f"| {row} | {config} | {t_fwd:.3f} | {t_fb:.3f} |")
+            lines.append(f"| {row} | {shape} | {config} | {t_fwd:.3f} | {t_fb:.3f} |")
             print(lines[-1], flush=True)
     print("\n".join(lines))
 
