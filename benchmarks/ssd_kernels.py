@@ -122,6 +122,21 @@ def median_ms(call: Callable, rep: int, grad: bool) -> float:
         return do_bench(call, warmup=10, rep=rep, return_mode="median")
 
 
+def kernel_ms(call: Callable, calls: int = 3) -> dict[str, float]:
+    """Device time per call (ms) of each kernel that `call` launches, by kernel name, largest first (torch profiler
+    over `calls` calls after one warm-up call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    times = {e.key: e.self_device_time_total / 1e3 / calls for e in prof.key_averages() if e.self_device_time_total}
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
 def run_row(ours: Callable, theirs: Callable, batch: int, seqlen: int, headdim: int, dstate: int,
             bandwidth: float, rep: int, forward_only: bool = False) -> dict:
     inputs = make_inputs(batch, seqlen, headdim, dstate, seed=seqlen + headdim + dstate)

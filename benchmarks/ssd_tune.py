@@ -5,7 +5,7 @@ cb, scan, dx, dcb, dbc), several joined by ';'; "-" is the defaults. Rows are he
 (batch 65,536 / seqlen). Prints forward and forward+backward medians (ms) per row and override, a table last.
 
 Usage: python benchmarks/ssd_tune.py --rows 64x256,128x128 --configs "-" "scan=num_warps=8;dx=block_m=32" [--fwd]
-       [--seqlen 32768]
+       [--seqlen 32768] [--kernels]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ssd_kernels import TOKENS, make_inputs, median_ms, scan_calls  # noqa: E402
+from ssd_kernels import TOKENS, kernel_ms, make_inputs, median_ms, scan_calls  # noqa: E402
 
 
 def apply(config: str) -> None:
@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--fwd", action="store_true", help="time the forward pass only")
     parser.add_argument("--rep", type=int, default=15)
     parser.add_argument("--seqlen", type=int, default=8192, help="tokens per sequence (a divisor of 65,536)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="also print each kernel's time per call (forward+backward, or forward with --fwd)")
     opts = parser.parse_args()
     from archspec.kernels.ssd import ssd_scan_triton
 
@@ -58,6 +60,11 @@ def main() -> None:
                 continue
             lines.append(f"| {row} | {shape} | {config} | {t_fwd:.3f} | {t_fb:.3f} |")
             print(lines[-1], flush=True)
+            if opts.kernels:
+                with torch.set_grad_enabled(not opts.fwd):
+                    times = kernel_ms(forward if opts.fwd else forward_backward)
+                print("  kernels (ms per call): " + ", ".join(f"{name} {ms:.3f}" for name, ms in times.items()
+                                                        if ms >= 0.01), flush=True)
     print("\n".join(lines))
 
 
