@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import triton
 
@@ -89,7 +88,7 @@ def cb_config(dstate: int, chunk_size: int) -> KernelConfig:
 
 
 def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, walk_max_state: int,
-                         walk_block_m: int, tiles_maxnreg: Optional[dict[int, int]] = None) -> KernelConfig:
+                         walk_block_m: int, tiles_maxnreg: dict[int, int]) -> KernelConfig:
     """Output or dx kernel: the chunk walk while d_state <= 128 and the whole state (pow2(d_state) x
     pow2(head_dim)) has at most walk_max_state elements, else the kernel per row tile, which steps through d_state
     in block_n slices; tiles_maxnreg maps the latter's num_warps to its register cap."""
@@ -101,7 +100,7 @@ def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, 
     else:
         bp = min(pow2(headdim), 128)
         warps = 4 if bp <= 64 else 8
-        cfg = KernelConfig(t, t, bp, min(bn, 64), warps, 2, 0, (tiles_maxnreg or {}).get(warps, 0))
+        cfg = KernelConfig(t, t, bp, min(bn, 64), warps, 2, 0, tiles_maxnreg.get(warps, 0))
     return replace(cfg, **fields)
 
 
