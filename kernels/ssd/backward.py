@@ -24,7 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
-from .common import dot_precision, mm
+from .common import chunk_tile_pair, dot_precision, head_chunk_program, mm
 from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, pow2, state_config
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
@@ -42,16 +42,9 @@ def _dx_kernel(
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PREC: tl.constexpr,
 ):
-    blocks_p = tl.cdiv(headdim, BLOCK_P)
-    head = (tl.program_id(0) // blocks_p).to(tl.int64)  # times a head stride: may pass 2^31
-    pid_p = tl.program_id(0) % blocks_p
-    chunk = tl.program_id(1).to(tl.int64)
-    group = head // heads_per_group
-    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
-    clen = tl.load(chunk_len_ptr + chunk)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
+                                                                       heads_per_group, BLOCK_P, 1)
     offs_n = tl.arange(0, BLOCK_N)
-    mask_p = offs_p < headdim
     mask_n = offs_n < dstate
     row = head * ntokens + c0
     s_last = tl.load(s_ptr + row + clen - 1)
@@ -136,18 +129,9 @@ def _dcb_kernel(
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    tiles_k: tl.constexpr = CHUNK // BLOCK_K
-    pid_m = tl.program_id(0) // tiles_k
-    pid_k = tl.program_id(0) % tiles_k
-    group = tl.program_id(1).to(tl.int64)
-    chunk = tl.program_id(2)
-    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
-    clen = tl.load(chunk_len_ptr + chunk)
-    if (pid_k * BLOCK_K <= pid_m * BLOCK_M + BLOCK_M - 1) & (pid_m * BLOCK_M < clen):
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        mask_m = offs_m < clen
-        mask_k = offs_k < clen
+    group, chunk, c0, clen, active, offs_m, mask_m, offs_k, mask_k = chunk_tile_pair(
+        chunk_start_ptr, chunk_len_ptr, CHUNK, BLOCK_M, BLOCK_K)
+    if active:
         causal = (offs_k[None, :] <= offs_m[:, None]) & mask_k[None, :]
         base = (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
         tile = offs_m[:, None] * CHUNK + offs_k[None, :]

@@ -1,4 +1,5 @@
-"""Triton helpers shared by the SSD kernels: the step-size transform and its derivative.
+"""Triton helpers shared by the SSD kernels: which head and chunk a program works on, and the step-size
+transform and its derivative.
 
 dt' = clamp(softplus?(dt + dt_bias), lo, hi). softplus passes inputs above 20 through unchanged (torch's default
 threshold, as mamba_ssm does); log1p is evaluated with Goldberg's correction so that tiny steps stay exact.
@@ -11,7 +12,7 @@ import os
 import triton
 import triton.language as tl
 
-__all__ = ["prepare_dt", "prepare_dt_grad", "dot_precision", "mm"]
+__all__ = ["chunk_tile_pair", "head_chunk_program", "prepare_dt", "prepare_dt_grad", "dot_precision", "mm"]
 
 # The Triton interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles as their raw uint16 bits; `mm` hands it
 # float32 copies instead (exact: products of bf16 values are exact in float32, as on the tensor cores).
@@ -29,6 +30,41 @@ def mm(a, b, PREC: tl.constexpr):
     if _INTERPRET:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim, heads_per_group, BLOCK_P: tl.constexpr,
+                       CHUNK_AXIS: tl.constexpr):
+    """A program of a kernel per (head and head_dim block, ..., chunk): grid axis 0 is head * blocks + block,
+    axis CHUNK_AXIS the chunk. Returns head (int64: it multiplies a head stride, which may pass 2^31), its group,
+    the block's head_dim columns offs_p and mask_p, and the chunk's index (int64), first token c0 (int64) and
+    length clen."""
+    blocks_p = tl.cdiv(headdim, BLOCK_P)
+    head = (tl.program_id(0) // blocks_p).to(tl.int64)
+    offs_p = (tl.program_id(0) % blocks_p) * BLOCK_P + tl.arange(0, BLOCK_P)
+    chunk = tl.program_id(CHUNK_AXIS).to(tl.int64)
+    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
+    clen = tl.load(chunk_len_ptr + chunk)
+    return head, head // heads_per_group, offs_p, offs_p < headdim, chunk, c0, clen
+
+
+@triton.jit
+def chunk_tile_pair(chunk_start_ptr, chunk_len_ptr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+    """A program of a kernel per (BLOCK_M x BLOCK_K tile of a chunk x chunk matrix, group, chunk): grid axis 0 is
+    row tile * column tiles + column tile. Returns group (int64), chunk, its first token c0 (int64) and length
+    clen, whether the tile has work (on or below the diagonal, rows starting inside the chunk), and the tile's
+    rows offs_m / mask_m and columns offs_k / mask_k."""
+    tiles_k: tl.constexpr = CHUNK // BLOCK_K
+    pid_m = tl.program_id(0) // tiles_k
+    pid_k = tl.program_id(0) % tiles_k
+    chunk = tl.program_id(2)
+    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
+    clen = tl.load(chunk_len_ptr + chunk)
+    active = (pid_k * BLOCK_K <= pid_m * BLOCK_M + BLOCK_M - 1) & (pid_m * BLOCK_M < clen)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    return tl.program_id(1).to(tl.int64), chunk, c0, clen, active, offs_m, offs_m < clen, offs_k, offs_k < clen
 
 
 @triton.jit

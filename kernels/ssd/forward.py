@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import dot_precision, mm, prepare_dt
+from .common import dot_precision, head_chunk_program, mm, prepare_dt
 from .config import pow2, scan_config, state_config
 from .layout import ChunkTable
 from .tiles import chunk_cb, scan_tiles
@@ -114,16 +114,9 @@ def _scan_fwd_kernel(
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr, PREC: tl.constexpr,
 ):
-    blocks_p = tl.cdiv(headdim, BLOCK_P)
-    head = (tl.program_id(0) // blocks_p).to(tl.int64)
-    pid_p = tl.program_id(0) % blocks_p
-    chunk = tl.program_id(1).to(tl.int64)
-    group = head // heads_per_group
-    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
-    clen = tl.load(chunk_len_ptr + chunk)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
+                                                                       heads_per_group, BLOCK_P, 1)
     offs_n = tl.arange(0, BLOCK_N)
-    mask_p = offs_p < headdim
     mask_n = offs_n < dstate
     row = head * ntokens + c0
     x_base = x_ptr + c0 * stride_x_t + head * stride_x_h

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import mm
+from .common import chunk_tile_pair, head_chunk_program, mm
 from .config import bwd_dx_config, cb_config, scan_config
 from .layout import ChunkTable
 
@@ -33,18 +33,9 @@ def _cb_kernel(
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    tiles_k: tl.constexpr = CHUNK // BLOCK_K
-    pid_m = tl.program_id(0) // tiles_k
-    pid_k = tl.program_id(0) % tiles_k
-    group = tl.program_id(1).to(tl.int64)
-    chunk = tl.program_id(2)
-    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
-    clen = tl.load(chunk_len_ptr + chunk)
-    if (pid_k * BLOCK_K <= pid_m * BLOCK_M + BLOCK_M - 1) & (pid_m * BLOCK_M < clen):
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        mask_m = offs_m < clen
-        mask_k = offs_k < clen
+    group, chunk, c0, clen, active, offs_m, mask_m, offs_k, mask_k = chunk_tile_pair(
+        chunk_start_ptr, chunk_len_ptr, CHUNK, BLOCK_M, BLOCK_K)
+    if active:
         c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
         b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
         acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
@@ -71,19 +62,12 @@ def _scan_tiles_kernel(
     BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    blocks_p = tl.cdiv(headdim, BLOCK_P)
-    head = (tl.program_id(0) // blocks_p).to(tl.int64)
-    pid_p = tl.program_id(0) % blocks_p
+    head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
+                                                                       heads_per_group, BLOCK_P, 2)
     pid_m = tl.program_id(1)
-    chunk = tl.program_id(2).to(tl.int64)
-    group = head // heads_per_group
-    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
-    clen = tl.load(chunk_len_ptr + chunk)
     if pid_m * BLOCK_M < clen:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         mask_m = offs_m < clen
-        mask_p = offs_p < headdim
         row = head.to(tl.int64) * ntokens + c0
         s_m = tl.load(s_ptr + row + offs_m, mask=mask_m, other=0.0)
         x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
@@ -146,19 +130,12 @@ def _dx_tiles_kernel(
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PREC: tl.constexpr,
 ):
-    blocks_p = tl.cdiv(headdim, BLOCK_P)
-    head = (tl.program_id(0) // blocks_p).to(tl.int64)  # times a head stride: may pass 2^31
-    pid_p = tl.program_id(0) % blocks_p
+    head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
+                                                                       heads_per_group, BLOCK_P, 2)
     pid_j = tl.program_id(1)
-    chunk = tl.program_id(2).to(tl.int64)
-    group = head // heads_per_group
-    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
-    clen = tl.load(chunk_len_ptr + chunk)
     if pid_j * BLOCK_M < clen:
         offs_j = pid_j * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         mask_j = offs_j < clen
-        mask_p = offs_p < headdim
         row = head.to(tl.int64) * ntokens + c0
         s_j = tl.load(s_ptr + row + offs_j, mask=mask_j, other=0.0)
         dt_j = tl.load(dtp_ptr + row + offs_j, mask=mask_j, other=0.0)
