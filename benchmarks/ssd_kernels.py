@@ -166,21 +166,15 @@ def run_row(ours: Callable, theirs: Callable, batch: int, seqlen: int, headdim: 
 
 
 def profile_row(ours: Callable, theirs: Callable, headdim: int, dstate: int, seqlen: int) -> None:
-    """Prints the CUDA time per kernel of three forward+backward calls of each implementation."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """Prints each kernel's device time per forward+backward call (of three profiled) for both implementations."""
     inputs = make_inputs(TOKENS // seqlen, seqlen, headdim, dstate, seed=0)
     dy = torch.randn_like(inputs["x"])
     for name, fn in (("ours", ours), ("mamba_ssm", theirs)):
-        _, step = scan_calls(fn, inputs, dy)
-        step()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(3):
-                step()
-            torch.cuda.synchronize()
-        print(f"profile {name} (3 x fwd+bwd, head_dim {headdim}, d_state {dstate}, seqlen {seqlen})")
-        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60))
+        times = kernel_ms(scan_calls(fn, inputs, dy)[1])
+        print(f"profile {name} (ms per fwd+bwd, head_dim {headdim}, d_state {dstate}, seqlen {seqlen}), "
+              f"total {sum(times.values()):.3f}")
+        for kernel, ms in list(times.items())[:14]:
+            print(f"  {ms:8.3f}  {kernel[:80]}")
 
 
 SWEEP = [
