@@ -31,6 +31,7 @@ class KernelConfig:
     tile, 0 for the kernel per (row tile, chunk) of tiles.py.
     maxnreg: registers per thread ptxas may use (0: as many as it likes, up to 255); a lower cap lets more
     programs share an SM at the price of spills.
+    wgmma (output walk only): 1 runs forward_wgmma.py's Gluon walk where it can run (bf16 / fp16 on sm_90).
     """
 
     block_m: int
@@ -41,6 +42,7 @@ class KernelConfig:
     num_stages: int = 2
     walk: int = 0
     maxnreg: int = 0
+    wgmma: int = 0
 
     def launch_options(self) -> dict[str, int]:
         """num_warps, num_stages (and maxnreg when set) for a Triton launch."""
@@ -88,15 +90,17 @@ def cb_config(dstate: int, chunk_size: int) -> KernelConfig:
 
 
 def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, walk_max_state: int,
-                         walk_block_m: int, tiles_maxnreg: dict[int, int]) -> KernelConfig:
+                         walk_block_m: int, tiles_maxnreg: dict[int, int], walk_wgmma: int = 0) -> KernelConfig:
     """Output or dx kernel: the chunk walk while d_state <= 128 and the whole state (pow2(d_state) x
     pow2(head_dim)) has at most walk_max_state elements, else the kernel per row tile, which steps through d_state
-    in block_n slices; tiles_maxnreg maps the latter's num_warps to its register cap."""
+    in block_n slices; tiles_maxnreg maps the latter's num_warps to its register cap; walk_wgmma is the walk's
+    wgmma field."""
     t = _token_tile(chunk_size)
     bn = pow2(dstate)
     fields = _overrides(name)
     if fields.get("walk", int(bn <= 128 and bn * pow2(headdim) <= walk_max_state)):
-        cfg = KernelConfig(min(walk_block_m, t), t, min(pow2(headdim), max(16, 8192 // bn)), bn, 4, 2, 1)
+        cfg = KernelConfig(min(walk_block_m, t), t, min(pow2(headdim), max(16, 8192 // bn)), bn, 4, 2, 1,
+                           wgmma=walk_wgmma)
     else:
         bp = min(pow2(headdim), 128)
         warps = 4 if bp <= 64 else 8
@@ -108,8 +112,11 @@ def scan_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     """Forward output kernel. H200, 65,536 tokens, 64 heads: the walk wins up to d_state 128 (head_dim 64, d_state
     128: 2.0 vs 3.1 ms for the whole forward; head_dim 128: 3.9 vs 4.7) and loses at 256 (5.1 vs 4.2). There the
     per-row-tile kernel's 4-warp programs run best capped at 128 registers (head_dim 64: 4.20 -> 3.96 ms; the
-    8-warp ones of head_dim 128 gain nothing from it)."""
-    return _chunk_kernel_config("scan", headdim, dstate, chunk_size, 128 * 128, 64, tiles_maxnreg={4: 128})
+    8-warp ones of head_dim 128 gain nothing from it). The walk runs as the Gluon kernel where it can (whole
+    forward at 8K tokens per sequence: 64 x 64 1.43 -> 1.17 ms, 64 x 128 1.92 -> 1.69, 128 x 64 2.61 -> 2.13,
+    128 x 128 3.75 -> 3.31)."""
+    return _chunk_kernel_config("scan", headdim, dstate, chunk_size, 128 * 128, 64, tiles_maxnreg={4: 128},
+                                walk_wgmma=1)
 
 
 def bwd_dx_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:

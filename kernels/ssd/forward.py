@@ -11,7 +11,8 @@ Two launches (see benchmarks/NOTES-ssd.md for why this split):
    dt'_j x_j (+ D x_i, * silu(z_i)), then h <- exp(s_last - s_prev) h + sum_j exp(s_last - s_j) dt'_j x_j B_j^T.
    Each x, B, C tile is read once per head, and C B^T is formed only for the tile on the diagonal.
    Where the state tile would not fit the registers (config.py), tiles.py's kernel per row tile runs instead,
-   on C B^T from its `_cb_kernel`.
+   on C B^T from its `_cb_kernel`; for bf16 / fp16 on Hopper, forward_wgmma.py's Gluon version of this walk,
+   whose products overlap.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from .common import dot_precision, head_chunk_program, mm, prepare_dt
 from .config import pow2, scan_config, state_config
 from .layout import ChunkTable
 from .tiles import chunk_cb, scan_tiles
+
+try:
+    from .forward_wgmma import scan_fwd_wgmma, wgmma_supported
+except ImportError:  # a Triton without Gluon's Hopper API (before 3.5): the Triton walk everywhere
+    scan_fwd_wgmma = None
 
 __all__ = ["ForwardResult", "dt_limit_flags", "ssd_forward"]
 
@@ -239,13 +245,16 @@ def ssd_forward(
         scan_tiles(x, C, cb, states, s, dtp, D, z, y, y_pre, table, prec)
     else:
         grid = (nheads * triton.cdiv(headdim, cfg.block_p), table.nchunks)
-        _scan_fwd_kernel[grid](
-            x, B, C, states, s, dtp, D, z, y, y_pre, table.chunk_start, table.chunk_len,
-            x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-            z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),
-            ntokens, nheads, headdim, dstate, per_group,
-            BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-            HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None, PREC=prec,
-            **cfg.launch_options(),
-        )
+        args = (x, B, C, states, s, dtp, D, z, y, y_pre, table.chunk_start, table.chunk_len,
+                x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+                z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),
+                ntokens, nheads, headdim, dstate, per_group)
+        flags = dict(has_d=D is not None, d_has_hdim=D is not None and D.dim() == 2, has_z=z is not None)
+        if cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n):
+            scan_fwd_wgmma(grid, args, block_t=cfg.block_m, block_p=cfg.block_p, block_n=cfg.block_n, **flags)
+        else:
+            _scan_fwd_kernel[grid](
+                *args, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=flags["has_d"],
+                D_HAS_HDIM=flags["d_has_hdim"], HAS_Z=flags["has_z"], PREC=prec, **cfg.launch_options(),
+            )
     return ForwardResult(y, y_pre, final, states, s, dtp, cb)

@@ -4,8 +4,10 @@ ARCHSPEC_SSD_<KERNEL> variables override any field (a tuning hook for benchmarks
 from __future__ import annotations
 
 import pytest
+import torch
 
 from archspec.kernels.ssd.config import KernelConfig, bwd_dx_config, scan_config, state_config
+from archspec.kernels.ssd.forward_wgmma import wgmma_supported
 
 
 def test_output_kernel_walks_the_chunk_up_to_d_state_128_and_tiles_it_beyond() -> None:
@@ -38,3 +40,16 @@ def test_environment_overrides_replace_the_named_fields(monkeypatch: pytest.Monk
     assert state_config(64, 64, 256).block_m == 64
     scan = scan_config(64, 64, 256)
     assert (scan.walk, scan.maxnreg) == (1, 0), "ARCHSPEC_SSD_DX must not reach the output kernel"
+
+
+def test_output_walk_runs_as_the_gluon_kernel_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert scan_config(64, 64, 256).wgmma == 1 and scan_config(128, 128, 256).wgmma == 1
+    assert bwd_dx_config(64, 64, 256).wgmma == 0
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "wgmma=0")
+    assert scan_config(64, 64, 256).wgmma == 0
+
+
+def test_gluon_walk_needs_a_hopper_gpu_and_16_bit_inputs() -> None:
+    """Under the interpreter or on the CPU the Triton walk runs (the Gluon kernel cannot)."""
+    x = torch.zeros(64, 2, 64, dtype=torch.bfloat16)
+    assert not wgmma_supported(x, 64, 64)

@@ -1,0 +1,208 @@
+"""The forward output walk with asynchronous warpgroup MMA (Gluon, Hopper only).
+
+Same program and arithmetic as forward.py's `_scan_fwd_kernel` (one program per head and head_dim block, chunk;
+a walk through the chunk in 64-token tiles carrying the state h^T, d_state x head_dim block, in float32), written
+in Gluon so that the four products of a tile are in flight together instead of one after another (Triton waits
+for each wgmma right after issuing it, benchmarks/NOTES-ssd.md):
+
+    C B^T, C h, B^T (decay_out * x) issued at once; the masked decay of C B^T computed while the last two run;
+    then W x accumulated onto decay_in * C h.
+
+Tiles of x, B and C are copied into shared memory one step ahead (cp.async, two buffers); y leaves through shared
+memory in 16-byte row pieces. Differences from the Triton walk, both within bf16 rounding: a D per head is added
+to the diagonal of W (so D x_i comes out of the W x product, with D rounded to the dot dtype: y differs from
+mamba_ssm by ~2.7e-3 instead of ~1e-3, relative), and with z the gate multiplies y after its rounding to the
+output dtype. For bf16 / fp16 inputs on sm_90 with the walk's tile sizes (d_state tiles of 64 or 128);
+forward.py runs the Triton kernel everywhere else, and the CPU interpreter cannot run Gluon, so the tests compare
+the two on a GPU (tests/kernels/test_ssd_wgmma.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from triton.runtime.jit import constexpr_function
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    async_copy,
+    fence_async_shared,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+__all__ = ["scan_fwd_wgmma", "wgmma_supported"]
+
+# cp.async into shared memory: `async_load` after triton 3.6 (the device's version), `async_copy_global_to_shared`
+# in 3.6
+_async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+
+
+@constexpr_function
+def _mma_layout(n, num_warps):
+    """Accumulator layout of a wgmma whose output has n columns (64 rows per warpgroup)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
+
+
+@constexpr_function
+def _copy_layout(cols, num_warps):
+    """Rows of a bf16 tile spread so each thread copies 16 contiguous bytes."""
+    lanes_c = min(cols // 8, 32)
+    return gl.BlockedLayout([1, 8], [32 // lanes_c, lanes_c], [num_warps, 1], [1, 0])
+
+
+@gluon.jit
+def _copy_tile(smem, base, stride_t, t0, clen, cols, BLOCK_T: gl.constexpr, BLOCK_C: gl.constexpr):
+    """Starts the copy of rows t0.. of a (token, column) tile into smem; rows past clen, columns past cols: 0."""
+    layout: gl.constexpr = _copy_layout(BLOCK_C, gl.num_warps())
+    offs_t = t0 + gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, layout))
+    offs_c = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, layout))
+    ptrs = base + offs_t[:, None].to(gl.int64) * stride_t + offs_c[None, :]
+    mask = (offs_t[:, None] < clen) & (offs_c[None, :] < cols)
+    _async_load(smem, ptrs, mask)
+
+
+@gluon.jit
+def _scan_fwd_wgmma_kernel(
+    x_ptr, b_ptr, c_ptr, states_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
+    chunk_start_ptr, chunk_len_ptr,
+    stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
+    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, heads_per_group,
+    BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr,
+    HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr, HAS_Z: gl.constexpr,
+):
+    dtype: gl.constexpr = x_ptr.dtype.element_ty
+    mma_p: gl.constexpr = _mma_layout(BLOCK_P, gl.num_warps())  # y (tokens x head_dim), h^T (d_state x head_dim)
+    mma_t: gl.constexpr = _mma_layout(BLOCK_T, gl.num_warps())  # C B^T (tokens x tokens)
+    w_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_p, k_width=2)
+    rows_p: gl.constexpr = gl.SliceLayout(1, mma_p)
+    cols_p: gl.constexpr = gl.SliceLayout(0, mma_p)
+    rows_t: gl.constexpr = gl.SliceLayout(1, mma_t)
+    cols_t: gl.constexpr = gl.SliceLayout(0, mma_t)
+    tn_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_T, BLOCK_N], dtype)
+    tp_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_T, BLOCK_P], dtype)
+    np_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_P], dtype)
+
+    blocks_p = gl.cdiv(headdim, BLOCK_P)
+    head = (gl.program_id(0) // blocks_p).to(gl.int64)
+    p0 = (gl.program_id(0) % blocks_p) * BLOCK_P
+    group = head // heads_per_group
+    chunk = gl.program_id(1).to(gl.int64)
+    c0 = gl.load(chunk_start_ptr + chunk).to(gl.int64)
+    clen = gl.load(chunk_len_ptr + chunk)
+    row = head * ntokens + c0
+    x_base = x_ptr + c0 * stride_x_t + head * stride_x_h + p0
+    b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
+    c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
+
+    c_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_T, BLOCK_N], tn_smem)
+    b_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_T, BLOCK_N], tn_smem)
+    x_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_T, BLOCK_P], tp_smem)
+    xw_smem = gl.allocate_shared_memory(dtype, [BLOCK_T, BLOCK_P], tp_smem)
+    h_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_P], np_smem)
+
+    _copy_tile(c_smem.index(0), c_base, stride_c_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
+    _copy_tile(b_smem.index(0), b_base, stride_b_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
+    _copy_tile(x_smem.index(0), x_base, stride_x_t, 0, clen, headdim - p0, BLOCK_T, BLOCK_P)
+    async_copy.commit_group()
+
+    # h^T (d_state x head_dim block): the state after the tokens walked so far, decayed to the last of them
+    offs_hn = gl.arange(0, BLOCK_N, layout=rows_p)
+    offs_p = p0 + gl.arange(0, BLOCK_P, layout=cols_p)
+    mask_p = offs_p < headdim
+    h = gl.load(states_ptr + (chunk * nheads + head) * headdim * dstate + offs_p[None, :] * dstate
+                + offs_hn[:, None], mask=(offs_hn[:, None] < dstate) & mask_p[None, :], other=0.0).to(gl.float32)
+    h_smem.store(h.to(dtype))
+    fence_async_shared()
+
+    offs_i = gl.arange(0, BLOCK_T, layout=rows_t)
+    offs_j = gl.arange(0, BLOCK_T, layout=cols_t)
+    offs_r = gl.arange(0, BLOCK_T, layout=rows_p)
+    io_p: gl.constexpr = _copy_layout(BLOCK_P, gl.num_warps())  # y and z, coalesced
+    offs_io_t = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, io_p))
+    offs_io_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, io_p))
+    s_prev = gl.zeros((), dtype=gl.float32)
+    nsteps = gl.cdiv(clen, BLOCK_T)
+    for step in range(0, nsteps):
+        t0 = step * BLOCK_T
+        buf = step % 2
+        nxt = (step + 1) % 2
+        _copy_tile(c_smem.index(nxt), c_base, stride_c_t, t0 + BLOCK_T, clen, dstate, BLOCK_T, BLOCK_N)
+        _copy_tile(b_smem.index(nxt), b_base, stride_b_t, t0 + BLOCK_T, clen, dstate, BLOCK_T, BLOCK_N)
+        _copy_tile(x_smem.index(nxt), x_base, stride_x_t, t0 + BLOCK_T, clen, headdim - p0, BLOCK_T, BLOCK_P)
+        async_copy.commit_group()
+        async_copy.wait_group(1)
+        fence_async_shared()
+        c_tile = c_smem.index(buf)
+        b_tile = b_smem.index(buf)
+        x_tile = x_smem.index(buf)
+
+        cb = warpgroup_mma(c_tile, b_tile.permute((1, 0)), gl.zeros((BLOCK_T, BLOCK_T), gl.float32, mma_t),
+                           use_acc=False, is_async=True)
+        ch = warpgroup_mma(c_tile, h_smem, gl.zeros((BLOCK_T, BLOCK_P), gl.float32, mma_p),
+                           use_acc=False, is_async=True)
+
+        s_last = gl.load(s_ptr + row + gl.minimum(t0 + BLOCK_T, clen) - 1)
+        mask_r = t0 + offs_r < clen
+        s_r = gl.load(s_ptr + row + t0 + offs_r, mask=mask_r, other=0.0)
+        dt_r = gl.load(dtp_ptr + row + t0 + offs_r, mask=mask_r, other=0.0)
+        x_reg = x_tile.load(mma_p)
+        decay_out = gl.where(mask_r, gl.exp(s_last - s_r) * dt_r, 0.0)
+        xw_smem.store((x_reg.to(gl.float32) * decay_out[:, None]).to(dtype))
+        fence_async_shared()
+        h_next = warpgroup_mma(b_tile.permute((1, 0)), xw_smem, h * gl.exp(s_last - s_prev), is_async=True)
+
+        mask_i = t0 + offs_i < clen
+        mask_j = t0 + offs_j < clen
+        s_i = gl.load(s_ptr + row + t0 + offs_i, mask=mask_i, other=0.0)
+        s_j = gl.load(s_ptr + row + t0 + offs_j, mask=mask_j, other=0.0)
+        dt_j = gl.load(dtp_ptr + row + t0 + offs_j, mask=mask_j, other=0.0)
+        cb = warpgroup_mma_wait(num_outstanding=2, deps=(cb,))
+        w = cb * gl.exp(gl.minimum(s_i[:, None] - s_j[None, :], 0.0)) * dt_j[None, :]
+        w = gl.where(offs_j[None, :] <= offs_i[:, None], w, 0.0)
+        if HAS_D:
+            if not D_HAS_HDIM:  # D x_i as D on the diagonal of the scores (D rounded to the dot dtype)
+                w = gl.where(offs_j[None, :] == offs_i[:, None], w + gl.load(d_ptr + head).to(gl.float32), w)
+        w = gl.convert_layout(w.to(dtype), w_layout)
+
+        ch = warpgroup_mma_wait(num_outstanding=1, deps=(ch,))
+        decay_in = gl.where(mask_r, gl.exp(s_r - s_prev), 0.0)
+        acc = warpgroup_mma(w, x_tile, ch * decay_in[:, None], is_async=True)
+
+        h = warpgroup_mma_wait(num_outstanding=1, deps=(h_next,))
+        h_smem.store(h.to(dtype))
+        fence_async_shared()
+        s_prev = s_last
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        if D_HAS_HDIM:  # from x in registers: reading x_tile again here gave wrong values on the H200 (triton 3.6)
+            dvec = gl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(gl.float32)
+            acc += x_reg.to(gl.float32) * dvec[None, :]
+
+        # y through shared memory (xw's buffer, free once h is updated) into rows of 16-byte pieces per thread
+        xw_smem.store(acc.to(dtype))
+        out = xw_smem.load(io_p)
+        offs_t = c0 + t0 + offs_io_t
+        mask = (offs_io_t < clen - t0)[:, None] & (offs_io_p < headdim)[None, :]
+        offs_y = offs_t[:, None] * stride_y_t + head * stride_y_h + offs_io_p[None, :]
+        if HAS_Z:
+            gl.store(ypre_ptr + offs_y, out, mask=mask)
+            zt = gl.load(z_ptr + offs_t[:, None] * stride_z_t + head * stride_z_h + offs_io_p[None, :],
+                         mask=mask, other=0.0).to(gl.float32)
+            out = (out.to(gl.float32) * zt * (1.0 / (1.0 + gl.exp(-zt)))).to(dtype)
+        gl.store(y_ptr + offs_y, out, mask=mask)
+    async_copy.wait_group(0)
+
+
+def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, *, block_t: int, block_p: int, block_n: int, has_d: bool,
+                   d_has_hdim: bool, has_z: bool) -> None:
+    """Launches the Gluon output walk on `_scan_fwd_kernel`'s arguments (its PREC left out)."""
+    _scan_fwd_wgmma_kernel[grid](*args, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, HAS_D=has_d,
+                                 D_HAS_HDIM=d_has_hdim, HAS_Z=has_z, num_warps=4)
+
+
+def wgmma_supported(x: torch.Tensor, block_t: int, block_n: int) -> bool:
+    """Whether the Gluon walk can run: bf16 / fp16 on an sm_90 GPU, 64-token steps, d_state tiles of 64 or 128
+    (the state product B^T x needs 64 rows per warpgroup), not under the Triton interpreter."""
+    return (os.environ.get("TRITON_INTERPRET") != "1" and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+            and block_t == 64 and block_n in (64, 128) and torch.cuda.get_device_capability(x.device) == (9, 0))

@@ -1,0 +1,69 @@
+"""The Gluon output walk (kernels/ssd/forward_wgmma.py) computes what the Triton walk computes.
+
+Gluon kernels do not run in the Triton interpreter, so these tests need an sm_90 GPU. Each runs the scan forward
+with the Gluon walk forced on and forced off (ARCHSPEC_SSD_SCAN=wgmma=1 / wgmma=0) and with the float64
+reference, on fresh random bf16 inputs: the walk's y must be as close to the reference as the Triton walk's, and
+close to it. Outputs are poisoned with NaN (conftest), so a row the walk skips fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from archspec.kernels.reference import ssd_naive
+from archspec.kernels.ssd import ssd_scan_triton
+from archspec.kernels.ssd.config import scan_config
+from archspec.kernels.ssd.forward_wgmma import wgmma_supported
+
+sm90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not sm90, reason="needs an sm_90 (Hopper) GPU")]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+def _forward(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, wgmma: int) -> tuple:
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"wgmma={wgmma}")
+    with torch.no_grad():
+        return ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **inputs)
+
+
+@pytest.mark.parametrize("headdim,dstate", [(64, 64), (64, 128), (128, 64), (128, 128), (96, 80), (256, 64)])
+@pytest.mark.parametrize("chunk_size", [64, 256])
+def test_gluon_walk_matches_triton_walk_and_reference(make_ssd_inputs, monkeypatch, headdim: int, dstate: int,
+                                                      chunk_size: int) -> None:
+    """Packed sequences with ragged chunks, D per channel, z gating, initial states; 4 heads in 2 groups."""
+    inputs = make_ssd_inputs(1, 900, 4, headdim, 2, dstate, torch.bfloat16, "cuda", seqlens=[70, 1, 600, 229],
+                             with_D=True, D_has_hdim=True, with_z=True, with_dt_bias=True, dt_softplus=True,
+                             with_initial_states=True)
+    cfg = scan_config(headdim, dstate, chunk_size)
+    assert wgmma_supported(inputs["x"], cfg.block_m, cfg.block_n)
+    y_gluon, final_gluon = _forward(monkeypatch, inputs, chunk_size, 1)
+    y_triton, final_triton = _forward(monkeypatch, inputs, chunk_size, 0)
+    ref = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+    y_ref = ssd_naive(chunk_size=chunk_size, **ref)
+    assert torch.isfinite(y_gluon).all()
+    assert torch.equal(final_gluon, final_triton)  # the state pass is shared
+    assert rel_err(y_gluon, y_ref) < 1.5e-2
+    assert rel_err(y_gluon, y_ref) < 1.5 * rel_err(y_triton, y_ref) + 1e-3
+    assert rel_err(y_gluon, y_triton) < 1e-2
+
+
+def test_gluon_walk_without_d_and_z_and_with_d_per_head(make_ssd_inputs, monkeypatch) -> None:
+    for options in ({}, dict(with_D=True)):
+        inputs = make_ssd_inputs(2, 512, 4, 64, 1, 128, torch.bfloat16, "cuda", **options)
+        y_gluon, _ = _forward(monkeypatch, inputs, 128, 1)
+        y_triton, _ = _forward(monkeypatch, inputs, 128, 0)
+        assert rel_err(y_gluon, y_triton) < 1e-2, options
+
+
+def test_gluon_walk_is_not_used_where_it_cannot_run(make_ssd_inputs) -> None:
+    """float32, 32-token steps (chunk 32) and d_state tiles under 64 stay on the Triton walk."""
+    x16 = make_ssd_inputs(1, 64, 2, 64, 1, 64, torch.bfloat16, "cuda")["x"]
+    x32 = make_ssd_inputs(1, 64, 2, 64, 1, 64, torch.float32, "cuda")["x"]
+    assert wgmma_supported(x16, 64, 64) and wgmma_supported(x16, 64, 128)
+    assert not wgmma_supported(x32, 64, 64)
+    assert not wgmma_supported(x16, 32, 64)
+    assert not wgmma_supported(x16, 64, 32)
