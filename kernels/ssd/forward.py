@@ -249,12 +249,10 @@ def ssd_forward(
                 x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
                 z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),
                 ntokens, nheads, headdim, dstate, per_group)
-        flags = dict(has_d=D is not None, d_has_hdim=D is not None and D.dim() == 2, has_z=z is not None)
+        consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=D is not None,
+                      D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None)
         if cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n):
-            scan_fwd_wgmma(grid, args, block_t=cfg.block_m, block_p=cfg.block_p, block_n=cfg.block_n, **flags)
+            scan_fwd_wgmma(grid, args, consts)
         else:
-            _scan_fwd_kernel[grid](
-                *args, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=flags["has_d"],
-                D_HAS_HDIM=flags["d_has_hdim"], HAS_Z=flags["has_z"], PREC=prec, **cfg.launch_options(),
-            )
+            _scan_fwd_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
     return ForwardResult(y, y_pre, final, states, s, dtp, cb)

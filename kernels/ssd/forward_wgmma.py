@@ -194,11 +194,10 @@ def _scan_fwd_wgmma_kernel(
     async_copy.wait_group(0)
 
 
-def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, *, block_t: int, block_p: int, block_n: int, has_d: bool,
-                   d_has_hdim: bool, has_z: bool) -> None:
-    """Launches the Gluon output walk on `_scan_fwd_kernel`'s arguments (its PREC left out)."""
-    _scan_fwd_wgmma_kernel[grid](*args, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, HAS_D=has_d,
-                                 D_HAS_HDIM=d_has_hdim, HAS_Z=has_z, num_warps=4)
+def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict) -> None:
+    """Launches the Gluon output walk, one warpgroup per program, on `_scan_fwd_kernel`'s arguments and
+    constexprs (its PREC left out: the products take the inputs' 16-bit dtype)."""
+    _scan_fwd_wgmma_kernel[grid](*args, **consts, num_warps=4)
 
 
 def wgmma_supported(x: torch.Tensor, block_t: int, block_n: int) -> bool:
