@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from archspec.kernels.conv import causal_conv1d, causal_conv1d_reference  # noqa: E402
 from archspec.kernels.conv.triton_conv import ConvTiles, causal_conv1d_triton  # noqa: E402
+from errors import rel_err  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL_TILES = ConvTiles(block_t=16, block_c=32, tiles_per_prog=2)
@@ -98,10 +99,6 @@ def run(backend: str, inputs: dict) -> torch.Tensor:
     if backend == "triton":
         return causal_conv1d_triton(**inputs, tiles=SMALL_TILES)
     return causal_conv1d(**inputs, backend=backend)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
 
 def check_forward_and_gradients(backend: str, case: Case, dtype: torch.dtype) -> None:

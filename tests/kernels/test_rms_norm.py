@@ -16,6 +16,7 @@ import torch
 import archspec.kernels.norm.triton_norm as triton_norm
 from archspec.blocks.norm import RMSNorm, RMSNormGated
 from archspec.kernels.norm import MAX_GROUP_SIZE, rms_norm, rms_norm_reference
+from errors import rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ("triton", "torch")
@@ -36,11 +37,6 @@ def fresh_generator() -> torch.Generator:
 
 def randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
     return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype).to(DEVICE)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().double(), ref.detach().to(out.device).double()
-    return float((out - ref).norm() / ref.norm())
 
 
 def gated_rms_norm_f64(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tensor], group_size: int,

@@ -15,13 +15,10 @@ from archspec.kernels.reference import ssd_naive
 from archspec.kernels.ssd import ssd_scan_triton
 from archspec.kernels.ssd.config import scan_config
 from archspec.kernels.ssd.forward_wgmma import wgmma_supported
+from errors import rel_err
 
 sm90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not sm90, reason="needs an sm_90 (Hopper) GPU")]
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.double() - ref.double()).norm() / ref.double().norm())
 
 
 def _forward(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, wgmma: int) -> tuple:

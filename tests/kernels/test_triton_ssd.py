@@ -19,6 +19,7 @@ import pytest  # noqa: E402
 
 from archspec.kernels.reference import ssd_naive  # noqa: E402
 from archspec.kernels.ssd import ssd_scan_triton  # noqa: E402
+from errors import rel_err  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -31,10 +32,6 @@ TOL = {torch.float32: (1e-4, 1e-4, 1e-4), torch.bfloat16: (1.5e-2, 2.5e-2, 6e-2)
        torch.float16: (5e-3, 1e-2, 3e-2)}
 REDUCED = {"A", "D", "dt_bias"}
 
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.detach().double() - ref.detach().double()).norm() / ref.detach().double().norm())
 
 
 def _float64_copy(inputs: dict) -> dict:

@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 
 from archspec.kernels.reference import ssd_naive, ssd_step_reference  # noqa: E402
 from archspec.kernels.ssd import ssd_step_triton  # noqa: E402
+from errors import rel_err  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -27,10 +28,6 @@ def poison_empty(monkeypatch: pytest.MonkeyPatch) -> None:
     empty, empty_like = torch.empty, torch.empty_like
     monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: empty_like(*a, **k).fill_(float("nan")))
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.double() - ref.double()).norm() / ref.double().norm())
 
 
 def token(inputs: dict, t: int) -> dict:
