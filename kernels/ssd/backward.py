@@ -2,15 +2,16 @@
 
 With dh_c = dL/d(state at the end of chunk c) (from backward_states), per chunk and head:
 - `_dx_kernel`, one program per (head and head_dim block, chunk) walking the chunk backwards and carrying
-  g = sum over later tokens of exp(s_t - s_ref) C_t^T dy_t (or tiles.py's kernel per row tile, as config.py picks):
-  dxp_j = exp(s_last - s_j) dh_c B_j + sum_{t>=j} CB_tj exp(s_t - s_j) dy_t;
-  dx_j = dt'_j dxp_j + D dy_j; dL/d dt'_j (as a multiplier) = x_j . dxp_j; dL/dD; and two log-decay terms:
-  dy_j . exp(s_j) C_j h_in (the entering state's output) and dt'_j exp(s_last - s_j) x_j . dh_c B_j (the path
-  to the chunk's end state).
+  g = exp(s_last - s_ref) dh_c + sum over later tokens of exp(s_t - s_ref) C_t^T dy_t (or tiles.py's kernel per
+  row tile, as config.py picks): dxp_j = exp(s_last - s_j) dh_c B_j + sum_{t>=j} CB_tj exp(s_t - s_j) dy_t;
+  dx_j = dt'_j dxp_j + D dy_j; dL/d dt'_j (as a multiplier) = x_j . dxp_j; dL/dD.
 - `_dcb_kernel`: dCB_tj = sum over the group's heads of exp(s_t - s_j) dt'_j (dy_t . x_j), t >= j; per head the
   score terms G_tj = dCB_tj CB_tj, whose row sums add to (and column sums take from) the log-decay gradient.
 - `_dbc_kernel`: dC_t = sum_heads exp(s_t) dy_t h_c + sum_{j<=t} dCB_tj B_j;
-  dB_j = sum_heads dt'_j exp(s_last - s_j) x_j dh_c + sum_{t>=j} dCB_tj C_t.
+  dB_j = sum_heads dt'_j exp(s_last - s_j) x_j dh_c + sum_{t>=j} dCB_tj C_t; and from the per-head terms of the
+  first sums, two log-decay gradients: C_t . exp(s_t) dy_t h_c = dy_t . exp(s_t) C_t h_c (the entering state's
+  output) and B_j . dt'_j exp(s_last - s_j) x_j dh_c (the path to the chunk's end state). The dx kernels would
+  need a product per term for them (C_t h_c, B_j dh_c) where here they cost a row sum.
 Sums shared between programs are accumulated with relaxed atomics: only later launches read them.
 """
 
@@ -35,8 +36,8 @@ __all__ = ["Gradients", "ssd_backward"]
 
 @triton.jit
 def _dx_kernel(
-    x_ptr, dy_ptr, b_ptr, c_ptr, states_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
-    dx_ptr, ds_ptr, dsend_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
+    x_ptr, dy_ptr, b_ptr, c_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
+    dx_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
     stride_dx_t, stride_dx_h, ntokens, nheads, headdim, dstate, heads_per_group,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -47,16 +48,11 @@ def _dx_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < dstate
     row = head * ntokens + c0
-    s_last = tl.load(s_ptr + row + clen - 1)
     x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
     dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
     b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
     c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
     dx_base = dx_ptr + c0 * stride_dx_t + head * stride_dx_h
-    state_tile = (chunk * nheads + head) * headdim * dstate + offs_p[None, :] * dstate + offs_n[:, None]
-    mask_np = mask_n[:, None] & mask_p[None, :]
-    h_in = tl.load(states_ptr + state_tile, mask=mask_np, other=0.0)
-    dh = tl.load(dstates_ptr + state_tile, mask=mask_np, other=0.0)
     if HAS_D:
         if D_HAS_HDIM:
             dvec = tl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
@@ -64,9 +60,11 @@ def _dx_kernel(
             dval = tl.load(d_ptr + head).to(tl.float32)
     dd = tl.zeros((BLOCK_P,), dtype=tl.float32)
 
-    # g^T (d_state x head_dim block): sum over the chunk's later tokens t of exp(s_t - s_ref) C_t^T dy_t, where
-    # ref is the last token of the tile being walked (the chunk-end state's gradient dh enters separately)
-    g = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+    # g^T (d_state x head_dim block): the gradient of the state after the tile being walked, decayed to the last
+    # token of that tile (ref): the chunk-end state's gradient dh decayed from the chunk's last token, plus the
+    # sum over the chunk's later tokens t of exp(s_t - s_ref) C_t^T dy_t
+    g = tl.load(dstates_ptr + (chunk * nheads + head) * headdim * dstate + offs_p[None, :] * dstate
+                + offs_n[:, None], mask=mask_n[:, None] & mask_p[None, :], other=0.0)
     ntiles = tl.cdiv(clen, BLOCK_T)
     for i in range(0, ntiles):
         t0 = (ntiles - 1 - i) * BLOCK_T
@@ -81,21 +79,11 @@ def _dx_kernel(
         mask = mask_t[:, None] & mask_p[None, :]
         xt = tl.load(x_base + offs_t[:, None] * stride_x_t + offs_p[None, :], mask=mask, other=0.0)
         dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :], mask=mask, other=0.0)
-        # through the outputs of later tiles (g, before this tile's update), then g moves to the previous tile
+        # through the state after this tile (g, before this tile's update), then g moves to the previous tile
         acc = mm(b, g.to(b.dtype), PREC) * tl.where(mask_t, tl.exp(s_ref - s_t), 0.0)[:, None]
         s_prev = tl.load(s_ptr + row + tl.maximum(t0 - 1, 0))
         dyw = (dyt.to(tl.float32) * tl.where(mask_t, tl.exp(s_t - s_prev), 0.0)[:, None]).to(c.dtype)
         g = g * tl.exp(s_ref - s_prev) + mm(tl.trans(c), dyw, PREC)
-
-        # the entering state's output exp(s_t) C_t h_in: its product with dy_t is a log-decay gradient
-        y_in = mm(c, h_in, PREC)
-        tl.atomic_add(ds_ptr + row + offs_t, tl.sum(y_in * dyt.to(tl.float32), 1) * tl.exp(s_t), mask=mask_t,
-                      sem="relaxed")
-        # through the chunk's end state, exp(s_last - s_t) B_t dh^T
-        end = mm(b, dh, PREC) * tl.where(mask_t, tl.exp(s_last - s_t), 0.0)[:, None]
-        tl.atomic_add(dsend_ptr + row + offs_t, dt_t * tl.sum(end * xt.to(tl.float32), 1), mask=mask_t,
-                      sem="relaxed")
-        acc += end
         # through the outputs of this tile (t' >= t)
         bc = mm(b, tl.trans(c), PREC)
         w = bc * tl.exp(tl.minimum(s_t[None, :] - s_t[:, None], 0.0))
@@ -165,8 +153,8 @@ def _dcb_kernel(
 
 @triton.jit
 def _dbc_kernel(
-    x_ptr, dy_ptr, b_ptr, c_ptr, states_ptr, dstates_ptr, dcb_ptr, s_ptr, dtp_ptr, db_ptr, dc_ptr,
-    chunk_start_ptr, chunk_len_ptr,
+    x_ptr, dy_ptr, b_ptr, c_ptr, states_ptr, dstates_ptr, dcb_ptr, s_ptr, dtp_ptr, db_ptr, dc_ptr, ds_ptr,
+    dsend_ptr, chunk_start_ptr, chunk_len_ptr,
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
     stride_db_t, stride_db_g,
     ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
@@ -186,6 +174,11 @@ def _dbc_kernel(
         mask_r = offs_r < clen
         mask_n = offs_n < dstate
         dtype = b_ptr.dtype.element_ty
+        b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
+        c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
+        mask_rn = mask_r[:, None] & mask_n[None, :]
+        b_r = tl.load(b_base + offs_r[:, None] * stride_b_t + offs_n[None, :], mask=mask_rn, other=0.0)
+        c_r = tl.load(c_base + offs_r[:, None] * stride_c_t + offs_n[None, :], mask=mask_rn, other=0.0)
         dc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         db = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for r in range(0, heads_per_group):
@@ -199,6 +192,8 @@ def _dbc_kernel(
             state = (chunk * nheads + head) * headdim * dstate
             dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
             x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
+            dc_head = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            db_head = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for p0 in range(0, headdim, BLOCK_P):
                 offs_p = p0 + tl.arange(0, BLOCK_P)
                 mask_p = offs_p < headdim
@@ -211,12 +206,18 @@ def _dbc_kernel(
                 mask_tile = mask_p[:, None] & mask_n[None, :]
                 h = tl.load(states_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
                 dh = tl.load(dstates_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
-                dc += mm((dyr * to_out[:, None]).to(dtype), h, PREC)
-                db += mm((xr * to_end[:, None]).to(dtype), dh, PREC)
+                dc_head += mm((dyr * to_out[:, None]).to(dtype), h, PREC)
+                db_head += mm((xr * to_end[:, None]).to(dtype), dh, PREC)
+            # with C_r (B_r) they are the log-decay gradients of the entering state's output exp(s_r) C_r h_in
+            # (of the path to the chunk's end state, dt'_r exp(s_last - s_r) x_r . dh B_r)
+            tl.atomic_add(ds_ptr + row + offs_r, tl.sum(dc_head * c_r.to(tl.float32), 1), mask=mask_r,
+                          sem="relaxed")
+            tl.atomic_add(dsend_ptr + row + offs_r, tl.sum(db_head * b_r.to(tl.float32), 1), mask=mask_r,
+                          sem="relaxed")
+            dc += dc_head
+            db += db_head
 
         cb_base = dcb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
-        b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
-        c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
         r_end = tl.minimum((pid_r + 1) * BLOCK_M, clen)
         for k0 in range(0, r_end, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -310,11 +311,11 @@ def ssd_backward(
     dD = torch.zeros(D.shape, **f32) if D is not None else None
     cfg = bwd_dx_config(headdim, dstate, chunk)
     if not cfg.walk:
-        dx_tiles(x, dy, B, C, cb, fwd.states, dstates, fwd.s, fwd.dtp, D, dx, ds, dsend, ddtp, dD, table, prec)
+        dx_tiles(x, dy, B, cb, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table, prec)
     else:
         grid = (nheads * triton.cdiv(headdim, cfg.block_p), table.nchunks)
         _dx_kernel[grid](
-            x, dy, B, C, fwd.states, dstates, fwd.s, fwd.dtp, D, dx, ds, dsend, ddtp, dD, table.chunk_start,
+            x, dy, B, C, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table.chunk_start,
             table.chunk_len, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1),
             C.stride(0), C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, per_group,
             BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
@@ -337,7 +338,8 @@ def ssd_backward(
     cfg = bwd_dbc_config(headdim, dstate, chunk)
     grid = ((chunk // cfg.block_m) * triton.cdiv(dstate, cfg.block_n), ngroups, table.nchunks)
     _dbc_kernel[grid](
-        x, dy, B, C, fwd.states, dstates, dcb, fwd.s, fwd.dtp, dB, dC, table.chunk_start, table.chunk_len,
+        x, dy, B, C, fwd.states, dstates, dcb, fwd.s, fwd.dtp, dB, dC, ds, dsend, table.chunk_start,
+        table.chunk_len,
         x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         dB.stride(0), dB.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
         CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,

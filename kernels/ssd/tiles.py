@@ -122,9 +122,9 @@ def _scan_tiles_kernel(
 
 @triton.jit
 def _dx_tiles_kernel(
-    x_ptr, dy_ptr, b_ptr, c_ptr, cb_ptr, states_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
-    dx_ptr, ds_ptr, dsend_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
-    stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
+    x_ptr, dy_ptr, b_ptr, cb_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
+    dx_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
+    stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g,
     stride_dx_t, stride_dx_h,
     ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -143,35 +143,22 @@ def _dx_tiles_kernel(
         x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
         dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
         b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
-        c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
         mask = mask_j[:, None] & mask_p[None, :]
         tile_j = offs_j[:, None] * stride_x_t + offs_p[None, :]
         tile_dy = offs_j[:, None] * stride_dy_t + offs_p[None, :]
 
-        # through the chunk's end state: exp(s_last - s_j) B_j dh^T; and the output of the entering state
-        # h_in, exp(s_j) C_j h_in^T, whose product with dy_j is the log-decay gradient of that path
+        # through the chunk's end state: exp(s_last - s_j) B_j dh^T
         acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
-        y_in = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
         state_off = (chunk * nheads + head) * headdim * dstate
         for n0 in range(0, dstate, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < dstate
-            mask_jn = mask_j[:, None] & mask_n[None, :]
-            mask_np = mask_n[:, None] & mask_p[None, :]
-            tile_t = offs_p[None, :] * dstate + offs_n[:, None]
             b = tl.load(b_base + offs_j[:, None] * stride_b_t + offs_n[None, :],
-                        mask=mask_jn, other=0.0)
-            dh_t = tl.load(dstates_ptr + state_off + tile_t, mask=mask_np, other=0.0)
+                        mask=mask_j[:, None] & mask_n[None, :], other=0.0)
+            dh_t = tl.load(dstates_ptr + state_off + offs_p[None, :] * dstate + offs_n[:, None],
+                           mask=mask_n[:, None] & mask_p[None, :], other=0.0)
             acc += mm(b, dh_t.to(b.dtype), PREC)
-            c = tl.load(c_base + offs_j[:, None] * stride_c_t + offs_n[None, :],
-                        mask=mask_jn, other=0.0)
-            h_t = tl.load(states_ptr + state_off + tile_t, mask=mask_np, other=0.0)
-            y_in += mm(c, h_t.to(c.dtype), PREC)
         acc = acc * tl.exp(s_last - s_j)[:, None]
-        dyj = tl.load(dy_base + tile_dy, mask=mask, other=0.0).to(tl.float32)
-        tl.atomic_add(ds_ptr + row + offs_j, tl.sum(y_in * dyj, 1) * tl.exp(s_j), mask=mask_j, sem="relaxed")
-        xj = tl.load(x_base + tile_j, mask=mask, other=0.0).to(tl.float32)
-        tl.atomic_add(dsend_ptr + row + offs_j, dt_j * tl.sum(acc * xj, 1), mask=mask_j, sem="relaxed")
 
         # through the outputs of the same chunk, tiles on or below the diagonal
         cb_base = cb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
@@ -239,19 +226,19 @@ def scan_tiles(x: Tensor, C: Tensor, cb: Tensor, states: Tensor, s: Tensor, dtp:
     )
 
 
-def dx_tiles(x: Tensor, dy: Tensor, B: Tensor, C: Tensor, cb: Tensor, states: Tensor, dstates: Tensor, s: Tensor,
-             dtp: Tensor, D: Optional[Tensor], dx: Tensor, ds: Tensor, dsend: Tensor, ddtp: Tensor,
-             dD: Optional[Tensor], table: ChunkTable, prec: str) -> None:
-    """Writes dx and adds to ds, dsend, ddtp, dD by `_dx_tiles_kernel`; arguments as in backward.ssd_backward."""
+def dx_tiles(x: Tensor, dy: Tensor, B: Tensor, cb: Tensor, dstates: Tensor, s: Tensor, dtp: Tensor,
+             D: Optional[Tensor], dx: Tensor, ddtp: Tensor, dD: Optional[Tensor], table: ChunkTable,
+             prec: str) -> None:
+    """Writes dx and adds to ddtp, dD by `_dx_tiles_kernel`; arguments as in backward.ssd_backward."""
     ntokens, nheads, headdim = x.shape
     ngroups, dstate = B.shape[1:]
     chunk = table.chunk_size
     cfg = bwd_dx_config(headdim, dstate, chunk)
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
     _dx_tiles_kernel[grid](
-        x, dy, B, C, cb, states, dstates, s, dtp, D, dx, ds, dsend, ddtp, dD, table.chunk_start,
+        x, dy, B, cb, dstates, s, dtp, D, dx, ddtp, dD, table.chunk_start,
         table.chunk_len, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1),
-        C.stride(0), C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, ngroups,
+        dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, ngroups,
         nheads // ngroups, CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p,
         BLOCK_N=cfg.block_n, HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, PREC=prec,
         **cfg.launch_options(),
