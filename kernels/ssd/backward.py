@@ -31,6 +31,12 @@ from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
 from .tiles import chunk_cb, dx_tiles
 
+try:
+    from .backward_wgmma import dx_wgmma
+    from .wgmma import wgmma_supported
+except ImportError:  # a Triton without Gluon's Hopper API (before 3.5): the Triton kernels everywhere
+    dx_wgmma = None
+
 __all__ = ["Gradients", "ssd_backward"]
 
 
@@ -309,19 +315,21 @@ def ssd_backward(
     cb = fwd.cb if fwd.cb is not None else chunk_cb(B, C, table, prec)
     dx = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)
     dD = torch.zeros(D.shape, **f32) if D is not None else None
-    cfg = bwd_dx_config(headdim, dstate, chunk)
+    gluon = dx_wgmma is not None and wgmma_supported(x, min(chunk, 64), pow2(dstate))
+    cfg = bwd_dx_config(headdim, dstate, chunk, wgmma=gluon)
     if not cfg.walk:
         dx_tiles(x, dy, B, cb, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table, prec)
     else:
         grid = (nheads * triton.cdiv(headdim, cfg.block_p), table.nchunks)
-        _dx_kernel[grid](
-            x, dy, B, C, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table.chunk_start,
-            table.chunk_len, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1),
-            C.stride(0), C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, per_group,
-            BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-            HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, PREC=prec,
-            **cfg.launch_options(),
-        )
+        args = (x, dy, B, C, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table.chunk_start, table.chunk_len,
+                x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
+                C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, per_group)
+        consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=D is not None,
+                      D_HAS_HDIM=D is not None and D.dim() == 2)
+        if cfg.wgmma and gluon and wgmma_supported(x, cfg.block_m, cfg.block_n):
+            dx_wgmma(grid, args, consts)
+        else:
+            _dx_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
 
     dcb = torch.empty(table.nchunks, ngroups, chunk, chunk, **f32)
     cfg = bwd_dcb_config(headdim, chunk)

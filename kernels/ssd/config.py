@@ -31,7 +31,8 @@ class KernelConfig:
     tile, 0 for the kernel per (row tile, chunk) of tiles.py.
     maxnreg: registers per thread ptxas may use (0: as many as it likes, up to 255); a lower cap lets more
     programs share an SM at the price of spills.
-    wgmma (output walk only): 1 runs forward_wgmma.py's Gluon walk where it can run (bf16 / fp16 on sm_90).
+    wgmma (walks only): 1 runs the Gluon walk (forward_wgmma.py, backward_wgmma.py) where it can run (bf16 / fp16
+    on sm_90).
     """
 
     block_m: int
@@ -119,14 +120,20 @@ def scan_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
                                 walk_wgmma=1)
 
 
-def bwd_dx_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
-    """Backward dx kernel. H200 (as above, forward+backward): the walk wins with a 64 x 64 state (6.3 vs 7.7 ms)
-    and loses from 64 x 128 on (head_dim 64, d_state 128: 10.1 vs 9.4 ms; head_dim 128, d_state 64: 13.8 vs
-    12.5), where it carries more than the registers hold. The per-row-tile kernel runs best with a register cap
-    that fits three 4-warp or two 8-warp programs per SM (head_dim 64, d_state 128: 9.45 -> 8.80 ms; head_dim 128,
-    d_state 128: 16.20 -> 14.27; 96-168 swept); the walk is best uncapped."""
+def bwd_dx_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False) -> KernelConfig:
+    """Backward dx kernel; wgmma: whether backward_wgmma.py's Gluon walk can run (bf16 / fp16 on sm_90).
+
+    The Triton walk (H200, as above, forward+backward) wins with a 64 x 64 state (6.3 vs 7.7 ms) and loses from
+    64 x 128 on (head_dim 64, d_state 128: 10.1 vs 9.4 ms; head_dim 128, d_state 64: 13.8 vs 12.5), where it
+    carries more than the registers hold. The per-row-tile kernel runs best with a register cap that fits three
+    4-warp or two 8-warp programs per SM (head_dim 64, d_state 128: 9.45 -> 8.80 ms; head_dim 128, d_state 128:
+    16.20 -> 14.27; 96-168 swept); the walk is best uncapped. The Gluon walk takes the forward walk's shapes
+    (64-token steps, states up to 128 x 128); ARCHSPEC_SSD_DX=wgmma=0 keeps the Triton kernels' rule."""
+    tiles_maxnreg = {4: 168, 8: 128}
+    if wgmma and _overrides("dx").get("wgmma", 1):
+        return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 128 * 128, 64, tiles_maxnreg, walk_wgmma=1)
     return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 64, 32 if dstate > 64 else 64,
-                                tiles_maxnreg={4: 168, 8: 128})
+                                tiles_maxnreg)
 
 
 def bwd_dcb_config(headdim: int, chunk_size: int) -> KernelConfig:

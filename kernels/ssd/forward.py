@@ -30,7 +30,8 @@ from .layout import ChunkTable
 from .tiles import chunk_cb, scan_tiles
 
 try:
-    from .forward_wgmma import scan_fwd_wgmma, wgmma_supported
+    from .forward_wgmma import scan_fwd_wgmma
+    from .wgmma import wgmma_supported
 except ImportError:  # a Triton without Gluon's Hopper API (before 3.5): the Triton walk everywhere
     scan_fwd_wgmma = None
 

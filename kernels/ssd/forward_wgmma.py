@@ -19,10 +19,6 @@ the two on a GPU (tests/kernels/test_ssd_wgmma.py).
 
 from __future__ import annotations
 
-import os
-
-import torch
-from triton.runtime.jit import constexpr_function
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -32,35 +28,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-__all__ = ["scan_fwd_wgmma", "wgmma_supported"]
+from .wgmma import copy_layout, copy_tile, mma_layout
 
-# cp.async into shared memory: `async_load` after triton 3.6 (the device's version), `async_copy_global_to_shared`
-# in 3.6
-_async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
-
-
-@constexpr_function
-def _mma_layout(n, num_warps):
-    """Accumulator layout of a wgmma whose output has n columns (64 rows per warpgroup)."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
-
-
-@constexpr_function
-def _copy_layout(cols, num_warps):
-    """Rows of a bf16 tile spread so each thread copies 16 contiguous bytes."""
-    lanes_c = min(cols // 8, 32)
-    return gl.BlockedLayout([1, 8], [32 // lanes_c, lanes_c], [num_warps, 1], [1, 0])
-
-
-@gluon.jit
-def _copy_tile(smem, base, stride_t, t0, clen, cols, BLOCK_T: gl.constexpr, BLOCK_C: gl.constexpr):
-    """Starts the copy of rows t0.. of a (token, column) tile into smem; rows past clen, columns past cols: 0."""
-    layout: gl.constexpr = _copy_layout(BLOCK_C, gl.num_warps())
-    offs_t = t0 + gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, layout))
-    offs_c = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, layout))
-    ptrs = base + offs_t[:, None].to(gl.int64) * stride_t + offs_c[None, :]
-    mask = (offs_t[:, None] < clen) & (offs_c[None, :] < cols)
-    _async_load(smem, ptrs, mask)
+__all__ = ["scan_fwd_wgmma"]
 
 
 @gluon.jit
@@ -73,8 +43,8 @@ def _scan_fwd_wgmma_kernel(
     HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr, HAS_Z: gl.constexpr,
 ):
     dtype: gl.constexpr = x_ptr.dtype.element_ty
-    mma_p: gl.constexpr = _mma_layout(BLOCK_P, gl.num_warps())  # y (tokens x head_dim), h^T (d_state x head_dim)
-    mma_t: gl.constexpr = _mma_layout(BLOCK_T, gl.num_warps())  # C B^T (tokens x tokens)
+    mma_p: gl.constexpr = mma_layout(BLOCK_P, gl.num_warps())  # y (tokens x head_dim), h^T (d_state x head_dim)
+    mma_t: gl.constexpr = mma_layout(BLOCK_T, gl.num_warps())  # C B^T (tokens x tokens)
     w_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_p, k_width=2)
     rows_p: gl.constexpr = gl.SliceLayout(1, mma_p)
     cols_p: gl.constexpr = gl.SliceLayout(0, mma_p)
@@ -102,9 +72,9 @@ def _scan_fwd_wgmma_kernel(
     xw_smem = gl.allocate_shared_memory(dtype, [BLOCK_T, BLOCK_P], tp_smem)
     h_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_P], np_smem)
 
-    _copy_tile(c_smem.index(0), c_base, stride_c_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
-    _copy_tile(b_smem.index(0), b_base, stride_b_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
-    _copy_tile(x_smem.index(0), x_base, stride_x_t, 0, clen, headdim - p0, BLOCK_T, BLOCK_P)
+    copy_tile(c_smem.index(0), c_base, stride_c_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
+    copy_tile(b_smem.index(0), b_base, stride_b_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
+    copy_tile(x_smem.index(0), x_base, stride_x_t, 0, clen, headdim - p0, BLOCK_T, BLOCK_P)
     async_copy.commit_group()
 
     # h^T (d_state x head_dim block): the state after the tokens walked so far, decayed to the last of them
@@ -119,7 +89,7 @@ def _scan_fwd_wgmma_kernel(
     offs_i = gl.arange(0, BLOCK_T, layout=rows_t)
     offs_j = gl.arange(0, BLOCK_T, layout=cols_t)
     offs_r = gl.arange(0, BLOCK_T, layout=rows_p)
-    io_p: gl.constexpr = _copy_layout(BLOCK_P, gl.num_warps())  # y and z, coalesced
+    io_p: gl.constexpr = copy_layout(BLOCK_P, gl.num_warps())  # y and z, coalesced
     offs_io_t = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, io_p))
     offs_io_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, io_p))
     s_prev = gl.zeros((), dtype=gl.float32)
@@ -128,9 +98,9 @@ def _scan_fwd_wgmma_kernel(
         t0 = step * BLOCK_T
         buf = step % 2
         nxt = (step + 1) % 2
-        _copy_tile(c_smem.index(nxt), c_base, stride_c_t, t0 + BLOCK_T, clen, dstate, BLOCK_T, BLOCK_N)
-        _copy_tile(b_smem.index(nxt), b_base, stride_b_t, t0 + BLOCK_T, clen, dstate, BLOCK_T, BLOCK_N)
-        _copy_tile(x_smem.index(nxt), x_base, stride_x_t, t0 + BLOCK_T, clen, headdim - p0, BLOCK_T, BLOCK_P)
+        copy_tile(c_smem.index(nxt), c_base, stride_c_t, t0 + BLOCK_T, clen, dstate, BLOCK_T, BLOCK_N)
+        copy_tile(b_smem.index(nxt), b_base, stride_b_t, t0 + BLOCK_T, clen, dstate, BLOCK_T, BLOCK_N)
+        copy_tile(x_smem.index(nxt), x_base, stride_x_t, t0 + BLOCK_T, clen, headdim - p0, BLOCK_T, BLOCK_P)
         async_copy.commit_group()
         async_copy.wait_group(1)
         fence_async_shared()
@@ -199,9 +169,3 @@ def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict) -> None:
     constexprs (its PREC left out: the products take the inputs' 16-bit dtype)."""
     _scan_fwd_wgmma_kernel[grid](*args, **consts, num_warps=4)
 
-
-def wgmma_supported(x: torch.Tensor, block_t: int, block_n: int) -> bool:
-    """Whether the Gluon walk can run: bf16 / fp16 on an sm_90 GPU, 64-token steps, d_state tiles of 64 or 128
-    (the state product B^T x needs 64 rows per warpgroup), not under the Triton interpreter."""
-    return (os.environ.get("TRITON_INTERPRET") != "1" and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
-            and block_t == 64 and block_n in (64, 128) and torch.cuda.get_device_capability(x.device) == (9, 0))

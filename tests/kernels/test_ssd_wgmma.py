@@ -1,9 +1,9 @@
-"""The Gluon output walk (kernels/ssd/forward_wgmma.py) computes what the Triton walk computes.
+"""The Gluon walks (kernels/ssd/forward_wgmma.py, backward_wgmma.py) compute what the Triton kernels compute.
 
-Gluon kernels do not run in the Triton interpreter, so these tests need an sm_90 GPU. Each runs the scan forward
-with the Gluon walk forced on and forced off (ARCHSPEC_SSD_SCAN=wgmma=1 / wgmma=0) and with the float64
-reference, on fresh random bf16 inputs: the walk's y must be as close to the reference as the Triton walk's, and
-close to it. Outputs are poisoned with NaN (conftest), so a row the walk skips fails.
+Gluon kernels do not run in the Triton interpreter, so these tests need an sm_90 GPU. Each runs the scan with
+the Gluon walk forced on and forced off (ARCHSPEC_SSD_SCAN / ARCHSPEC_SSD_DX = wgmma=1 / wgmma=0) and with the
+float64 reference, on fresh random bf16 inputs: the walk's results must be as close to the reference as the
+Triton kernels', and close to them. Outputs are poisoned with NaN (conftest), so a row the walk skips fails.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 
 from archspec.kernels.reference import ssd_naive
 from archspec.kernels.ssd import ssd_scan_triton
-from archspec.kernels.ssd.config import scan_config
-from archspec.kernels.ssd.forward_wgmma import wgmma_supported
+from archspec.kernels.ssd.config import bwd_dx_config, scan_config
+from archspec.kernels.ssd.wgmma import wgmma_supported
 from errors import rel_err
 
 sm90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -64,3 +64,61 @@ def test_gluon_walk_is_not_used_where_it_cannot_run(make_ssd_inputs) -> None:
     assert not wgmma_supported(x32, 64, 64)
     assert not wgmma_supported(x16, 32, 64)
     assert not wgmma_supported(x16, 64, 32)
+
+
+GRAD_TOL, REDUCED_TOL = 2.5e-2, 6e-2  # bf16, as in test_triton_ssd.py: per-token gradients, sums over tokens
+_REDUCED = {"A", "D", "dt_bias"}
+
+
+def _gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, wgmma: int, dy: torch.Tensor,
+               dfinal: torch.Tensor) -> dict:
+    """The gradients of every floating input with the Gluon dx walk on (wgmma=1) or off."""
+    monkeypatch.setenv("ARCHSPEC_SSD_DX", f"wgmma={wgmma}")
+    leaves = {k: v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point()
+              else v for k, v in inputs.items()}
+    y, final = ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **leaves)
+    torch.autograd.backward([y, final], [dy, dfinal])
+    return {k: v.grad for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+
+
+def _check_dx_walk(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int) -> None:
+    x = inputs["x"]
+    headdim, dstate = x.shape[-1], inputs["B"].shape[-1]
+    cfg = bwd_dx_config(headdim, dstate, chunk_size, wgmma=True)
+    assert cfg.walk and cfg.wgmma and wgmma_supported(x, cfg.block_m, cfg.block_n)
+    with torch.no_grad():
+        y, final = ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **inputs)
+    dy, dfinal = torch.randn_like(y), torch.randn_like(final)
+    gluon = _gradients(monkeypatch, inputs, chunk_size, 1, dy, dfinal)
+    triton_ = _gradients(monkeypatch, inputs, chunk_size, 0, dy, dfinal)
+    ref_inputs = {k: v.detach().double().requires_grad_(True) if isinstance(v, torch.Tensor)
+                  and v.is_floating_point() else v for k, v in inputs.items()}
+    y_ref, final_ref = ssd_naive(chunk_size=chunk_size, return_final_states=True, **ref_inputs)
+    torch.autograd.backward([y_ref, final_ref], [dy.double(), dfinal.double()])
+    for name, grad in gluon.items():
+        ref = ref_inputs[name].grad
+        assert torch.isfinite(grad).all(), name
+        tol = REDUCED_TOL if name in _REDUCED else GRAD_TOL
+        assert rel_err(grad, ref) < tol, f"d{name}: {rel_err(grad, ref):.2e} from the reference"
+        assert rel_err(grad, ref) < 1.5 * rel_err(triton_[name], ref) + 1e-3, f"d{name}: less accurate than Triton"
+        assert rel_err(grad, triton_[name]) < tol, f"d{name}: {rel_err(grad, triton_[name]):.2e} from Triton"
+    for name in ("B", "C"):  # not the dx kernel's: the same kernels compute them either way
+        assert torch.equal(gluon[name], triton_[name]), name
+
+
+@pytest.mark.parametrize("headdim,dstate", [(64, 64), (64, 128), (128, 64), (128, 128), (96, 80), (32, 64)])
+@pytest.mark.parametrize("chunk_size", [64, 256])
+def test_gluon_dx_walk_matches_triton_and_reference_gradients(make_ssd_inputs, monkeypatch, headdim: int,
+                                                             dstate: int, chunk_size: int) -> None:
+    """Packed sequences with ragged chunks, D per channel, z gating, dt bias and softplus, initial states; 4 heads
+    in 2 groups."""
+    inputs = make_ssd_inputs(1, 900, 4, headdim, 2, dstate, torch.bfloat16, "cuda", seqlens=[70, 1, 600, 229],
+                             with_D=True, D_has_hdim=True, with_z=True, with_dt_bias=True, dt_softplus=True,
+                             with_initial_states=True)
+    _check_dx_walk(monkeypatch, inputs, chunk_size)
+
+
+@pytest.mark.parametrize("options", [{}, dict(with_D=True)], ids=["no_D", "D_per_head"])
+def test_gluon_dx_walk_without_d_and_with_d_per_head(make_ssd_inputs, monkeypatch, options: dict) -> None:
+    inputs = make_ssd_inputs(2, 512, 4, 64, 1, 64, torch.bfloat16, "cuda", **options)
+    _check_dx_walk(monkeypatch, inputs, 128)

@@ -1,0 +1,183 @@
+"""The backward dx walk with asynchronous warpgroup MMA (Gluon, Hopper only).
+
+Same program and arithmetic as backward.py's `_dx_kernel` (one program per head and head_dim block, chunk; a walk
+backwards through the chunk in 64-token tiles carrying g^T, the gradient of the state after the tile, d_state x
+head_dim block, float32), written in Gluon so that a tile's products are in flight together, as in
+forward_wgmma.py's output walk (of which this is the mirror image: B and C, x and dy, the state and its gradient
+trade places, and the mask is transposed):
+
+    B C^T, B g, C^T (decay_in * dy) issued at once; the masked decay of B C^T formed while the last two run;
+    then W dy accumulated onto decay_out * B g.
+
+Tiles of B, C and dy are copied into shared memory one step ahead (cp.async, two buffers); x, needed only by the
+elementwise tail (dL/d dt' and dL/dD), is read from global memory straight into registers; dx leaves through
+shared memory in 16-byte row pieces. For bf16 / fp16 inputs on sm_90 with 64-token steps and d_state tiles of 64
+or 128; backward.py runs the Triton kernels everywhere else, and tests/kernels/test_ssd_wgmma.py compares the
+two on a GPU.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    async_copy,
+    fence_async_shared,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from .wgmma import copy_layout, copy_tile, mma_layout
+
+__all__ = ["dx_wgmma"]
+
+
+@gluon.jit
+def _dx_wgmma_kernel(
+    x_ptr, dy_ptr, b_ptr, c_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
+    dx_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
+    stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
+    stride_dx_t, stride_dx_h, ntokens, nheads, headdim, dstate, heads_per_group,
+    BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr,
+    HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr,
+):
+    dtype: gl.constexpr = dy_ptr.dtype.element_ty
+    mma_p: gl.constexpr = mma_layout(BLOCK_P, gl.num_warps())  # dx (tokens x head_dim), g^T (d_state x head_dim)
+    mma_t: gl.constexpr = mma_layout(BLOCK_T, gl.num_warps())  # B C^T (tokens x tokens)
+    w_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_p, k_width=2)
+    rows_p: gl.constexpr = gl.SliceLayout(1, mma_p)
+    cols_p: gl.constexpr = gl.SliceLayout(0, mma_p)
+    rows_t: gl.constexpr = gl.SliceLayout(1, mma_t)
+    cols_t: gl.constexpr = gl.SliceLayout(0, mma_t)
+    tn_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_T, BLOCK_N], dtype)
+    tp_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_T, BLOCK_P], dtype)
+    np_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_P], dtype)
+
+    blocks_p = gl.cdiv(headdim, BLOCK_P)
+    head = (gl.program_id(0) // blocks_p).to(gl.int64)
+    p0 = (gl.program_id(0) % blocks_p) * BLOCK_P
+    group = head // heads_per_group
+    chunk = gl.program_id(1).to(gl.int64)
+    c0 = gl.load(chunk_start_ptr + chunk).to(gl.int64)
+    clen = gl.load(chunk_len_ptr + chunk)
+    row = head * ntokens + c0
+    dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h + p0
+    b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
+    c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
+
+    c_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_T, BLOCK_N], tn_smem)
+    b_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_T, BLOCK_N], tn_smem)
+    dy_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_T, BLOCK_P], tp_smem)
+    dyw_smem = gl.allocate_shared_memory(dtype, [BLOCK_T, BLOCK_P], tp_smem)
+    g_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_P], np_smem)
+
+    nsteps = gl.cdiv(clen, BLOCK_T)
+    t_first = (nsteps - 1) * BLOCK_T
+    copy_tile(c_smem.index(0), c_base, stride_c_t, t_first, clen, dstate, BLOCK_T, BLOCK_N)
+    copy_tile(b_smem.index(0), b_base, stride_b_t, t_first, clen, dstate, BLOCK_T, BLOCK_N)
+    copy_tile(dy_smem.index(0), dy_base, stride_dy_t, t_first, clen, headdim - p0, BLOCK_T, BLOCK_P)
+    async_copy.commit_group()
+
+    # g^T starts as the chunk-end state's gradient, at the chunk's last token (the reference of the last tile)
+    offs_gn = gl.arange(0, BLOCK_N, layout=rows_p)
+    offs_p = p0 + gl.arange(0, BLOCK_P, layout=cols_p)
+    mask_p = offs_p < headdim
+    g = gl.load(dstates_ptr + (chunk * nheads + head) * headdim * dstate + offs_p[None, :] * dstate
+                + offs_gn[:, None], mask=(offs_gn[:, None] < dstate) & mask_p[None, :], other=0.0)
+    g_smem.store(g.to(dtype))
+    fence_async_shared()
+
+    if HAS_D:
+        if D_HAS_HDIM:
+            dvec = gl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(gl.float32)
+        else:
+            dval = gl.load(d_ptr + head).to(gl.float32)
+    dd = gl.zeros((BLOCK_P,), dtype=gl.float32, layout=cols_p)
+    offs_i = gl.arange(0, BLOCK_T, layout=rows_t)
+    offs_j = gl.arange(0, BLOCK_T, layout=cols_t)
+    offs_r = gl.arange(0, BLOCK_T, layout=rows_p)
+    io_p: gl.constexpr = copy_layout(BLOCK_P, gl.num_warps())  # dx, coalesced
+    offs_io_t = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, io_p))
+    offs_io_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, io_p))
+    for step in range(0, nsteps):
+        t0 = t_first - step * BLOCK_T
+        buf = step % 2
+        nxt = (step + 1) % 2
+        rows_next = clen * (t0 > 0).to(gl.int32)  # past the chunk's first tile: nothing to copy
+        copy_tile(c_smem.index(nxt), c_base, stride_c_t, t0 - BLOCK_T, rows_next, dstate, BLOCK_T, BLOCK_N)
+        copy_tile(b_smem.index(nxt), b_base, stride_b_t, t0 - BLOCK_T, rows_next, dstate, BLOCK_T, BLOCK_N)
+        copy_tile(dy_smem.index(nxt), dy_base, stride_dy_t, t0 - BLOCK_T, rows_next, headdim - p0, BLOCK_T,
+                  BLOCK_P)
+        async_copy.commit_group()
+        async_copy.wait_group(1)
+        fence_async_shared()
+        c_tile = c_smem.index(buf)
+        b_tile = b_smem.index(buf)
+        dy_tile = dy_smem.index(buf)
+
+        bc = warpgroup_mma(b_tile, c_tile.permute((1, 0)), gl.zeros((BLOCK_T, BLOCK_T), gl.float32, mma_t),
+                           use_acc=False, is_async=True)
+        bg = warpgroup_mma(b_tile, g_smem, gl.zeros((BLOCK_T, BLOCK_P), gl.float32, mma_p),
+                           use_acc=False, is_async=True)
+
+        s_ref = gl.load(s_ptr + row + gl.minimum(t0 + BLOCK_T, clen) - 1)
+        s_prev = gl.load(s_ptr + row + gl.maximum(t0 - 1, 0))
+        mask_r = t0 + offs_r < clen
+        s_r = gl.load(s_ptr + row + t0 + offs_r, mask=mask_r, other=0.0)
+        dy_reg = dy_tile.load(mma_p)
+        decay_in = gl.where(mask_r, gl.exp(s_r - s_prev), 0.0)
+        dyw_smem.store((dy_reg.to(gl.float32) * decay_in[:, None]).to(dtype))
+        fence_async_shared()
+        g_next = warpgroup_mma(c_tile.permute((1, 0)), dyw_smem, g * gl.exp(s_ref - s_prev), is_async=True)
+
+        mask_rp = mask_r[:, None] & mask_p[None, :]
+        offs_x = (c0 + t0 + offs_r)[:, None] * stride_x_t + head * stride_x_h + offs_p[None, :]
+        x_reg = gl.load(x_ptr + offs_x, mask=mask_rp, other=0.0).to(gl.float32)
+        dt_r = gl.load(dtp_ptr + row + t0 + offs_r, mask=mask_r, other=0.0)
+        mask_i = t0 + offs_i < clen
+        mask_j = t0 + offs_j < clen
+        s_i = gl.load(s_ptr + row + t0 + offs_i, mask=mask_i, other=0.0)
+        s_j = gl.load(s_ptr + row + t0 + offs_j, mask=mask_j, other=0.0)
+        bc = warpgroup_mma_wait(num_outstanding=2, deps=(bc,))
+        w = bc * gl.exp(gl.minimum(s_j[None, :] - s_i[:, None], 0.0))
+        w = gl.where(offs_j[None, :] >= offs_i[:, None], w, 0.0)
+        w = gl.convert_layout(w.to(dtype), w_layout)
+
+        bg = warpgroup_mma_wait(num_outstanding=1, deps=(bg,))
+        decay_out = gl.where(mask_r, gl.exp(s_ref - s_r), 0.0)
+        acc = warpgroup_mma(w, dy_tile, bg * decay_out[:, None], is_async=True)
+
+        g = warpgroup_mma_wait(num_outstanding=1, deps=(g_next,))
+        g_smem.store(g.to(dtype))
+        fence_async_shared()
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+
+        gl.atomic_add(ddtp_ptr + row + t0 + offs_r, gl.sum(acc * x_reg, 1), mask=mask_r, sem="relaxed")
+        dx = acc * dt_r[:, None]
+        if HAS_D:
+            dyf = dy_reg.to(gl.float32)
+            if D_HAS_HDIM:
+                dx += dyf * dvec[None, :]
+            else:
+                dx += dyf * dval
+            dd += gl.sum(dyf * x_reg, 0)
+
+        # dx through shared memory (dyw's buffer, free once g is updated) into rows of 16-byte pieces per thread
+        dyw_smem.store(dx.to(dtype))
+        out = dyw_smem.load(io_p)
+        offs_t = c0 + t0 + offs_io_t
+        mask = (offs_io_t < clen - t0)[:, None] & (offs_io_p < headdim)[None, :]
+        gl.store(dx_ptr + offs_t[:, None] * stride_dx_t + head * stride_dx_h + offs_io_p[None, :],
+                 out.to(dx_ptr.dtype.element_ty), mask=mask)
+    async_copy.wait_group(0)
+    if HAS_D:
+        if D_HAS_HDIM:
+            gl.atomic_add(dd_ptr + head * headdim + offs_p, dd, mask=mask_p, sem="relaxed")
+        else:
+            gl.atomic_add(dd_ptr + head, gl.sum(dd, 0), sem="relaxed")
+
+
+def dx_wgmma(grid: tuple[int, int], args: tuple, consts: dict) -> None:
+    """Launches the Gluon dx walk, one warpgroup per program, on `_dx_kernel`'s arguments and constexprs (its
+    PREC left out: the products take the inputs' 16-bit dtype)."""
+    _dx_wgmma_kernel[grid](*args, **consts, num_warps=4)

@@ -1,0 +1,54 @@
+"""Gluon helpers shared by the Hopper (wgmma) walks: forward_wgmma.py's output walk, backward_wgmma.py's dx walk.
+
+Gluon (triton.experimental.gluon) is Triton's lower-level language: layouts, shared memory, asynchronous copies
+and warpgroup MMA are written out. Its kernels do not run in the Triton interpreter, so each has a Triton twin
+that the CPU tests check and the GPU tests compare it with.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from triton.runtime.jit import constexpr_function
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import async_copy
+
+__all__ = ["copy_layout", "copy_tile", "mma_layout", "wgmma_supported"]
+
+# cp.async into shared memory: `async_load` after triton 3.6 (the device's version), `async_copy_global_to_shared`
+# in 3.6
+_async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+
+
+@constexpr_function
+def mma_layout(n, num_warps):
+    """Accumulator layout of a wgmma whose output has n columns (64 rows per warpgroup)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
+
+
+@constexpr_function
+def copy_layout(cols, num_warps):
+    """Rows of a bf16 tile spread so each thread copies 16 contiguous bytes."""
+    lanes_c = min(cols // 8, 32)
+    return gl.BlockedLayout([1, 8], [32 // lanes_c, lanes_c], [num_warps, 1], [1, 0])
+
+
+@gluon.jit
+def copy_tile(smem, base, stride_t, t0, rows, cols, BLOCK_T: gl.constexpr, BLOCK_C: gl.constexpr):
+    """Starts the copy of rows t0.. of a (token, column) tile into smem; rows from `rows` on and columns from
+    `cols` on are filled with 0."""
+    layout: gl.constexpr = copy_layout(BLOCK_C, gl.num_warps())
+    offs_t = t0 + gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, layout))
+    offs_c = gl.arange(0, BLOCK_C, layout=gl.SliceLayout(0, layout))
+    ptrs = base + offs_t[:, None].to(gl.int64) * stride_t + offs_c[None, :]
+    mask = (offs_t[:, None] < rows) & (offs_c[None, :] < cols)
+    _async_load(smem, ptrs, mask)
+
+
+def wgmma_supported(x: torch.Tensor, block_t: int, block_n: int) -> bool:
+    """Whether a Gluon walk can run: bf16 / fp16 on an sm_90 GPU, 64-token steps, d_state tiles of 64 or 128
+    (the state products need 64 rows per warpgroup), not under the Triton interpreter."""
+    return (os.environ.get("TRITON_INTERPRET") != "1" and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+            and block_t == 64 and block_n in (64, 128) and torch.cuda.get_device_capability(x.device) == (9, 0))
