@@ -70,7 +70,7 @@ def _dx_kernel(
     # token of that tile (ref): the chunk-end state's gradient dh decayed from the chunk's last token, plus the
     # sum over the chunk's later tokens t of exp(s_t - s_ref) C_t^T dy_t
     g = tl.load(dstates_ptr + (chunk * nheads + head) * headdim * dstate + offs_p[None, :] * dstate
-                + offs_n[:, None], mask=mask_n[:, None] & mask_p[None, :], other=0.0)
+                + offs_n[:, None], mask=mask_n[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
     ntiles = tl.cdiv(clen, BLOCK_T)
     for i in range(0, ntiles):
         t0 = (ntiles - 1 - i) * BLOCK_T
@@ -183,10 +183,14 @@ def _dbc_kernel(
         b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
         c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
         mask_rn = mask_r[:, None] & mask_n[None, :]
-        b_r = tl.load(b_base + offs_r[:, None] * stride_b_t + offs_n[None, :], mask=mask_rn, other=0.0)
         c_r = tl.load(c_base + offs_r[:, None] * stride_c_t + offs_n[None, :], mask=mask_rn, other=0.0)
+        b_r = tl.load(b_base + offs_r[:, None] * stride_b_t + offs_n[None, :], mask=mask_rn, other=0.0)
         dc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         db = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        # row sums of C_r dc and B_r db so far: each head's log-decay terms (below) are their increments, which
+        # keeps no per-head copy of dc, db in registers (the sums grow over at most a group's heads)
+        dc_seen = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        db_seen = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for r in range(0, heads_per_group):
             head = group * heads_per_group + r
             row = head.to(tl.int64) * ntokens + c0
@@ -198,8 +202,6 @@ def _dbc_kernel(
             state = (chunk * nheads + head) * headdim * dstate
             dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
             x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
-            dc_head = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            db_head = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for p0 in range(0, headdim, BLOCK_P):
                 offs_p = p0 + tl.arange(0, BLOCK_P)
                 mask_p = offs_p < headdim
@@ -212,16 +214,16 @@ def _dbc_kernel(
                 mask_tile = mask_p[:, None] & mask_n[None, :]
                 h = tl.load(states_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
                 dh = tl.load(dstates_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
-                dc_head += mm((dyr * to_out[:, None]).to(dtype), h, PREC)
-                db_head += mm((xr * to_end[:, None]).to(dtype), dh, PREC)
-            # with C_r (B_r) they are the log-decay gradients of the entering state's output exp(s_r) C_r h_in
-            # (of the path to the chunk's end state, dt'_r exp(s_last - s_r) x_r . dh B_r)
-            tl.atomic_add(ds_ptr + row + offs_r, tl.sum(dc_head * c_r.to(tl.float32), 1), mask=mask_r,
-                          sem="relaxed")
-            tl.atomic_add(dsend_ptr + row + offs_r, tl.sum(db_head * b_r.to(tl.float32), 1), mask=mask_r,
-                          sem="relaxed")
-            dc += dc_head
-            db += db_head
+                dc += mm((dyr * to_out[:, None]).to(dtype), h, PREC)
+                db += mm((xr * to_end[:, None]).to(dtype), dh, PREC)
+            # this head's terms with C_r (B_r) are the log-decay gradients of the entering state's output
+            # exp(s_r) C_r h_in (of the path to the chunk's end state, dt'_r exp(s_last - s_r) x_r . dh B_r)
+            dc_sum = tl.sum(dc * c_r.to(tl.float32), 1)
+            db_sum = tl.sum(db * b_r.to(tl.float32), 1)
+            tl.atomic_add(ds_ptr + row + offs_r, dc_sum - dc_seen, mask=mask_r, sem="relaxed")
+            tl.atomic_add(dsend_ptr + row + offs_r, db_sum - db_seen, mask=mask_r, sem="relaxed")
+            dc_seen = dc_sum
+            db_seen = db_sum
 
         cb_base = dcb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
         r_end = tl.minimum((pid_r + 1) * BLOCK_M, clen)

@@ -83,7 +83,7 @@ def _dx_wgmma_kernel(
     offs_p = p0 + gl.arange(0, BLOCK_P, layout=cols_p)
     mask_p = offs_p < headdim
     g = gl.load(dstates_ptr + (chunk * nheads + head) * headdim * dstate + offs_p[None, :] * dstate
-                + offs_gn[:, None], mask=(offs_gn[:, None] < dstate) & mask_p[None, :], other=0.0)
+                + offs_gn[:, None], mask=(offs_gn[:, None] < dstate) & mask_p[None, :], other=0.0).to(gl.float32)
     g_smem.store(g.to(dtype))
     fence_async_shared()
 
