@@ -103,11 +103,12 @@ def _dx_wgmma_kernel(
         t0 = t_first - step * BLOCK_T
         buf = step % 2
         nxt = (step + 1) % 2
-        rows_next = clen * (t0 > 0).to(gl.int32)  # past the chunk's first tile: nothing to copy
-        copy_tile(c_smem.index(nxt), c_base, stride_c_t, t0 - BLOCK_T, rows_next, dstate, BLOCK_T, BLOCK_N)
-        copy_tile(b_smem.index(nxt), b_base, stride_b_t, t0 - BLOCK_T, rows_next, dstate, BLOCK_T, BLOCK_N)
-        copy_tile(dy_smem.index(nxt), dy_base, stride_dy_t, t0 - BLOCK_T, rows_next, headdim - p0, BLOCK_T,
-                  BLOCK_P)
+        # the tile before (none after the chunk's first: rows limited to 0, from row 0 so no row is negative)
+        t_next = gl.maximum(t0 - BLOCK_T, 0)
+        rows_next = clen * (t0 > 0).to(gl.int32)
+        copy_tile(c_smem.index(nxt), c_base, stride_c_t, t_next, rows_next, dstate, BLOCK_T, BLOCK_N)
+        copy_tile(b_smem.index(nxt), b_base, stride_b_t, t_next, rows_next, dstate, BLOCK_T, BLOCK_N)
+        copy_tile(dy_smem.index(nxt), dy_base, stride_dy_t, t_next, rows_next, headdim - p0, BLOCK_T, BLOCK_P)
         async_copy.commit_group()
         async_copy.wait_group(1)
         fence_async_shared()
