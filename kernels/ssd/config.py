@@ -127,11 +127,13 @@ def bwd_dx_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = Fals
     64 x 128 on (head_dim 64, d_state 128: 10.1 vs 9.4 ms; head_dim 128, d_state 64: 13.8 vs 12.5), where it
     carries more than the registers hold. The per-row-tile kernel runs best with a register cap that fits three
     4-warp or two 8-warp programs per SM (head_dim 64, d_state 128: 9.45 -> 8.80 ms; head_dim 128, d_state 128:
-    16.20 -> 14.27; 96-168 swept); the walk is best uncapped. The Gluon walk takes the forward walk's shapes
-    (64-token steps, states up to 128 x 128); ARCHSPEC_SSD_DX=wgmma=0 keeps the Triton kernels' rule."""
+    16.20 -> 14.27; 96-168 swept); the walk is best uncapped. The Gluon walk (64-token steps) beats the Triton
+    kernels up to 8,192 state elements (whole forward+backward, H200, 8 x 8192 tokens: 64 x 64 5.73 -> 5.59 ms,
+    64 x 128 8.32 -> 7.98, 128 x 64 10.00 -> 9.53) and loses to the per-row-tile kernel at 128 x 128 (12.68 ->
+    13.74); ARCHSPEC_SSD_DX=wgmma=0 keeps the Triton kernels' rule."""
     tiles_maxnreg = {4: 168, 8: 128}
     if wgmma and _overrides("dx").get("wgmma", 1):
-        return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 128 * 128, 64, tiles_maxnreg, walk_wgmma=1)
+        return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 128, 64, tiles_maxnreg, walk_wgmma=1)
     return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 64, 32 if dstate > 64 else 64,
                                 tiles_maxnreg)
 
@@ -146,6 +148,6 @@ def bwd_dbc_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     """Backward dB/dC kernel: block_m rows, block_k partner rows, block_p head_dim step, block_n d_state tile."""
     t = _token_tile(chunk_size)
     bn = min(pow2(dstate), 128)
-    # H200: a 128-register cap cut fwd+bwd by 1-4% up to d_state 128 (96 and 168 did not); 256 was not measured
-    maxnreg = 128 if pow2(dstate) <= 128 else 0
-    return _override("dbc", KernelConfig(t, t, min(pow2(headdim), 64), bn, 4 if bn <= 64 else 8, 2, maxnreg=maxnreg))
+    # H200: uncapped since it also takes the log-decay terms of C h and x dh (a 128-register cap, which had cut
+    # fwd+bwd by 1-4% before, now spills 500-650 bytes: 64 x 64 5.59 -> 5.13 ms without it, 128 x 128 13.74 -> 13.19)
+    return _override("dbc", KernelConfig(t, t, min(pow2(headdim), 64), bn, 4 if bn <= 64 else 8, 2))

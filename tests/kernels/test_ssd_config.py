@@ -51,11 +51,12 @@ def test_output_walk_runs_as_the_gluon_kernel_unless_switched_off(monkeypatch: p
 
 def test_dx_kernel_walks_as_the_gluon_kernel_where_it_can_run_unless_switched_off(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the Gluon walk the dx kernel walks 64-token steps up to a 128 x 128 state; without it (or with
-    ARCHSPEC_SSD_DX=wgmma=0) the Triton walk only up to 64 x 64, and the row-tile kernel beyond."""
-    for headdim, dstate in [(64, 64), (64, 128), (128, 64), (128, 128)]:
+    """With the Gluon walk the dx kernel walks 64-token steps up to a 64 x 128 or 128 x 64 state; without it (or
+    with ARCHSPEC_SSD_DX=wgmma=0) the Triton walk only up to 64 x 64, and the row-tile kernel beyond."""
+    for headdim, dstate in [(64, 64), (64, 128), (128, 64), (32, 128)]:
         cfg = bwd_dx_config(headdim, dstate, 256, wgmma=True)
         assert (cfg.walk, cfg.wgmma, cfg.block_m, cfg.block_n) == (1, 1, 64, dstate)
+    assert bwd_dx_config(128, 128, 256, wgmma=True).walk == 0
     assert bwd_dx_config(64, 256, 256, wgmma=True).walk == 0
     assert bwd_dx_config(64, 128, 256).walk == 0
     monkeypatch.setenv("ARCHSPEC_SSD_DX", "wgmma=0")

@@ -70,10 +70,13 @@ GRAD_TOL, REDUCED_TOL = 2.5e-2, 6e-2  # bf16, as in test_triton_ssd.py: per-toke
 _REDUCED = {"A", "D", "dt_bias"}
 
 
-def _gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, wgmma: int, dy: torch.Tensor,
+GLUON_DX, TRITON_DX = "walk=1", "wgmma=0"  # the Gluon walk at any shape; the Triton kernels' own rule
+
+
+def _gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, dx_config: str, dy: torch.Tensor,
                dfinal: torch.Tensor) -> dict:
-    """The gradients of every floating input with the Gluon dx walk on (wgmma=1) or off."""
-    monkeypatch.setenv("ARCHSPEC_SSD_DX", f"wgmma={wgmma}")
+    """The gradients of every floating input under ARCHSPEC_SSD_DX=dx_config."""
+    monkeypatch.setenv("ARCHSPEC_SSD_DX", dx_config)
     leaves = {k: v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point()
               else v for k, v in inputs.items()}
     y, final = ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **leaves)
@@ -84,13 +87,14 @@ def _gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, w
 def _check_dx_walk(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int) -> None:
     x = inputs["x"]
     headdim, dstate = x.shape[-1], inputs["B"].shape[-1]
+    monkeypatch.setenv("ARCHSPEC_SSD_DX", GLUON_DX)
     cfg = bwd_dx_config(headdim, dstate, chunk_size, wgmma=True)
     assert cfg.walk and cfg.wgmma and wgmma_supported(x, cfg.block_m, cfg.block_n)
     with torch.no_grad():
         y, final = ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **inputs)
     dy, dfinal = torch.randn_like(y), torch.randn_like(final)
-    gluon = _gradients(monkeypatch, inputs, chunk_size, 1, dy, dfinal)
-    triton_ = _gradients(monkeypatch, inputs, chunk_size, 0, dy, dfinal)
+    gluon = _gradients(monkeypatch, inputs, chunk_size, GLUON_DX, dy, dfinal)
+    triton_ = _gradients(monkeypatch, inputs, chunk_size, TRITON_DX, dy, dfinal)
     ref_inputs = {k: v.detach().double().requires_grad_(True) if isinstance(v, torch.Tensor)
                   and v.is_floating_point() else v for k, v in inputs.items()}
     y_ref, final_ref = ssd_naive(chunk_size=chunk_size, return_final_states=True, **ref_inputs)
@@ -111,7 +115,7 @@ def _check_dx_walk(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: in
 def test_gluon_dx_walk_matches_triton_and_reference_gradients(make_ssd_inputs, monkeypatch, headdim: int,
                                                              dstate: int, chunk_size: int) -> None:
     """Packed sequences with ragged chunks, D per channel, z gating, dt bias and softplus, initial states; 4 heads
-    in 2 groups."""
+    in 2 groups. The walk is forced where config.py would pick the row-tile kernel (128 x 128, 96 x 80)."""
     inputs = make_ssd_inputs(1, 900, 4, headdim, 2, dstate, torch.bfloat16, "cuda", seqlens=[70, 1, 600, 229],
                              with_D=True, D_has_hdim=True, with_z=True, with_dt_bias=True, dt_softplus=True,
                              with_initial_states=True)
