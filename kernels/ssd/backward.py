@@ -127,6 +127,11 @@ def _dcb_kernel(
         chunk_start_ptr, chunk_len_ptr, CHUNK, BLOCK_M, BLOCK_K)
     if active:
         causal = (offs_k[None, :] <= offs_m[:, None]) & mask_k[None, :]
+        # a tile wholly below the diagonal (its last column before its first row) needs no causal mask, and its
+        # decays exp(s_m - s_k) = exp(s_m - s_ref) exp(s_ref - s_k), with ref its last column, are an outer
+        # product of two vectors of factors <= 1 (BLOCK_M + BLOCK_K exps instead of BLOCK_M x BLOCK_K)
+        k_last = (tl.program_id(0) % (CHUNK // BLOCK_K)) * BLOCK_K + BLOCK_K - 1
+        below = k_last < (tl.program_id(0) // (CHUNK // BLOCK_K)) * BLOCK_M
         base = (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
         tile = offs_m[:, None] * CHUNK + offs_k[None, :]
         cb = tl.load(cb_ptr + base + tile, mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
@@ -148,7 +153,11 @@ def _dcb_kernel(
                 xk = tl.load(x_base + offs_k[:, None] * stride_x_t + offs_p[None, :],
                              mask=mask_k[:, None] & mask_p[None, :], other=0.0)
                 g += mm(dym, tl.trans(xk.to(dym.dtype)), PREC)
-            w = tl.where(causal, g * tl.exp(tl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :], 0.0)
+            if below:
+                s_ref = tl.load(s_ptr + row + k_last)
+                w = (g * tl.where(mask_m, tl.exp(s_m - s_ref), 0.0)[:, None]) * (tl.exp(s_ref - s_k) * dt_k)[None, :]
+            else:
+                w = tl.where(causal, g * tl.exp(tl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :], 0.0)
             acc += w
             # the score term G_tj = dCB_tj CB_tj adds to the log-decay gradient of row t and takes from column j
             score = w * cb
