@@ -116,48 +116,6 @@ def _dx_kernel(
 
 
 @triton.jit
-def _dcb_heads(
-    x_ptr, dy_ptr, s_ptr, dtp_ptr, ds_ptr, cb, c0, group, offs_m, mask_m, offs_k, mask_k, k_last,
-    stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, ntokens, headdim, heads_per_group,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BELOW: tl.constexpr, PREC: tl.constexpr,
-):
-    """dCB of one tile (sum over the group's heads) and each head's score terms; BELOW: the tile lies wholly below
-    the diagonal (its last column k_last before its first row), so it needs no causal mask and its decays
-    exp(s_m - s_k) = exp(s_m - s_ref) exp(s_ref - s_k), ref = k_last, are an outer product of two vectors of
-    factors <= 1 (BLOCK_M + BLOCK_K exps instead of BLOCK_M x BLOCK_K)."""
-    causal = (offs_k[None, :] <= offs_m[:, None]) & mask_k[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-    for r in range(0, heads_per_group):
-        head = group * heads_per_group + r
-        row = head.to(tl.int64) * ntokens + c0
-        dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
-        x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
-        s_m = tl.load(s_ptr + row + offs_m, mask=mask_m, other=0.0)
-        s_k = tl.load(s_ptr + row + offs_k, mask=mask_k, other=0.0)
-        dt_k = tl.load(dtp_ptr + row + offs_k, mask=mask_k, other=0.0)
-        g = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        for p0 in range(0, headdim, BLOCK_P):
-            offs_p = p0 + tl.arange(0, BLOCK_P)
-            mask_p = offs_p < headdim
-            dym = tl.load(dy_base + offs_m[:, None] * stride_dy_t + offs_p[None, :],
-                          mask=mask_m[:, None] & mask_p[None, :], other=0.0)
-            xk = tl.load(x_base + offs_k[:, None] * stride_x_t + offs_p[None, :],
-                         mask=mask_k[:, None] & mask_p[None, :], other=0.0)
-            g += mm(dym, tl.trans(xk.to(dym.dtype)), PREC)
-        if BELOW:
-            s_ref = tl.load(s_ptr + row + k_last)
-            w = (g * tl.where(mask_m, tl.exp(s_m - s_ref), 0.0)[:, None]) * (tl.exp(s_ref - s_k) * dt_k)[None, :]
-        else:
-            w = tl.where(causal, g * tl.exp(tl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :], 0.0)
-        acc += w
-        # the score term G_tj = dCB_tj CB_tj adds to the log-decay gradient of row t and takes from column j
-        score = w * cb
-        tl.atomic_add(ds_ptr + row + offs_m, tl.sum(score, 1), mask=mask_m, sem="relaxed")
-        tl.atomic_add(ds_ptr + row + offs_k, -tl.sum(score, 0), mask=mask_k, sem="relaxed")
-    return acc
-
-
-@triton.jit
 def _dcb_kernel(
     x_ptr, dy_ptr, s_ptr, dtp_ptr, cb_ptr, dcb_ptr, ds_ptr, chunk_start_ptr, chunk_len_ptr,
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h,
@@ -168,18 +126,34 @@ def _dcb_kernel(
     group, chunk, c0, clen, active, offs_m, mask_m, offs_k, mask_k = chunk_tile_pair(
         chunk_start_ptr, chunk_len_ptr, CHUNK, BLOCK_M, BLOCK_K)
     if active:
+        causal = (offs_k[None, :] <= offs_m[:, None]) & mask_k[None, :]
         base = (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
         tile = offs_m[:, None] * CHUNK + offs_k[None, :]
         cb = tl.load(cb_ptr + base + tile, mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
-        k_last = (tl.program_id(0) % (CHUNK // BLOCK_K)) * BLOCK_K + BLOCK_K - 1
-        if k_last < (tl.program_id(0) // (CHUNK // BLOCK_K)) * BLOCK_M:
-            acc = _dcb_heads(x_ptr, dy_ptr, s_ptr, dtp_ptr, ds_ptr, cb, c0, group, offs_m, mask_m, offs_k, mask_k,
-                             k_last, stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, ntokens, headdim,
-                             heads_per_group, BLOCK_M, BLOCK_K, BLOCK_P, True, PREC)
-        else:
-            acc = _dcb_heads(x_ptr, dy_ptr, s_ptr, dtp_ptr, ds_ptr, cb, c0, group, offs_m, mask_m, offs_k, mask_k,
-                             k_last, stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, ntokens, headdim,
-                             heads_per_group, BLOCK_M, BLOCK_K, BLOCK_P, False, PREC)
+        acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for r in range(0, heads_per_group):
+            head = group * heads_per_group + r
+            row = head.to(tl.int64) * ntokens + c0
+            dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
+            x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
+            s_m = tl.load(s_ptr + row + offs_m, mask=mask_m, other=0.0)
+            s_k = tl.load(s_ptr + row + offs_k, mask=mask_k, other=0.0)
+            dt_k = tl.load(dtp_ptr + row + offs_k, mask=mask_k, other=0.0)
+            g = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+            for p0 in range(0, headdim, BLOCK_P):
+                offs_p = p0 + tl.arange(0, BLOCK_P)
+                mask_p = offs_p < headdim
+                dym = tl.load(dy_base + offs_m[:, None] * stride_dy_t + offs_p[None, :],
+                              mask=mask_m[:, None] & mask_p[None, :], other=0.0)
+                xk = tl.load(x_base + offs_k[:, None] * stride_x_t + offs_p[None, :],
+                             mask=mask_k[:, None] & mask_p[None, :], other=0.0)
+                g += mm(dym, tl.trans(xk.to(dym.dtype)), PREC)
+            w = tl.where(causal, g * tl.exp(tl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :], 0.0)
+            acc += w
+            # the score term G_tj = dCB_tj CB_tj adds to the log-decay gradient of row t and takes from column j
+            score = w * cb
+            tl.atomic_add(ds_ptr + row + offs_m, tl.sum(score, 1), mask=mask_m, sem="relaxed")
+            tl.atomic_add(ds_ptr + row + offs_k, -tl.sum(score, 0), mask=mask_k, sem="relaxed")
         tl.store(dcb_ptr + base + tile, acc, mask=mask_m[:, None] & mask_k[None, :])
 
 
