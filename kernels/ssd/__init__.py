@@ -2,7 +2,9 @@
 
 `ssd_scan_triton` and `ssd_step_triton` take the arguments of archspec.kernels.ssd_scan / ssd_step (minus
 backend). Modules: layout (chunk table), config (tile sizes), common (step-size transform), forward,
-backward_states and backward (kernels), autograd (the autograd.Function), step (decode).
+backward_states, backward and tiles (kernels), wgmma, forward_wgmma and backward_wgmma (the Gluon walks for
+Hopper), autograd (the autograd.Function), step (decode), offline_build (builds every kernel for sm_90 without a
+GPU).
 """
 
 from .autograd import ssd_scan_triton

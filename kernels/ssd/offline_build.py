@@ -1,0 +1,207 @@
+"""Builds every SSD kernel for a Hopper GPU on a machine without one, from the launches a scan really makes.
+
+A scan's forward and backward and a decode step run on the CPU with their kernel launches recorded instead of
+executed (`recorded_launches`); each distinct launch is then compiled for sm_90 with its arguments' real dtypes and
+Triton's launch-time marks (pointers and integers divisible by 16), and so are the Gluon walks, from the launches of
+their Triton twins. This checks what the CPU interpreter cannot: the types of loop-carried values, layouts, and
+the Gluon kernels at all; and it reports each build's registers and spills (ptxas, through the cuobjdump that
+Triton's package carries). A build, not a run: it says nothing of the results.
+
+Usage: python -m archspec.kernels.ssd.offline_build   (without TRITON_INTERPRET, which replaces the kernels)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
+from triton.runtime.jit import JITFunction
+
+from . import backward, forward
+from .autograd import ssd_scan_triton
+from .backward_wgmma import _dx_wgmma_kernel
+from .forward_wgmma import _scan_fwd_wgmma_kernel
+from .step import ssd_step_triton
+
+__all__ = ["Launch", "build", "gluon_twin", "record_scan", "recorded_launches", "resources", "scan_launches"]
+
+HOPPER = GPUTarget("cuda", 90, 32)
+_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
+           torch.int64: "i64"}
+_OPTIONS = ("num_warps", "num_stages", "maxnreg")
+# Gluon walks and the Triton kernels whose arguments (less PREC) they take, at the shapes they run
+_GLUON_TWINS = {forward._scan_fwd_kernel: _scan_fwd_wgmma_kernel, backward._dx_kernel: _dx_wgmma_kernel}
+
+
+@dataclass
+class Launch:
+    """One kernel launch: the kernel, every parameter's value by name, and the launch options."""
+
+    fn: JITFunction
+    args: dict[str, Any]
+    options: dict[str, int]
+
+    def key(self) -> tuple:
+        """What decides the build: the kernel, the options, the constexprs and the argument types."""
+        kinds = tuple((name, value if _is_constexpr(self.fn, name, value) else _kind(value))
+                      for name, value in self.args.items())
+        return (self.fn, tuple(sorted(self.options.items())), kinds)
+
+
+def _is_constexpr(fn: JITFunction, name: str, value: Any) -> bool:
+    return value is None or next(p for p in fn.params if p.name == name).is_constexpr
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return "*" + _DTYPES[value.dtype]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"cannot type a kernel argument of {type(value).__name__}")
+
+
+@contextlib.contextmanager
+def recorded_launches() -> Iterator[list[Launch]]:
+    """Within the block, `kernel[grid](...)` of any Triton kernel appends a Launch to the yielded list and runs
+    nothing (outputs stay as allocated)."""
+    launches: list[Launch] = []
+
+    def record(self: JITFunction, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> None:
+        options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
+        bound = dict(zip(self.arg_names, args))
+        bound.update(kwargs)
+        launches.append(Launch(self, bound, options))
+
+    original = JITFunction.run
+    JITFunction.run = record
+    try:
+        yield launches
+    finally:
+        JITFunction.run = original
+
+
+def build(fn: JITFunction, args: dict[str, Any], options: dict[str, int], target: GPUTarget = HOPPER) -> Any:
+    """Compiles fn for target with the types and constexprs of args (values by parameter name)."""
+    signature, constexprs, attrs = {}, {}, {}
+    for index, param in enumerate(fn.params):
+        value = args[param.name]
+        if _is_constexpr(fn, param.name, value):
+            signature[param.name] = "constexpr"
+            constexprs[param.name] = value
+            continue
+        signature[param.name] = _kind(value)
+        aligned = value.data_ptr() % 16 == 0 if isinstance(value, torch.Tensor) else (
+            not isinstance(value, (bool, float)) and value % 16 == 0)
+        if aligned:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    source = (GluonASTSource if isinstance(fn, GluonJITFunction) else ASTSource)(
+        fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=target, options=dict(options))
+
+
+def resources(kernel: Any) -> tuple[int, int, int]:
+    """(registers per thread, stack bytes per thread, shared memory bytes) of a compiled kernel."""
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True,
+                               check=True).stdout
+    regs, stack = (int(re.search(rf"{key}:(\d+)", usage).group(1)) for key in ("REG", "STACK"))
+    return regs, stack, int(kernel.metadata.shared)
+
+
+def _inputs(headdim: int, dstate: int, d_per_channel: bool) -> dict[str, Any]:
+    """bf16 scan inputs on the CPU: 2 packed sequences (300 tokens), 4 heads in 2 groups, every option on."""
+    ntokens, nheads, ngroups = 300, 4, 2
+    bf16 = dict(dtype=torch.bfloat16, requires_grad=True)
+    f32 = dict(dtype=torch.float32, requires_grad=True)
+    return dict(
+        x=torch.randn(1, ntokens, nheads, headdim, **bf16), dt=torch.randn(1, ntokens, nheads, **bf16),
+        A=-torch.rand(nheads, **f32), B=torch.randn(1, ntokens, ngroups, dstate, **bf16),
+        C=torch.randn(1, ntokens, ngroups, dstate, **bf16),
+        D=torch.randn(nheads, headdim, **f32) if d_per_channel else torch.randn(nheads, **f32),
+        z=torch.randn(1, ntokens, nheads, headdim, **bf16), dt_bias=torch.randn(nheads, **f32),
+        initial_states=torch.randn(2, nheads, headdim, dstate, **f32),
+        cu_seqlens=torch.tensor([0, 100, ntokens], dtype=torch.int32),
+    )
+
+
+def record_scan(headdim: int, dstate: int, d_per_channel: bool = False) -> list[Launch]:
+    """The launches of a bf16 scan's forward and backward (every option on) and of a decode step at head_dim x
+    d_state, recorded on the CPU (config.py's choices for a machine without the Gluon walks)."""
+    with recorded_launches() as launches:
+        inputs = _inputs(headdim, dstate, d_per_channel)
+        y, final = ssd_scan_triton(chunk_size=256, dt_softplus=True, dt_limit=(1e-3, 0.1), return_final_states=True,
+                                   **inputs)
+        torch.autograd.backward([y, final], [torch.ones_like(y), torch.ones_like(final)])
+        step_inputs = {k: v.detach()[:, 0] if k in ("x", "dt", "B", "C", "z") else v.detach()
+                       for k, v in inputs.items() if k not in ("initial_states", "cu_seqlens")}
+        ssd_step_triton(torch.zeros(1, 4, headdim, dstate), dt_softplus=True, **step_inputs)
+    return launches
+
+
+def scan_launches() -> list[Launch]:
+    """The distinct launches of `record_scan` at 64 x 64 with D per channel (the chunk walks) and 64 x 256 with D
+    per head (the per-row-tile kernels)."""
+    distinct: dict[tuple, Launch] = {}
+    for launch in record_scan(64, 64, True) + record_scan(64, 256, False):
+        distinct.setdefault(launch.key(), launch)
+    return list(distinct.values())
+
+
+def gluon_twin(launch: Launch) -> Optional[tuple[JITFunction, dict[str, Any]]]:
+    """The Gluon walk that runs instead of launch's Triton walk on Hopper, with its arguments; None if none does."""
+    twin = _GLUON_TWINS.get(launch.fn)
+    if twin is None or launch.args["BLOCK_T"] != 64 or launch.args["BLOCK_N"] not in (64, 128):
+        return None
+    return twin, {p.name: launch.args[p.name] for p in twin.params}
+
+
+def _builds() -> Iterator[tuple[JITFunction, dict[str, Any], dict[str, int]]]:
+    for launch in scan_launches():
+        yield launch.fn, launch.args, launch.options
+        twin = gluon_twin(launch)
+        if twin is not None:
+            yield twin[0], twin[1], dict(num_warps=4)
+
+
+def main() -> int:
+    """Builds every kernel and prints one line each, a table last; exit status 1 if any build failed."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("offline_build: unset TRITON_INTERPRET (it replaces the kernels by the interpreter's)", file=sys.stderr)
+        return 2
+    rows, failed = [], 0
+    for fn, args, options in _builds():
+        blocks = ",".join(f"{k}={v}" for k, v in args.items() if k.startswith(("BLOCK", "CHUNK")))
+        try:
+            regs, stack, shared = resources(build(fn, args, options))
+            rows.append(f"| {fn.__name__} | {blocks} | {options.get('num_warps', 4)} | {regs} | {stack} | "
+                        f"{shared / 1024:.1f} |")
+        except Exception as err:  # noqa: BLE001 - every failure is reported, then the status says so
+            failed += 1
+            rows.append(f"| {fn.__name__} | {blocks} | {options.get('num_warps', 4)} | FAILED: "
+                        f"{str(err).strip().splitlines()[-1][:200]} | | |")
+        print(rows[-1], flush=True)
+    print("\n| kernel | tiles | warps | registers | stack bytes | shared KB |\n| --- | --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
