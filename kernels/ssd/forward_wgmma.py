@@ -28,7 +28,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .wgmma import copy_layout, copy_tile, mma_layout
+from .wgmma import copy_layout, copy_tile, mma_layout, walk_program
 
 __all__ = ["scan_fwd_wgmma"]
 
@@ -54,14 +54,8 @@ def _scan_fwd_wgmma_kernel(
     tp_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_T, BLOCK_P], dtype)
     np_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_P], dtype)
 
-    blocks_p = gl.cdiv(headdim, BLOCK_P)
-    head = (gl.program_id(0) // blocks_p).to(gl.int64)
-    p0 = (gl.program_id(0) % blocks_p) * BLOCK_P
-    group = head // heads_per_group
-    chunk = gl.program_id(1).to(gl.int64)
-    c0 = gl.load(chunk_start_ptr + chunk).to(gl.int64)
-    clen = gl.load(chunk_len_ptr + chunk)
-    row = head * ntokens + c0
+    head, p0, group, chunk, c0, clen, row = walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim,
+                                                         heads_per_group, BLOCK_P)
     x_base = x_ptr + c0 * stride_x_t + head * stride_x_h + p0
     b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
     c_base = c_ptr + c0 * stride_c_t + group * stride_c_g

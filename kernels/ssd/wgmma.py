@@ -15,7 +15,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import async_copy
 
-__all__ = ["copy_layout", "copy_tile", "mma_layout", "wgmma_supported"]
+__all__ = ["copy_layout", "copy_tile", "mma_layout", "walk_program", "wgmma_supported"]
 
 # cp.async into shared memory: `async_load` after triton 3.6 (the device's version), `async_copy_global_to_shared`
 # in 3.6
@@ -45,6 +45,21 @@ def copy_tile(smem, base, stride_t, t0, rows, cols, BLOCK_T: gl.constexpr, BLOCK
     ptrs = base + offs_t[:, None].to(gl.int64) * stride_t + offs_c[None, :]
     mask = (offs_t[:, None] < rows) & (offs_c[None, :] < cols)
     _async_load(smem, ptrs, mask)
+
+
+@gluon.jit
+def walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim, heads_per_group, BLOCK_P: gl.constexpr):
+    """The work of a walk program (grid axis 0: head * head_dim blocks + block, axis 1: chunk): its head (int64),
+    first head_dim column p0, group, chunk (int64), the chunk's first token c0 (int64) and length clen, and row,
+    the offset of (head, c0) in the (nheads, ntokens) arrays s and dt'."""
+    blocks_p = gl.cdiv(headdim, BLOCK_P)
+    head = (gl.program_id(0) // blocks_p).to(gl.int64)
+    p0 = (gl.program_id(0) % blocks_p) * BLOCK_P
+    group = head // heads_per_group
+    chunk = gl.program_id(1).to(gl.int64)
+    c0 = gl.load(chunk_start_ptr + chunk).to(gl.int64)
+    clen = gl.load(chunk_len_ptr + chunk)
+    return head, p0, group, chunk, c0, clen, head * ntokens + c0
 
 
 def wgmma_supported(x: torch.Tensor, block_t: int, block_n: int) -> bool:
