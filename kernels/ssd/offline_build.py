@@ -30,7 +30,7 @@ from triton.runtime.jit import JITFunction
 
 from . import backward, forward
 from .autograd import ssd_scan_triton
-from .backward_wgmma import _dx_wgmma_kernel
+from .backward_wgmma import _dcb_wgmma_kernel, _dx_wgmma_kernel
 from .forward_wgmma import _scan_fwd_wgmma_kernel
 from .step import ssd_step_triton
 
@@ -40,8 +40,12 @@ HOPPER = GPUTarget("cuda", 90, 32)
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
            torch.int64: "i64"}
 _OPTIONS = ("num_warps", "num_stages", "maxnreg")
-# Gluon walks and the Triton kernels whose arguments (less PREC) they take, at the shapes they run
-_GLUON_TWINS = {forward._scan_fwd_kernel: _scan_fwd_wgmma_kernel, backward._dx_kernel: _dx_wgmma_kernel}
+# Gluon kernels and the Triton kernels whose arguments (less PREC) they take, with the shapes they run at
+_GLUON_TWINS = {
+    forward._scan_fwd_kernel: (_scan_fwd_wgmma_kernel, lambda a: a["BLOCK_T"] == 64 and a["BLOCK_N"] in (64, 128)),
+    backward._dx_kernel: (_dx_wgmma_kernel, lambda a: a["BLOCK_T"] == 64 and a["BLOCK_N"] in (64, 128)),
+    backward._dcb_kernel: (_dcb_wgmma_kernel, lambda a: a["BLOCK_M"] == a["BLOCK_K"] == 64),
+}
 
 
 @dataclass
@@ -103,6 +107,10 @@ def build(fn: JITFunction, args: dict[str, Any], options: dict[str, int], target
         if _is_constexpr(fn, param.name, value):
             signature[param.name] = "constexpr"
             constexprs[param.name] = value
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value == 1 and not param.do_not_specialize:
+            signature[param.name] = "constexpr"  # Triton specialises integer arguments equal to 1
+            constexprs[param.name] = 1
             continue
         signature[param.name] = _kind(value)
         aligned = value.data_ptr() % 16 == 0 if isinstance(value, torch.Tensor) else (
@@ -167,10 +175,13 @@ def scan_launches() -> list[Launch]:
 
 def gluon_twin(launch: Launch) -> Optional[tuple[JITFunction, dict[str, Any]]]:
     """The Gluon walk that runs instead of launch's Triton walk on Hopper, with its arguments; None if none does."""
-    twin = _GLUON_TWINS.get(launch.fn)
-    if twin is None or launch.args["BLOCK_T"] != 64 or launch.args["BLOCK_N"] not in (64, 128):
+    twin, runs = _GLUON_TWINS.get(launch.fn, (None, None))
+    if twin is None or not runs(launch.args):
         return None
-    return twin, {p.name: launch.args[p.name] for p in twin.params}
+    args = {p.name: launch.args[p.name] for p in twin.params}
+    if twin is _dcb_wgmma_kernel:  # one product per head: the whole head_dim
+        args["BLOCK_P"] = max(16, triton.next_power_of_2(launch.args["headdim"]))
+    return twin, args
 
 
 def _builds() -> Iterator[tuple[JITFunction, dict[str, Any], dict[str, int]]]:

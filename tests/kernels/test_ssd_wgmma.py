@@ -13,8 +13,8 @@ import torch
 
 from archspec.kernels.reference import ssd_naive
 from archspec.kernels.ssd import ssd_scan_triton
-from archspec.kernels.ssd.config import bwd_dx_config, scan_config
-from archspec.kernels.ssd.wgmma import wgmma_supported
+from archspec.kernels.ssd.config import bwd_dcb_config, bwd_dx_config, scan_config
+from archspec.kernels.ssd.wgmma import hopper_16bit, wgmma_supported
 from errors import rel_err
 
 sm90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -73,10 +73,10 @@ _REDUCED = {"A", "D", "dt_bias"}
 GLUON_DX, TRITON_DX = "walk=1", "wgmma=0"  # the Gluon walk at any shape; the Triton kernels' own rule
 
 
-def _gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, dx_config: str, dy: torch.Tensor,
-               dfinal: torch.Tensor) -> dict:
-    """The gradients of every floating input under ARCHSPEC_SSD_DX=dx_config."""
-    monkeypatch.setenv("ARCHSPEC_SSD_DX", dx_config)
+def _gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, kernel: str, config: str,
+               dy: torch.Tensor, dfinal: torch.Tensor) -> dict:
+    """The gradients of every floating input under ARCHSPEC_SSD_<kernel>=config."""
+    monkeypatch.setenv(f"ARCHSPEC_SSD_{kernel}", config)
     leaves = {k: v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point()
               else v for k, v in inputs.items()}
     y, final = ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **leaves)
@@ -84,17 +84,15 @@ def _gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, d
     return {k: v.grad for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
 
 
-def _check_dx_walk(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int) -> None:
-    x = inputs["x"]
-    headdim, dstate = x.shape[-1], inputs["B"].shape[-1]
-    monkeypatch.setenv("ARCHSPEC_SSD_DX", GLUON_DX)
-    cfg = bwd_dx_config(headdim, dstate, chunk_size, wgmma=True)
-    assert cfg.walk and cfg.wgmma and wgmma_supported(x, cfg.block_m, cfg.block_n)
+def _check_gluon_gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, kernel: str,
+                           gluon_config: str, triton_config: str, untouched: tuple[str, ...]) -> None:
+    """The gradients with the Gluon kernel (ARCHSPEC_SSD_<kernel>=gluon_config) against the Triton kernels' and
+    the float64 reference's; those named in `untouched` come from other kernels and must be equal bit for bit."""
     with torch.no_grad():
         y, final = ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **inputs)
     dy, dfinal = torch.randn_like(y), torch.randn_like(final)
-    gluon = _gradients(monkeypatch, inputs, chunk_size, GLUON_DX, dy, dfinal)
-    triton_ = _gradients(monkeypatch, inputs, chunk_size, TRITON_DX, dy, dfinal)
+    gluon = _gradients(monkeypatch, inputs, chunk_size, kernel, gluon_config, dy, dfinal)
+    triton_ = _gradients(monkeypatch, inputs, chunk_size, kernel, triton_config, dy, dfinal)
     ref_inputs = {k: v.detach().double().requires_grad_(True) if isinstance(v, torch.Tensor)
                   and v.is_floating_point() else v for k, v in inputs.items()}
     y_ref, final_ref = ssd_naive(chunk_size=chunk_size, return_final_states=True, **ref_inputs)
@@ -106,8 +104,17 @@ def _check_dx_walk(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: in
         assert rel_err(grad, ref) < tol, f"d{name}: {rel_err(grad, ref):.2e} from the reference"
         assert rel_err(grad, ref) < 1.5 * rel_err(triton_[name], ref) + 1e-3, f"d{name}: less accurate than Triton"
         assert rel_err(grad, triton_[name]) < tol, f"d{name}: {rel_err(grad, triton_[name]):.2e} from Triton"
-    for name in ("B", "C"):  # not the dx kernel's: the same kernels compute them either way
+    for name in untouched:
         assert torch.equal(gluon[name], triton_[name]), name
+
+
+def _check_dx_walk(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int) -> None:
+    x = inputs["x"]
+    monkeypatch.setenv("ARCHSPEC_SSD_DX", GLUON_DX)
+    cfg = bwd_dx_config(x.shape[-1], inputs["B"].shape[-1], chunk_size, wgmma=True)
+    assert cfg.walk and cfg.wgmma and wgmma_supported(x, cfg.block_m, cfg.block_n)
+    # dB, dC: not the dx kernel's, the same kernels compute them either way
+    _check_gluon_gradients(monkeypatch, inputs, chunk_size, "DX", GLUON_DX, TRITON_DX, ("B", "C"))
 
 
 @pytest.mark.parametrize("headdim,dstate", [(64, 64), (64, 128), (128, 64), (128, 128), (96, 80), (32, 64)])
@@ -126,3 +133,18 @@ def test_gluon_dx_walk_matches_triton_and_reference_gradients(make_ssd_inputs, m
 def test_gluon_dx_walk_without_d_and_with_d_per_head(make_ssd_inputs, monkeypatch, options: dict) -> None:
     inputs = make_ssd_inputs(2, 512, 4, 64, 1, 64, torch.bfloat16, "cuda", **options)
     _check_dx_walk(monkeypatch, inputs, 128)
+
+
+@pytest.mark.parametrize("headdim,dstate,ngroups", [(64, 64, 2), (128, 128, 1), (96, 80, 4), (32, 64, 2)])
+@pytest.mark.parametrize("chunk_size", [64, 256])
+def test_gluon_dcb_matches_triton_and_reference_gradients(make_ssd_inputs, monkeypatch, headdim: int, dstate: int,
+                                                          ngroups: int, chunk_size: int) -> None:
+    """ARCHSPEC_SSD_DCB=wgmma=1 (Gluon dCB) against the Triton dCB; 4 heads in 1, 2 or 4 groups (a group of one
+    head pipelines nothing but zero tiles), packed sequences with ragged chunks, every option on. dx does not use
+    dCB: equal bit for bit."""
+    inputs = make_ssd_inputs(1, 900, 4, headdim, ngroups, dstate, torch.bfloat16, "cuda", seqlens=[70, 1, 600, 229],
+                             with_D=True, D_has_hdim=True, with_z=True, with_dt_bias=True, dt_softplus=True,
+                             with_initial_states=True)
+    cfg = bwd_dcb_config(headdim, chunk_size)
+    assert cfg.block_m == cfg.block_k == 64 and hopper_16bit(inputs["x"])
+    _check_gluon_gradients(monkeypatch, inputs, chunk_size, "DCB", "wgmma=1", "wgmma=0", ("x", "z"))
