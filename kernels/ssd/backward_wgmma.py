@@ -209,8 +209,10 @@ def _dcb_wgmma_kernel(
         mask_k = offs_k < clen
         base = (chunk * ngroups + group) * CHUNK * CHUNK
         tile = offs_m[:, None] * CHUNK + offs_k[None, :]
-        cb = gl.load(cb_ptr + base + tile, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        causal = (offs_k[None, :] <= offs_m[:, None]) & mask_k[None, :]
+        # C B^T waits in shared memory (read once per head), leaving its registers to the pipelined products
+        cb_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_M, BLOCK_K],
+                                            gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+        cb_smem.store(gl.load(cb_ptr + base + tile, mask=mask_m[:, None] & mask_k[None, :], other=0.0))
 
         dy_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_M, BLOCK_P], mp_smem)
         x_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_K, BLOCK_P], kp_smem)
@@ -253,10 +255,11 @@ def _dcb_wgmma_kernel(
                       BLOCK_K, BLOCK_P)
             async_copy.commit_group()
 
+            causal = (offs_k[None, :] <= offs_m[:, None]) & mask_k[None, :]
             w = gl.where(causal, g * gl.exp(gl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :], 0.0)
             acc += w
             # the score term G_tj = dCB_tj CB_tj adds to the log-decay gradient of row t and takes from column j
-            score = w * cb
+            score = w * cb_smem.load(mma)
             gl.atomic_add(ds_ptr + row + offs_m, gl.sum(score, 1), mask=mask_m, sem="relaxed")
             gl.atomic_add(ds_ptr + row + offs_k, -gl.sum(score, 0), mask=mask_k, sem="relaxed")
             g = g_next
