@@ -31,11 +31,16 @@ def walk_launch(kernel: str, headdim: int, dstate: int) -> tuple[Any, dict[str, 
     (kernel function, arguments by name)."""
     name = kernel.removesuffix("-gluon")
     env, fn = _WALKS[name]
-    os.environ[f"ARCHSPEC_SSD_{env}"] = "walk=1,block_m=64"
+    key = f"ARCHSPEC_SSD_{env}"
+    before = os.environ.get(key)
+    os.environ[key] = "walk=1,block_m=64"
     try:
         launch = next(item for item in record_scan(headdim, dstate) if item.fn is fn)
     finally:
-        del os.environ[f"ARCHSPEC_SSD_{env}"]
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
     if kernel.endswith("-gluon"):
         twin = gluon_twin(launch)
         if twin is None:
