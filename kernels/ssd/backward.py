@@ -32,10 +32,10 @@ from .layout import ChunkTable
 from .tiles import chunk_cb, dx_tiles
 
 try:
-    from .backward_wgmma import dcb_wgmma, dx_wgmma
-    from .wgmma import hopper_16bit, wgmma_supported
+    from .backward_wgmma import dx_wgmma
+    from .wgmma import wgmma_supported
 except ImportError:  # a Triton without Gluon's Hopper API (before 3.5): the Triton kernels everywhere
-    dcb_wgmma = dx_wgmma = None
+    dx_wgmma = None
 
 __all__ = ["Gradients", "ssd_backward"]
 
@@ -339,11 +339,7 @@ def ssd_backward(
     args = (x, dy, fwd.s, fwd.dtp, cb, dcb, ds, table.chunk_start, table.chunk_len,
             x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), ntokens, headdim, ngroups, per_group)
     consts = dict(CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k)
-    if (cfg.wgmma and dcb_wgmma is not None and cfg.block_m == cfg.block_k == 64 and pow2(headdim) <= 128
-            and hopper_16bit(x)):
-        dcb_wgmma(grid, args, dict(consts, BLOCK_P=pow2(headdim)))
-    else:
-        _dcb_kernel[grid](*args, **consts, BLOCK_P=cfg.block_p, PREC=prec, **cfg.launch_options())
+    _dcb_kernel[grid](*args, **consts, BLOCK_P=cfg.block_p, PREC=prec, **cfg.launch_options())
 
     dB = torch.empty(ntokens, ngroups, dstate, device=dev, dtype=B.dtype)
     dC = torch.empty_like(dB)

@@ -1,4 +1,4 @@
-"""Backward SSD kernels with asynchronous warpgroup MMA (Gluon, Hopper only): the dx walk and dCB.
+"""The backward dx walk with asynchronous warpgroup MMA (Gluon, Hopper only).
 
 `_dx_wgmma_kernel`: same program and arithmetic as backward.py's `_dx_kernel` (one program per head and head_dim
 block, chunk; a walk backwards through the chunk in 64-token tiles carrying g^T, the gradient of the state after
@@ -13,10 +13,6 @@ Tiles of B, C and dy are copied into shared memory one step ahead (cp.async, two
 elementwise tail (dL/d dt' and dL/dD), is read from global memory straight into registers; dx leaves through
 shared memory in 16-byte row pieces. For bf16 / fp16 inputs on sm_90 with 64-token steps and d_state tiles of 64
 or 128.
-
-`_dcb_wgmma_kernel`: backward.py's `_dcb_kernel` with its loop over a group's heads pipelined (the next head's
-product in flight, the one after on its way, while a head's score terms are formed); behind
-ARCHSPEC_SSD_DCB=wgmma=1 until it is measured.
 
 backward.py runs the Triton kernels everywhere else, and tests/kernels/test_ssd_wgmma.py compares the two on a
 GPU.
@@ -35,7 +31,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .wgmma import copy_layout, copy_tile, mma_layout, walk_program
 
-__all__ = ["dcb_wgmma", "dx_wgmma"]
+__all__ = ["dx_wgmma"]
 
 
 @gluon.jit
@@ -176,102 +172,6 @@ def _dx_wgmma_kernel(
             gl.atomic_add(dd_ptr + head * headdim + offs_p, dd, mask=mask_p, sem="relaxed")
         else:
             gl.atomic_add(dd_ptr + head, gl.sum(dd, 0), sem="relaxed")
-
-
-@gluon.jit(do_not_specialize=["heads_per_group"])  # compared with 1 below: not a constexpr when it is 1
-def _dcb_wgmma_kernel(
-    x_ptr, dy_ptr, s_ptr, dtp_ptr, cb_ptr, dcb_ptr, ds_ptr, chunk_start_ptr, chunk_len_ptr,
-    stride_x_t, stride_x_h, stride_dy_t, stride_dy_h,
-    ntokens, headdim, ngroups, heads_per_group,
-    CHUNK: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_P: gl.constexpr,
-):
-    """backward.py's `_dcb_kernel` with its head loop pipelined: head r+1's product dy_m x_k^T is in flight (and
-    head r+2's tiles on their way) while head r's decay, score terms and atomics are formed. BLOCK_P covers the
-    whole head_dim (one product per head)."""
-    dtype: gl.constexpr = dy_ptr.dtype.element_ty
-    mma: gl.constexpr = mma_layout(BLOCK_K, gl.num_warps())
-    rows: gl.constexpr = gl.SliceLayout(1, mma)
-    cols: gl.constexpr = gl.SliceLayout(0, mma)
-    mp_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_P], dtype)
-    kp_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_K, BLOCK_P], dtype)
-
-    tiles_k: gl.constexpr = CHUNK // BLOCK_K
-    m0 = (gl.program_id(0) // tiles_k) * BLOCK_M
-    k0 = (gl.program_id(0) % tiles_k) * BLOCK_K
-    group = gl.program_id(1).to(gl.int64)
-    chunk = gl.program_id(2).to(gl.int64)
-    c0 = gl.load(chunk_start_ptr + chunk).to(gl.int64)
-    clen = gl.load(chunk_len_ptr + chunk)
-    if (k0 <= m0 + BLOCK_M - 1) & (m0 < clen):  # on or below the diagonal, rows inside the chunk
-        offs_m = m0 + gl.arange(0, BLOCK_M, layout=rows)
-        offs_k = k0 + gl.arange(0, BLOCK_K, layout=cols)
-        mask_m = offs_m < clen
-        mask_k = offs_k < clen
-        base = (chunk * ngroups + group) * CHUNK * CHUNK
-        tile = offs_m[:, None] * CHUNK + offs_k[None, :]
-        # C B^T waits in shared memory (read once per head), leaving its registers to the pipelined products
-        cb_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_M, BLOCK_K],
-                                            gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
-        cb_smem.store(gl.load(cb_ptr + base + tile, mask=mask_m[:, None] & mask_k[None, :], other=0.0))
-
-        dy_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_M, BLOCK_P], mp_smem)
-        x_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_K, BLOCK_P], kp_smem)
-        head0 = group * heads_per_group
-        dy_base = dy_ptr + c0 * stride_dy_t
-        x_base = x_ptr + c0 * stride_x_t
-        # heads 0 and 1 (a group of one head copies no rows for the second: its tiles are zeros)
-        rows_1 = clen * (heads_per_group > 1).to(gl.int32)
-        copy_tile(dy_smem.index(0), dy_base + head0 * stride_dy_h, stride_dy_t, m0, clen, headdim, BLOCK_M, BLOCK_P)
-        copy_tile(x_smem.index(0), x_base + head0 * stride_x_h, stride_x_t, k0, clen, headdim, BLOCK_K, BLOCK_P)
-        async_copy.commit_group()
-        copy_tile(dy_smem.index(1), dy_base + (head0 + 1) * stride_dy_h, stride_dy_t, m0, rows_1, headdim,
-                  BLOCK_M, BLOCK_P)
-        copy_tile(x_smem.index(1), x_base + (head0 + 1) * stride_x_h, stride_x_t, k0, rows_1, headdim, BLOCK_K,
-                  BLOCK_P)
-        async_copy.commit_group()
-        async_copy.wait_group(1)
-        fence_async_shared()
-        zero = gl.zeros((BLOCK_M, BLOCK_K), gl.float32, mma)
-        g = warpgroup_mma(dy_smem.index(0), x_smem.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
-        acc = gl.zeros((BLOCK_M, BLOCK_K), gl.float32, mma)
-        for r in range(0, heads_per_group):
-            head = head0 + r
-            row = head * ntokens + c0
-            s_m = gl.load(s_ptr + row + offs_m, mask=mask_m, other=0.0)
-            s_k = gl.load(s_ptr + row + offs_k, mask=mask_k, other=0.0)
-            dt_k = gl.load(dtp_ptr + row + offs_k, mask=mask_k, other=0.0)
-            # head r+1's product (on zero tiles past the group's last head)
-            async_copy.wait_group(0)
-            fence_async_shared()
-            nxt = (r + 1) % 2
-            g_next = warpgroup_mma(dy_smem.index(nxt), x_smem.index(nxt).permute((1, 0)), zero, use_acc=False,
-                                   is_async=True)
-            g = warpgroup_mma_wait(num_outstanding=1, deps=(g,))
-            # head r+2's tiles into the buffer head r's product has finished reading
-            rows_2 = clen * (r + 2 < heads_per_group).to(gl.int32)
-            copy_tile(dy_smem.index(r % 2), dy_base + (head + 2) * stride_dy_h, stride_dy_t, m0, rows_2, headdim,
-                      BLOCK_M, BLOCK_P)
-            copy_tile(x_smem.index(r % 2), x_base + (head + 2) * stride_x_h, stride_x_t, k0, rows_2, headdim,
-                      BLOCK_K, BLOCK_P)
-            async_copy.commit_group()
-
-            causal = (offs_k[None, :] <= offs_m[:, None]) & mask_k[None, :]
-            w = gl.where(causal, g * gl.exp(gl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :], 0.0)
-            acc += w
-            # the score term G_tj = dCB_tj CB_tj adds to the log-decay gradient of row t and takes from column j
-            score = w * cb_smem.load(mma)
-            gl.atomic_add(ds_ptr + row + offs_m, gl.sum(score, 1), mask=mask_m, sem="relaxed")
-            gl.atomic_add(ds_ptr + row + offs_k, -gl.sum(score, 0), mask=mask_k, sem="relaxed")
-            g = g_next
-        warpgroup_mma_wait(num_outstanding=0, deps=(g,))
-        async_copy.wait_group(0)
-        gl.store(dcb_ptr + base + tile, acc, mask=mask_m[:, None] & mask_k[None, :])
-
-
-def dcb_wgmma(grid: tuple[int, int, int], args: tuple, consts: dict) -> None:
-    """Launches the Gluon dCB kernel, one warpgroup per program, on `_dcb_kernel`'s arguments and constexprs (its
-    PREC left out)."""
-    _dcb_wgmma_kernel[grid](*args, **consts, num_warps=4)
 
 
 def dx_wgmma(grid: tuple[int, int], args: tuple, consts: dict) -> None:

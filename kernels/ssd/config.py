@@ -31,7 +31,7 @@ class KernelConfig:
     tile, 0 for the kernel per (row tile, chunk) of tiles.py.
     maxnreg: registers per thread ptxas may use (0: as many as it likes, up to 255); a lower cap lets more
     programs share an SM at the price of spills.
-    wgmma (walks and dCB): 1 runs the Gluon kernel (forward_wgmma.py, backward_wgmma.py) where it can run (bf16 /
+    wgmma (walks): 1 runs the Gluon kernel (forward_wgmma.py, backward_wgmma.py) where it can run (bf16 /
     fp16 on sm_90).
     """
 
@@ -139,9 +139,7 @@ def bwd_dx_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = Fals
 
 
 def bwd_dcb_config(headdim: int, chunk_size: int) -> KernelConfig:
-    """Backward dL/d(C B^T) kernel: block_m x block_k tile, block_p the reduction step over head_dim. wgmma=1
-    (ARCHSPEC_SSD_DCB=wgmma=1) runs backward_wgmma.py's Gluon version where it can (64 x 64 tiles, head_dim up to
-    128); not yet measured on a GPU, so not the default."""
+    """Backward dL/d(C B^T) kernel: block_m x block_k tile, block_p the reduction step over head_dim."""
     t = _token_tile(chunk_size)
     return _override("dcb", KernelConfig(t, t, min(pow2(headdim), 64), 16, 4, 2))
 

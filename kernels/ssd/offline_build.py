@@ -30,7 +30,7 @@ from triton.runtime.jit import JITFunction
 
 from . import backward, forward
 from .autograd import ssd_scan_triton
-from .backward_wgmma import _dcb_wgmma_kernel, _dx_wgmma_kernel
+from .backward_wgmma import _dx_wgmma_kernel
 from .forward_wgmma import _scan_fwd_wgmma_kernel
 from .step import ssd_step_triton
 
@@ -44,7 +44,6 @@ _OPTIONS = ("num_warps", "num_stages", "maxnreg")
 _GLUON_TWINS = {
     forward._scan_fwd_kernel: (_scan_fwd_wgmma_kernel, lambda a: a["BLOCK_T"] == 64 and a["BLOCK_N"] in (64, 128)),
     backward._dx_kernel: (_dx_wgmma_kernel, lambda a: a["BLOCK_T"] == 64 and a["BLOCK_N"] in (64, 128)),
-    backward._dcb_kernel: (_dcb_wgmma_kernel, lambda a: a["BLOCK_M"] == a["BLOCK_K"] == 64),
 }
 
 
@@ -178,10 +177,7 @@ def gluon_twin(launch: Launch) -> Optional[tuple[JITFunction, dict[str, Any]]]:
     twin, runs = _GLUON_TWINS.get(launch.fn, (None, None))
     if twin is None or not runs(launch.args):
         return None
-    args = {p.name: launch.args[p.name] for p in twin.params}
-    if twin is _dcb_wgmma_kernel:  # one product per head: the whole head_dim
-        args["BLOCK_P"] = max(16, triton.next_power_of_2(launch.args["headdim"]))
-    return twin, args
+    return twin, {p.name: launch.args[p.name] for p in twin.params}
 
 
 def _builds() -> Iterator[tuple[JITFunction, dict[str, Any], dict[str, int]]]:

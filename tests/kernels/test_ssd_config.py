@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archspec.kernels.ssd.config import KernelConfig, bwd_dcb_config, bwd_dx_config, scan_config, state_config
+from archspec.kernels.ssd.config import KernelConfig, bwd_dx_config, scan_config, state_config
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
 
@@ -63,13 +63,6 @@ def test_dx_kernel_walks_as_the_gluon_kernel_where_it_can_run_unless_switched_of
     cfg = bwd_dx_config(64, 128, 256, wgmma=True)
     assert (cfg.walk, cfg.wgmma) == (0, 0)
     assert bwd_dx_config(64, 64, 256, wgmma=True).wgmma == 0
-
-
-def test_gluon_dcb_runs_only_when_switched_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not yet measured on a GPU: off unless ARCHSPEC_SSD_DCB=wgmma=1."""
-    assert bwd_dcb_config(64, 256).wgmma == 0
-    monkeypatch.setenv("ARCHSPEC_SSD_DCB", "wgmma=1")
-    assert bwd_dcb_config(64, 256).wgmma == 1
 
 
 def test_gluon_walk_needs_a_hopper_gpu_and_16_bit_inputs() -> None:

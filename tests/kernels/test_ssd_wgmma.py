@@ -13,8 +13,8 @@ import torch
 
 from archspec.kernels.reference import ssd_naive
 from archspec.kernels.ssd import ssd_scan_triton
-from archspec.kernels.ssd.config import bwd_dcb_config, bwd_dx_config, scan_config
-from archspec.kernels.ssd.wgmma import hopper_16bit, wgmma_supported
+from archspec.kernels.ssd.config import bwd_dx_config, scan_config
+from archspec.kernels.ssd.wgmma import wgmma_supported
 from errors import rel_err
 
 sm90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -133,18 +133,3 @@ def test_gluon_dx_walk_matches_triton_and_reference_gradients(make_ssd_inputs, m
 def test_gluon_dx_walk_without_d_and_with_d_per_head(make_ssd_inputs, monkeypatch, options: dict) -> None:
     inputs = make_ssd_inputs(2, 512, 4, 64, 1, 64, torch.bfloat16, "cuda", **options)
     _check_dx_walk(monkeypatch, inputs, 128)
-
-
-@pytest.mark.parametrize("headdim,dstate,ngroups", [(64, 64, 2), (128, 128, 1), (96, 80, 4), (32, 64, 2)])
-@pytest.mark.parametrize("chunk_size", [64, 256])
-def test_gluon_dcb_matches_triton_and_reference_gradients(make_ssd_inputs, monkeypatch, headdim: int, dstate: int,
-                                                          ngroups: int, chunk_size: int) -> None:
-    """ARCHSPEC_SSD_DCB=wgmma=1 (Gluon dCB) against the Triton dCB; 4 heads in 1, 2 or 4 groups (a group of one
-    head pipelines nothing but zero tiles), packed sequences with ragged chunks, every option on. dx does not use
-    dCB: equal bit for bit."""
-    inputs = make_ssd_inputs(1, 900, 4, headdim, ngroups, dstate, torch.bfloat16, "cuda", seqlens=[70, 1, 600, 229],
-                             with_D=True, D_has_hdim=True, with_z=True, with_dt_bias=True, dt_softplus=True,
-                             with_initial_states=True)
-    cfg = bwd_dcb_config(headdim, chunk_size)
-    assert cfg.block_m == cfg.block_k == 64 and hopper_16bit(inputs["x"])
-    _check_gluon_gradients(monkeypatch, inputs, chunk_size, "DCB", "wgmma=1", "wgmma=0", ("x", "z"))
