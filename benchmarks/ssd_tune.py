@@ -1,8 +1,9 @@
 """Times our SSD scan under kernel-config overrides, row by row (a tuning aid for kernels/ssd/config.py).
 
 Each override is `NAME=field=v,field=v` for the ARCHSPEC_SSD_<NAME> hook of kernels/ssd/config.py (names: state,
-cb, scan, dx, dcb, dbc), several joined by ';'; "-" is the defaults. Rows are head_dim x d_state at 65,536 tokens
-(batch 65,536 / seqlen). Prints forward and forward+backward medians (ms) per row and override, a table last.
+state_bwd, cb, scan, dx, dcb, dbc), several joined by ';'; "-" is the defaults. Rows are head_dim x d_state at
+65,536 tokens (batch 65,536 / seqlen). Prints forward and forward+backward medians (ms) per row and override, a
+table last.
 
 Usage: python benchmarks/ssd_tune.py --rows 64x256,128x128 --configs "-" "scan=num_warps=8;dx=block_m=32" [--fwd]
        [--seqlen 32768] [--kernels]

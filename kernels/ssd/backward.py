@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
 from .common import chunk_tile_pair, dot_precision, head_chunk_program, mm
-from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, pow2, state_config
+from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, pow2, state_bwd_config
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
 from .tiles import chunk_cb, dx_tiles
@@ -304,13 +304,13 @@ def ssd_backward(
     ddtp = torch.zeros(nheads, ntokens, **f32)
     dstates = torch.empty_like(fwd.states)
     dh0 = torch.empty(table.nseqs, nheads, headdim, dstate, **f32)
-    cfg = state_config(headdim, dstate, chunk)
-    grid = (table.nseqs, nheads, triton.cdiv(headdim, cfg.block_p))
+    cfg = state_bwd_config(headdim, dstate, chunk)
+    grid = (table.nseqs, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n))
     state_bwd_kernel[grid](
         dy, C, A, fwd.dtp, fwd.s, fwd.states, dfinal.contiguous() if dfinal is not None else None,
         dstates, dh0, ds, table.seq_start, table.seq_chunk, dy.stride(0), dy.stride(1), C.stride(0), C.stride(1),
         ntokens, nheads, headdim, dstate, per_group,
-        CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=pow2(dstate),
+        CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
         HAS_DFINAL=dfinal is not None, PREC=prec, **cfg.launch_options(),
     )
 

@@ -1,7 +1,7 @@
 """Backward SSD kernels that walk sequences or token rows: the gate, the state gradients, and the step size.
 
 - `gate_bwd_kernel`: with z, dy = dout * silu(z) and dz = dout * y_pre * silu'(z).
-- `state_bwd_kernel`: one program per (sequence, head, head_dim block) walks the sequence backwards carrying
+- `state_bwd_kernel`: one program per (sequence, head, head_dim x d_state block) walks the sequence backwards carrying
   dh = dL/dh (float32 in registers): dh <- exp(sum of log-decays) dh + sum_t exp(s_t) dy_t C_t^T. It stores dh at
   every chunk end (dstates, (nchunks, nheads, headdim, dstate)), returns dL/d(initial state), and adds
   exp(s_last) <dh_end, h_in> (the path of the chunk's entering state to its end) to the gradient of the chunk's
@@ -55,7 +55,8 @@ def state_bwd_kernel(
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
-    pid_p = tl.program_id(2)
+    pid_p = tl.program_id(2) // tl.cdiv(dstate, BLOCK_N)
+    pid_n = tl.program_id(2) % tl.cdiv(dstate, BLOCK_N)
     group = head // heads_per_group
     t_begin = tl.load(seq_start_ptr + seq)
     t_end = tl.load(seq_start_ptr + seq + 1)
@@ -63,7 +64,7 @@ def state_bwd_kernel(
 
     offs_t = tl.arange(0, BLOCK_T)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_p = offs_p < headdim
     mask_n = offs_n < dstate
     tile = offs_p[:, None] * dstate + offs_n[None, :]

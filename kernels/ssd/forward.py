@@ -1,7 +1,7 @@
 """Forward SSD kernels: the state pass and the chunk output.
 
 Two launches (see benchmarks/NOTES-ssd.md for why this split):
-1. `_state_fwd_kernel`, one program per (sequence, head, head_dim block): walks the sequence in token tiles,
+1. `_state_fwd_kernel`, one program per (sequence, head, head_dim x d_state block): walks the sequence in token tiles,
    applies the step-size transform, writes dt' and the within-chunk cumulative log-decay s (both float32,
    (nheads, ntokens)), and carries the state h (float32 in registers), storing it at every chunk start
    (states, (nchunks, nheads, headdim, dstate), in the dot dtype) and once at the end (final states, float32).
@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import dot_precision, head_chunk_program, mm, prepare_dt
-from .config import pow2, scan_config, state_config
+from .config import scan_config, state_config
 from .layout import ChunkTable
 from .tiles import chunk_cb, scan_tiles
 
@@ -50,7 +50,8 @@ def _state_fwd_kernel(
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)  # head * stride_x_h passes 2^31 for head-major x of 1M tokens
-    pid_p = tl.program_id(2)
+    pid_p = tl.program_id(2) // tl.cdiv(dstate, BLOCK_N)
+    pid_n = tl.program_id(2) % tl.cdiv(dstate, BLOCK_N)
     group = head // heads_per_group
     t_begin = tl.load(seq_start_ptr + seq)
     t_end = tl.load(seq_start_ptr + seq + 1)
@@ -58,7 +59,7 @@ def _state_fwd_kernel(
 
     offs_t = tl.arange(0, BLOCK_T)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_p = offs_p < headdim
     mask_n = offs_n < dstate
     tile = offs_p[:, None] * dstate + offs_n[None, :]
@@ -94,7 +95,7 @@ def _state_fwd_kernel(
         cs = tl.cumsum(da, 0)
         total = tl.sum(da, 0)
         row = head.to(tl.int64) * ntokens + t0
-        if pid_p == 0:
+        if tl.program_id(2) == 0:
             tl.store(s_ptr + row + offs_t, carry + cs, mask=mask_t)
             tl.store(dtp_ptr + row + offs_t, dt, mask=mask_t)
         carry += total
@@ -227,12 +228,12 @@ def ssd_forward(
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
     cfg = state_config(headdim, dstate, chunk)
-    grid = (table.nseqs, nheads, triton.cdiv(headdim, cfg.block_p))
+    grid = (table.nseqs, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n))
     _state_fwd_kernel[grid](
         x, dt, A, B, dt_bias, h0, states, final, s, dtp, table.seq_start, table.seq_chunk,
         x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1),
         ntokens, nheads, headdim, dstate, per_group, lo, hi,
-        CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=pow2(dstate),
+        CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LO=has_lo, HAS_HI=has_hi,
         HAS_H0=h0 is not None, PREC=prec, **cfg.launch_options(),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archspec.kernels.ssd.config import KernelConfig, bwd_dx_config, scan_config, state_config
+from archspec.kernels.ssd.config import KernelConfig, bwd_dx_config, scan_config, state_bwd_config, state_config
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
 
@@ -26,6 +26,17 @@ def test_register_caps_apply_to_the_per_row_tile_kernels_not_to_the_walks() -> N
     assert state_config(64, 256, 256).maxnreg == 0
 
 
+def test_state_passes_keep_the_whole_state_up_to_d_state_128_and_split_it_beyond() -> None:
+    """One program per (sequence, head) holds a 64 x 128 state; d_state 256 is split over programs, the forward
+    pass into 64 x 128 tiles, the backward pass into 64 x 64 tiles of 4-warp programs."""
+    for config in (state_config, state_bwd_config):
+        cfg = config(64, 128, 256)
+        assert (cfg.block_p, cfg.block_n, cfg.num_warps) == (64, 128, 8)
+    forward, backward = state_config(64, 256, 256), state_bwd_config(128, 256, 256)
+    assert (forward.block_p, forward.block_n, forward.num_warps) == (64, 128, 8)
+    assert (backward.block_p, backward.block_n, backward.num_warps) == (64, 64, 4)
+
+
 def test_launch_options_name_the_register_cap_only_when_one_is_set() -> None:
     assert KernelConfig(64, 64, 64, 64).launch_options() == {"num_warps": 4, "num_stages": 2}
     assert KernelConfig(64, 64, 64, 64, 8, 3, maxnreg=128).launch_options() == {
@@ -38,6 +49,7 @@ def test_environment_overrides_replace_the_named_fields(monkeypatch: pytest.Monk
     dx = bwd_dx_config(64, 64, 256)
     assert (dx.walk, dx.maxnreg, dx.block_p) == (0, 96, 64)
     assert state_config(64, 64, 256).block_m == 64
+    assert state_bwd_config(64, 64, 256).block_m == 128, "ARCHSPEC_SSD_STATE must not reach the backward pass"
     scan = scan_config(64, 64, 256)
     assert (scan.walk, scan.maxnreg) == (1, 0), "ARCHSPEC_SSD_DX must not reach the output kernel"
 

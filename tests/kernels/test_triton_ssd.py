@@ -201,6 +201,17 @@ def test_chunk_walking_and_row_tile_kernels_both_match_naive(make_ssd_inputs, mo
     check_scan(inputs, 128, torch.float32, grads=True)
 
 
+def test_state_passes_split_over_head_dim_and_state_blocks_match_naive(make_ssd_inputs, monkeypatch) -> None:
+    """The forward state pass and the backward state-gradient pass may split each head's state into
+    block_p x block_n tiles walked by separate programs (config.py: block_n below d_state): the chunk
+    states, final states, dL/dh0 and the log-decay terms they add are the same as from one program per head."""
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "block_p=16,block_n=16")
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", "block_p=16,block_n=16")
+    inputs = make_ssd_inputs(1, 100, 2, 32, 1, 48, torch.float32, DEVICE, seqlens=[37, 63], requires_grad=True,
+                             with_initial_states=True, with_D=True)
+    check_scan(inputs, 32, torch.float32, grads=True)
+
+
 def test_bfloat16_matches_naive_with_gradients(make_ssd_inputs) -> None:
     inputs = make_ssd_inputs(2, 48, 4, 32, 1, 32, torch.bfloat16, DEVICE, requires_grad=True, with_D=True,
                              with_z=True, with_dt_bias=True, dt_softplus=True)
