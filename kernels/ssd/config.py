@@ -103,17 +103,18 @@ def cb_config(dstate: int, chunk_size: int) -> KernelConfig:
 
 
 def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, walk_max_state: int,
-                         walk_block_m: int, tiles_maxnreg: dict[int, int], walk_wgmma: int = 0) -> KernelConfig:
+                         walk_block_m: int, tiles_maxnreg: dict[int, int], walk_wgmma: int = 0,
+                         walk_max_p: int = 256) -> KernelConfig:
     """Output or dx kernel: the chunk walk while d_state <= 128 and the whole state (pow2(d_state) x
     pow2(head_dim)) has at most walk_max_state elements, else the kernel per row tile, which steps through d_state
     in block_n slices; tiles_maxnreg maps the latter's num_warps to its register cap; walk_wgmma is the walk's
-    wgmma field."""
+    wgmma field, walk_max_p its largest head_dim block."""
     t = _token_tile(chunk_size)
     bn = pow2(dstate)
     fields = _overrides(name)
     if fields.get("walk", int(bn <= 128 and bn * pow2(headdim) <= walk_max_state)):
-        cfg = KernelConfig(min(walk_block_m, t), t, min(pow2(headdim), max(16, 8192 // bn)), bn, 4, 2, 1,
-                           wgmma=walk_wgmma)
+        cfg = KernelConfig(min(walk_block_m, t), t, min(pow2(headdim), max(16, 8192 // bn), walk_max_p), bn, 4, 2,
+                           1, wgmma=walk_wgmma)
     else:
         bp = min(pow2(headdim), 128)
         warps = 4 if bp <= 64 else 8
@@ -142,10 +143,12 @@ def bwd_dx_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = Fals
     16.20 -> 14.27; 96-168 swept); the walk is best uncapped. The Gluon walk (64-token steps) beats the Triton
     kernels up to 8,192 state elements (whole forward+backward, H200, 8 x 8192 tokens: 64 x 64 5.73 -> 5.59 ms,
     64 x 128 8.32 -> 7.98, 128 x 64 10.00 -> 9.53) and loses to the per-row-tile kernel at 128 x 128 (12.68 ->
-    13.74); ARCHSPEC_SSD_DX=wgmma=0 keeps the Triton kernels' rule."""
+    13.74); ARCHSPEC_SSD_DX=wgmma=0 keeps the Triton kernels' rule. Its head_dim blocks stop at 64: blocks of 128
+    spill 408 bytes (triton 3.6), and at 128 x 64 blocks of 64 cut forward+backward 8.90 -> 8.77-8.83 ms."""
     tiles_maxnreg = {4: 168, 8: 128}
     if wgmma and _overrides("dx").get("wgmma", 1):
-        return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 128, 64, tiles_maxnreg, walk_wgmma=1)
+        return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 128, 64, tiles_maxnreg, walk_wgmma=1,
+                                    walk_max_p=64)
     return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 64, 32 if dstate > 64 else 64,
                                 tiles_maxnreg)
 

@@ -68,6 +68,7 @@ def test_dx_kernel_walks_as_the_gluon_kernel_where_it_can_run_unless_switched_of
     for headdim, dstate in [(64, 64), (64, 128), (128, 64), (32, 128)]:
         cfg = bwd_dx_config(headdim, dstate, 256, wgmma=True)
         assert (cfg.walk, cfg.wgmma, cfg.block_m, cfg.block_n) == (1, 1, 64, dstate)
+        assert cfg.block_p == min(headdim, 64)
     assert bwd_dx_config(128, 128, 256, wgmma=True).walk == 0
     assert bwd_dx_config(64, 256, 256, wgmma=True).walk == 0
     assert bwd_dx_config(64, 128, 256).walk == 0
