@@ -104,11 +104,11 @@ def cb_config(dstate: int, chunk_size: int) -> KernelConfig:
 
 def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, walk_max_state: int,
                          walk_block_m: int, tiles_maxnreg: dict[int, int], walk_wgmma: int = 0,
-                         walk_max_p: int = 256) -> KernelConfig:
+                         walk_max_p: int = 256, tiles_block_n: int = 64) -> KernelConfig:
     """Output or dx kernel: the chunk walk while d_state <= 128 and the whole state (pow2(d_state) x
     pow2(head_dim)) has at most walk_max_state elements, else the kernel per row tile, which steps through d_state
     in block_n slices; tiles_maxnreg maps the latter's num_warps to its register cap; walk_wgmma is the walk's
-    wgmma field, walk_max_p its largest head_dim block."""
+    wgmma field, walk_max_p its largest head_dim block, tiles_block_n the row-tile kernel's d_state slice."""
     t = _token_tile(chunk_size)
     bn = pow2(dstate)
     fields = _overrides(name)
@@ -118,7 +118,7 @@ def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, 
     else:
         bp = min(pow2(headdim), 128)
         warps = 4 if bp <= 64 else 8
-        cfg = KernelConfig(t, t, bp, min(bn, 64), warps, 2, 0, tiles_maxnreg.get(warps, 0))
+        cfg = KernelConfig(t, t, bp, min(bn, tiles_block_n), warps, 2, 0, tiles_maxnreg.get(warps, 0))
     return replace(cfg, **fields)
 
 
@@ -146,11 +146,14 @@ def bwd_dx_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = Fals
     13.74); ARCHSPEC_SSD_DX=wgmma=0 keeps the Triton kernels' rule. Its head_dim blocks stop at 64: blocks of 128
     spill 408 bytes (triton 3.6), and at 128 x 64 blocks of 64 cut forward+backward 8.90 -> 8.77-8.83 ms."""
     tiles_maxnreg = {4: 168, 8: 128}
+    # d_state 256 in two slices of 128 (H200, 8 x 8192: dx kernel 2.73 -> 2.37 ms at 64 x 256; at 128 x 128 slices
+    # of 128 lose, 3.27 -> 3.37)
+    tiles_block_n = 128 if pow2(dstate) > 128 else 64
     if wgmma and _overrides("dx").get("wgmma", 1):
         return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 128, 64, tiles_maxnreg, walk_wgmma=1,
-                                    walk_max_p=64)
+                                    walk_max_p=64, tiles_block_n=tiles_block_n)
     return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 64, 32 if dstate > 64 else 64,
-                                tiles_maxnreg)
+                                tiles_maxnreg, tiles_block_n=tiles_block_n)
 
 
 def bwd_dcb_config(headdim: int, chunk_size: int) -> KernelConfig:
@@ -160,9 +163,11 @@ def bwd_dcb_config(headdim: int, chunk_size: int) -> KernelConfig:
 
 
 def bwd_dbc_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
-    """Backward dB/dC kernel: block_m rows, block_k partner rows, block_p head_dim step, block_n d_state tile."""
+    """Backward dB/dC kernel: block_m rows, block_k partner rows, block_p head_dim step, block_n d_state tile. Tiles
+    of 64 in 4-warp programs beat 128 in 8-warp ones (H200, 8 x 8192, kernel ms: 64 x 128 1.43 -> 1.27, 128 x 128
+    2.20 -> 2.08, 64 x 256 2.77 -> 2.48, 128 x 256 4.37 -> 4.03)."""
     t = _token_tile(chunk_size)
-    bn = min(pow2(dstate), 128)
+    bn = min(pow2(dstate), 64)
     # H200: uncapped since it also takes the log-decay terms of C h and x dh (a 128-register cap, which had cut
     # fwd+bwd by 1-4% before, now spills 500-650 bytes: 64 x 64 5.59 -> 5.13 ms without it, 128 x 128 13.74 -> 13.19)
-    return _override("dbc", KernelConfig(t, t, min(pow2(headdim), 64), bn, 4 if bn <= 64 else 8, 2))
+    return _override("dbc", KernelConfig(t, t, min(pow2(headdim), 64), bn, 4, 2))

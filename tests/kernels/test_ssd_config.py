@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archspec.kernels.ssd.config import KernelConfig, bwd_dx_config, scan_config, state_bwd_config, state_config
+from archspec.kernels.ssd.config import (KernelConfig, bwd_dbc_config, bwd_dx_config, scan_config, state_bwd_config,
+                                         state_config)
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
 
@@ -35,6 +36,17 @@ def test_state_passes_keep_the_whole_state_up_to_d_state_128_and_split_it_beyond
     forward, backward = state_config(64, 256, 256), state_bwd_config(128, 256, 256)
     assert (forward.block_p, forward.block_n, forward.num_warps) == (64, 128, 8)
     assert (backward.block_p, backward.block_n, backward.num_warps) == (64, 64, 4)
+
+
+def test_backward_row_tile_kernels_slice_d_state() -> None:
+    """dB/dC takes d_state in 4-warp slices of 64 at every size; the per-row-tile dx kernel in slices of 64 up to
+    d_state 128 and of 128 beyond."""
+    for dstate in (64, 128, 256):
+        cfg = bwd_dbc_config(128, dstate, 256)
+        assert (cfg.block_n, cfg.num_warps) == (64, 4)
+    assert bwd_dx_config(128, 128, 256, wgmma=True).block_n == 64
+    assert bwd_dx_config(64, 256, 256, wgmma=True).block_n == 128
+    assert bwd_dx_config(64, 256, 256).block_n == 128
 
 
 def test_launch_options_name_the_register_cap_only_when_one_is_set() -> None:
