@@ -88,6 +88,9 @@ def ssd_scan_triton(
     nheads, headdim, dstate); cu_seqlens (nseqs + 1,) with batch 1. chunk_size: a power of two >= 16.
     Matmul operands are in x.dtype (B, C, z cast to it), accumulation in float32.
     Returns y (batch, seqlen, nheads, headdim) in x.dtype, or (y, final_states float32).
+    The kernels assume decays of at most 1, dt' A <= 0 (Mamba-2's A = -exp(A_log) with dt' >= 0, which the default
+    dt_limit lower bound of 0 guarantees): a head with a step where dt' A > 0 gets NaN outputs from that step on
+    (checking A on the host would cost a device sync per call); `ssd_chunked` computes any sign exactly.
     With cu_seqlens the chunk layout is read back to the host (one device sync). At most 65535 chunks per call
     (sequences are chunked separately, so nchunks = sum of ceil(length / chunk_size)).
     """

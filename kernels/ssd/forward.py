@@ -91,7 +91,10 @@ def _state_fwd_kernel(
                      other=0.0).to(tl.float32)
         dt = prepare_dt(dt, bias, dt_lo, dt_hi, SOFTPLUS, HAS_LO, HAS_HI)
         dt = tl.where(mask_t, dt, 0.0)
+        # the chunk kernels take exp(min(s_t - s_j, 0)) for t >= j, exact while no step grows the state: a step
+        # that would (dt' A > 0) makes its log-decay NaN, so the head's outputs are NaN rather than silently wrong
         da = dt * a
+        da = tl.where(da > 0.0, float("nan"), da)
         cs = tl.cumsum(da, 0)
         total = tl.sum(da, 0)
         row = head.to(tl.int64) * ntokens + t0

@@ -223,6 +223,18 @@ def test_float16_forward_matches_naive(make_ssd_inputs) -> None:
     check_scan(inputs, 32, torch.float16, grads=False)
 
 
+def test_a_head_whose_state_grows_comes_out_nan_not_silently_wrong(make_ssd_inputs) -> None:
+    """The kernels assume dt' A <= 0 (a decay of at most 1 per step): a head with A > 0 gets NaN outputs and final
+    state, the other heads stay exact."""
+    inputs = make_ssd_inputs(1, 80, 2, 32, 1, 16, torch.float32, DEVICE)
+    inputs["A"] = torch.tensor([-0.7, 0.3], device=DEVICE)
+    y, final = ssd_scan_triton(chunk_size=32, return_final_states=True, **inputs)
+    y_ref, final_ref = ssd_naive(chunk_size=32, return_final_states=True, **_float64_copy(inputs))
+    assert torch.isnan(y[:, :, 1]).all() and torch.isnan(final[:, 1]).all()
+    assert rel_err(y[:, :, 0], y_ref[:, :, 0]) < TOL[torch.float32][0]
+    assert rel_err(final[:, 0], final_ref[:, 0]) < TOL[torch.float32][0]
+
+
 def test_only_requested_gradients_are_returned(make_ssd_inputs) -> None:
     inputs = make_ssd_inputs(1, 32, 2, 32, 1, 16, torch.float32, DEVICE, with_D=True)
     inputs["x"].requires_grad_(True)
