@@ -20,6 +20,7 @@ Usage: python benchmarks/ssd_kernels.py [--quick | --seqlens 2048,32768] [--forw
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -248,7 +249,10 @@ def main() -> None:
 
     theirs = load_mamba_chunk_scan()
     bandwidth = copy_bandwidth()
-    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+    env = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+           "triton": triton.__version__, "mamba_ssm": importlib.metadata.version("mamba_ssm"),
+           "bandwidth": bandwidth}
+    print(f"device {env['device']}, torch {env['torch']}, triton {env['triton']}, mamba_ssm {env['mamba_ssm']}, "
           f"copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
     if opts.sweep:
         sweep(ssd_scan_triton, 64, 128, 8192, opts.rep)
@@ -274,7 +278,7 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 if opts.out:
                     with open(os.path.join(opts.out, "ssd_bench.json"), "w") as f:
-                        json.dump({"bandwidth": bandwidth, "rows": rows}, f, indent=1)
+                        json.dump({**env, "rows": rows}, f, indent=1)
     print(format_table(rows))
 
 
