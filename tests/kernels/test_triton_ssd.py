@@ -212,6 +212,14 @@ def test_state_passes_split_over_head_dim_and_state_blocks_match_naive(make_ssd_
     check_scan(inputs, 32, torch.float32, grads=True)
 
 
+def test_d_state_256_with_its_default_tiles_matches_naive(make_ssd_inputs) -> None:
+    """At d_state 256 config.py splits the state passes into d_state tiles (128 forward, 64 backward), runs the
+    per-row-tile output and dx kernels (dx in slices of 128) and dB/dC in tiles of 64: together exact."""
+    inputs = make_ssd_inputs(1, 40, 2, 16, 1, 256, torch.float32, DEVICE, requires_grad=True,
+                             with_initial_states=True, with_D=True)
+    check_scan(inputs, 16, torch.float32, grads=True)
+
+
 def test_bfloat16_matches_naive_with_gradients(make_ssd_inputs) -> None:
     inputs = make_ssd_inputs(2, 48, 4, 32, 1, 32, torch.bfloat16, DEVICE, requires_grad=True, with_D=True,
                              with_z=True, with_dt_bias=True, dt_softplus=True)
