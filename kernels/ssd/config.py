@@ -33,6 +33,8 @@ class KernelConfig:
     programs share an SM at the price of spills.
     wgmma (walks): 1 runs the Gluon kernel (forward_wgmma.py, backward_wgmma.py) where it can run (bf16 /
     fp16 on sm_90).
+    segment (state passes): walk sequences in segments of this many chunks in parallel (segments.py); 0 walks
+    each whole sequence in one program.
     """
 
     block_m: int
@@ -44,6 +46,7 @@ class KernelConfig:
     walk: int = 0
     maxnreg: int = 0
     wgmma: int = 0
+    segment: int = 0
 
     def launch_options(self) -> dict[str, int]:
         """num_warps, num_stages (and maxnreg when set) for a Triton launch."""
@@ -83,7 +86,9 @@ def _state_tiles(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
 def state_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     """Forward state pass: one program walks one sequence for a block_p x block_n tile of a head's state (kept in
     registers), block_m tokens per step (divides chunk_size). d_state 256 splits into two tiles of 128 (H200,
-    8 x 8192 tokens, head_dim 64: 1.52 -> 1.27 ms; head_dim 128: 3.04 -> 2.56)."""
+    8 x 8192 tokens, head_dim 64: 1.52 -> 1.27 ms; head_dim 128: 3.04 -> 2.56). segment: off (0) until timed on a
+    GPU; ARCHSPEC_SSD_STATE=segment=N (ARCHSPEC_SSD_STATE_BWD for the backward pass) walks sequences in segments of
+    N chunks in parallel (segments.py), for few long sequences."""
     return _override("state", _state_tiles(headdim, dstate, chunk_size))
 
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from .common import dot_precision, head_chunk_program, mm, prepare_dt
 from .config import scan_config, state_config
 from .layout import ChunkTable
+from .segments import build_segment_table, carry_forward
 from .tiles import chunk_cb, scan_tiles
 
 try:
@@ -231,15 +232,24 @@ def ssd_forward(
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
     cfg = state_config(headdim, dstate, chunk)
-    grid = (table.nseqs, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n))
+    # the walk's "sequences": the call's sequences, or their segments walked from zero states (segments.py)
+    seg = build_segment_table(table, cfg.segment) if cfg.segment else None
+    walked, walk_start, walk_chunk = table.nseqs, table.seq_start, table.seq_chunk
+    walk_h0, walk_end = h0, final
+    if seg is not None:
+        walked, walk_start, walk_chunk = seg.nsegs, seg.seg_start, seg.seg_chunk
+        walk_h0, walk_end = None, torch.empty(seg.nsegs, nheads, headdim, dstate, device=dev, dtype=torch.float32)
+    grid = (walked, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n))
     _state_fwd_kernel[grid](
-        x, dt, A, B, dt_bias, h0, states, final, s, dtp, table.seq_start, table.seq_chunk,
+        x, dt, A, B, dt_bias, walk_h0, states, walk_end, s, dtp, walk_start, walk_chunk,
         x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1),
         ntokens, nheads, headdim, dstate, per_group, lo, hi,
         CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LO=has_lo, HAS_HI=has_hi,
-        HAS_H0=h0 is not None, PREC=prec, **cfg.launch_options(),
+        HAS_H0=walk_h0 is not None, PREC=prec, **cfg.launch_options(),
     )
+    if seg is not None:
+        carry_forward(states, walk_end, final, h0, s, table, seg, cfg)
 
     y = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)
     y_pre = torch.empty_like(y) if z is not None else None

@@ -25,6 +25,7 @@ class ChunkTable:
     seq_start (nseqs + 1,): token offsets of the sequences in the flattened token axis.
     seq_chunk (nseqs + 1,): index of each sequence's first chunk (the last entry is nchunks).
     chunk_start (nchunks,): first token of each chunk; chunk_len (nchunks,): its number of tokens (1..chunk_size).
+    seq_nchunks: each sequence's number of chunks, on the host.
     """
 
     chunk_size: int
@@ -35,6 +36,7 @@ class ChunkTable:
     seq_chunk: Tensor
     chunk_start: Tensor
     chunk_len: Tensor
+    seq_nchunks: tuple[int, ...]
 
 
 def build_chunk_table(batch: int, seqlen: int, chunk_size: int, cu_seqlens: Optional[Tensor],
@@ -53,7 +55,7 @@ def build_chunk_table(batch: int, seqlen: int, chunk_size: int, cu_seqlens: Opti
         chunk_start = (index // per_seq) * seqlen + local
         chunk_len = torch.clamp(seqlen - local, max=chunk_size)
         return ChunkTable(chunk_size, batch, batch * per_seq, ntokens, seq_start, seq_chunk,
-                          chunk_start.to(torch.int32), chunk_len.to(torch.int32))
+                          chunk_start.to(torch.int32), chunk_len.to(torch.int32), (per_seq,) * batch)
     offsets = [int(v) for v in cu_seqlens.tolist()]
     starts, lens, firsts = [], [], [0]
     for begin, end in zip(offsets[:-1], offsets[1:]):
@@ -66,4 +68,4 @@ def build_chunk_table(batch: int, seqlen: int, chunk_size: int, cu_seqlens: Opti
         return torch.tensor(values, dtype=torch.int32).to(device)
 
     return ChunkTable(chunk_size, len(offsets) - 1, len(starts), ntokens, as_tensor(offsets), as_tensor(firsts),
-                      as_tensor(starts), as_tensor(lens))
+                      as_tensor(starts), as_tensor(lens), tuple(b - a for a, b in zip(firsts[:-1], firsts[1:])))

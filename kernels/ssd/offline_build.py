@@ -34,7 +34,8 @@ from .backward_wgmma import _dx_wgmma_kernel
 from .forward_wgmma import _scan_fwd_wgmma_kernel
 from .step import ssd_step_triton
 
-__all__ = ["Launch", "build", "gluon_twin", "record_scan", "recorded_launches", "resources", "scan_launches"]
+__all__ = ["Launch", "build", "forced_config", "gluon_twin", "record_scan", "recorded_launches", "resources",
+           "scan_launches"]
 
 HOPPER = GPUTarget("cuda", 90, 32)
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
@@ -163,11 +164,30 @@ def record_scan(headdim: int, dstate: int, d_per_channel: bool = False) -> list[
     return launches
 
 
+@contextlib.contextmanager
+def forced_config(**overrides: str) -> Iterator[None]:
+    """Sets config.py's ARCHSPEC_SSD_<NAME> variables (keyword NAME, value "field=v,...") inside the block and
+    restores what the environment had."""
+    keys = {f"ARCHSPEC_SSD_{name.upper()}": value for name, value in overrides.items()}
+    before = {key: os.environ.get(key) for key in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
+
+
 def scan_launches() -> list[Launch]:
-    """The distinct launches of `record_scan` at 64 x 64 with D per channel (the chunk walks) and 64 x 256 with D
-    per head (the per-row-tile kernels)."""
+    """The distinct launches of `record_scan` at 64 x 64 with D per channel (the chunk walks), 64 x 256 with D
+    per head (the per-row-tile kernels) and 64 x 64 with the state passes in segments (segments.py)."""
+    with forced_config(state="segment=1", state_bwd="segment=1"):
+        segmented = record_scan(64, 64, False)
     distinct: dict[tuple, Launch] = {}
-    for launch in record_scan(64, 64, True) + record_scan(64, 256, False):
+    for launch in record_scan(64, 64, True) + record_scan(64, 256, False) + segmented:
         distinct.setdefault(launch.key(), launch)
     return list(distinct.values())
 

@@ -19,6 +19,8 @@ import pytest  # noqa: E402
 
 from archspec.kernels.reference import ssd_naive  # noqa: E402
 from archspec.kernels.ssd import ssd_scan_triton  # noqa: E402
+from archspec.kernels.ssd.layout import build_chunk_table  # noqa: E402
+from archspec.kernels.ssd.segments import build_segment_table  # noqa: E402
 from errors import rel_err  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -212,6 +214,30 @@ def test_state_passes_split_over_head_dim_and_state_blocks_match_naive(make_ssd_
     check_scan(inputs, 32, torch.float32, grads=True)
 
 
+@pytest.mark.parametrize("initial", [False, True], ids=["zero_start", "initial_states"])
+def test_state_passes_walking_segments_in_parallel_match_naive(make_ssd_inputs, monkeypatch, initial: bool) -> None:
+    """With segment=N the state passes walk every N chunks of a sequence from a zero state (gradient) and carry
+    the true one across the cuts afterwards: chunk states, final states, dL/dh0 and the log-decay gradients come
+    out as from whole-sequence walks. Packed sequences of 1 to 7 chunks of 16 cut into segments of 3 (whole,
+    cut once, cut twice with a short last segment)."""
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "segment=3")
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", "segment=3,block_p=16")
+    inputs = make_ssd_inputs(1, 175, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=[9, 100, 50, 16],
+                             requires_grad=True, with_initial_states=initial, with_D=True)
+    check_scan(inputs, 16, torch.float32, grads=True)
+
+
+def test_segment_table_cuts_each_sequence_at_whole_chunks() -> None:
+    table = build_chunk_table(1, 175, 16, torch.tensor([0, 9, 109, 159, 175]), torch.device("cpu"))
+    assert table.seq_nchunks == (1, 7, 4, 1)
+    seg = build_segment_table(table, 3)
+    assert seg.nsegs == 1 + 3 + 2 + 1
+    assert seg.seg_chunk.tolist() == [0, 1, 4, 7, 8, 11, 12, 13]
+    assert seg.seg_start.tolist() == [0, 9, 57, 105, 109, 157, 159, 175]
+    assert seg.seq_seg.tolist() == [0, 1, 4, 6, 7]
+    assert seg.chunk_seg.tolist() == [0, 1, 1, 1, 2, 2, 2, 3, 4, 4, 4, 5, 6]
+
+
 def test_d_state_256_with_its_default_tiles_matches_naive(make_ssd_inputs) -> None:
     """At d_state 256 config.py splits the state passes into d_state tiles (128 forward, 64 backward), runs the
     per-row-tile output and dx kernels (dx in slices of 128) and dB/dC in tiles of 64: together exact."""
@@ -278,3 +304,16 @@ def test_gpu_float32_packed_sequences_all_options(make_ssd_inputs, chunk_size: i
                              requires_grad=True, with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True,
                              dt_limit=(0.001, 0.2), with_initial_states=True)
     check_scan(inputs, chunk_size, torch.float32, grads=True)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dstate", [64, 256])
+def test_gpu_bfloat16_state_passes_in_segments(make_ssd_inputs, monkeypatch, dstate: int) -> None:
+    """Long packed sequences with the state passes cut into segments of 3 chunks (segments.py), bf16 sizes."""
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "segment=3")
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", "segment=3")
+    inputs = make_ssd_inputs(1, 4000, 4, 64, 2, dstate, torch.bfloat16, "cuda", seqlens=[2900, 1, 1099],
+                             requires_grad=True, with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True,
+                             with_initial_states=True)
+    check_scan(inputs, 256, torch.bfloat16, grads=True)

@@ -1,0 +1,217 @@
+"""Sequences cut into segments of whole chunks, so that the state passes walk them in parallel.
+
+The state passes (forward.py's `_state_fwd_kernel`, backward_states.py's `state_bwd_kernel`) run one program per
+(sequence, head, state tile), each walking its whole sequence: a few long sequences give few programs of many
+dependent steps. With segments of `seg_chunks` chunks, the passes walk every segment as if it were a sequence of
+its own, from a zero state (zero gradient), and two small kernels here restore what crossed the cuts:
+
+- `_carry_fwd_kernel`, per (sequence, head, tile): h_in(k+1) = exp(L_k) h_in(k) + h_end(k) over the sequence's
+  segments k (h_in(0) the initial state, L_k the segment's total log-decay, h_end(k) its end state from zero),
+  storing each h_in(k) and the final state; `_fix_fwd_kernel`, per (chunk, head, tile): a chunk's stored state
+  gains exp(log-decay from its segment's start to the chunk) h_in(k).
+- `_carry_bwd_kernel` the same backwards for the gradient at each segment's end (dL/d final state at the last),
+  returning dL/d initial state; `_fix_bwd_kernel` adds a chunk's share of it to the chunk-end gradient and to the
+  log-decay gradient of the chunk's last token (the term state_bwd_kernel adds with the gradient it saw).
+
+The log-decays s are cumulative within a chunk, so they, dt' and every chunk kernel are unaffected by the cuts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .config import KernelConfig
+from .layout import ChunkTable
+
+__all__ = ["SegmentTable", "build_segment_table", "carry_backward", "carry_forward"]
+
+
+@dataclass(frozen=True)
+class SegmentTable:
+    """Segments of one call, all int32 on the inputs' device. seg_start (nsegs + 1,) and seg_chunk (nsegs + 1,):
+    token offsets and first chunks of the segments, in the format of ChunkTable's seq_start / seq_chunk (so the
+    state kernels take them in their place); seq_seg (nseqs + 1,): each sequence's first segment; chunk_seg
+    (nchunks,): each chunk's segment."""
+
+    nsegs: int
+    seg_start: Tensor
+    seg_chunk: Tensor
+    seq_seg: Tensor
+    chunk_seg: Tensor
+
+
+def build_segment_table(table: ChunkTable, seg_chunks: int) -> SegmentTable:
+    """Cuts every sequence of table into segments of seg_chunks chunks (the last one of a sequence may be
+    shorter). Only host lengths are read: no device sync."""
+    firsts, seq_seg, chunk_seg = [], [0], []
+    chunk = 0
+    for nchunks in table.seq_nchunks:
+        for local in range(0, nchunks, seg_chunks):
+            chunk_seg += [len(firsts)] * min(seg_chunks, nchunks - local)
+            firsts.append(chunk + local)
+        chunk += nchunks
+        seq_seg.append(len(firsts))
+    device = table.chunk_start.device
+
+    def as_tensor(values: list[int]) -> Tensor:
+        return torch.tensor(values, dtype=torch.int32).to(device)
+
+    seg_chunk = as_tensor(firsts + [table.nchunks])
+    seg_start = torch.cat([table.chunk_start[seg_chunk[:-1].long()], table.seq_start[-1:]])
+    return SegmentTable(len(firsts), seg_start, seg_chunk, as_tensor(seq_seg), as_tensor(chunk_seg))
+
+
+@triton.jit
+def _state_tile(headdim, dstate, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The (head_dim block x d_state block) tile of grid axis 2, as the state kernels number them: offsets into a
+    (headdim, dstate) state and their mask."""
+    pid_p = tl.program_id(2) // tl.cdiv(dstate, BLOCK_N)
+    pid_n = tl.program_id(2) % tl.cdiv(dstate, BLOCK_N)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_p[:, None] * dstate + offs_n[None, :], (offs_p < headdim)[:, None] & (offs_n < dstate)[None, :]
+
+
+@triton.jit
+def _log_decay(s_ptr, head_row, chunk_start_ptr, chunk_len_ptr, first, end):
+    """Total log-decay of chunks first..end-1: the sum of their last tokens' within-chunk cumulative log-decay."""
+    total = 0.0
+    for c in range(first, end):
+        last = tl.load(chunk_start_ptr + c).to(tl.int64) + tl.load(chunk_len_ptr + c) - 1
+        total += tl.load(s_ptr + head_row + last)
+    return total
+
+
+@triton.jit
+def _carry_fwd_kernel(
+    h0_ptr, end_ptr, h_in_ptr, final_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, seq_seg_ptr, seg_chunk_ptr,
+    ntokens, nheads, headdim, dstate,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HAS_H0: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1).to(tl.int64)
+    tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
+    state_size = headdim * dstate
+    if HAS_H0:
+        h = tl.load(h0_ptr + (seq * nheads + head) * state_size + tile, mask=mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    for k in range(tl.load(seq_seg_ptr + seq), tl.load(seq_seg_ptr + seq + 1)):
+        at = (k * nheads + head) * state_size + tile
+        tl.store(h_in_ptr + at, h, mask=mask)
+        total = _log_decay(s_ptr, head * ntokens, chunk_start_ptr, chunk_len_ptr, tl.load(seg_chunk_ptr + k),
+                           tl.load(seg_chunk_ptr + k + 1))
+        h = h * tl.exp(total) + tl.load(end_ptr + at, mask=mask, other=0.0)
+    tl.store(final_ptr + (seq * nheads + head) * state_size + tile, h, mask=mask)
+
+
+@triton.jit
+def _fix_fwd_kernel(
+    states_ptr, h_in_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, chunk_seg_ptr, seg_chunk_ptr,
+    ntokens, nheads, headdim, dstate,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    chunk = tl.program_id(0)
+    head = tl.program_id(1).to(tl.int64)
+    tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
+    state_size = headdim * dstate
+    k = tl.load(chunk_seg_ptr + chunk)
+    decay = tl.exp(_log_decay(s_ptr, head * ntokens, chunk_start_ptr, chunk_len_ptr, tl.load(seg_chunk_ptr + k),
+                              chunk))
+    h_in = tl.load(h_in_ptr + (k * nheads + head) * state_size + tile, mask=mask, other=0.0)
+    at = states_ptr + (chunk.to(tl.int64) * nheads + head) * state_size + tile
+    h = tl.load(at, mask=mask, other=0.0).to(tl.float32) + decay * h_in
+    tl.store(at, h.to(states_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _carry_bwd_kernel(
+    dfinal_ptr, start_ptr, g_end_ptr, dh0_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, seq_seg_ptr, seg_chunk_ptr,
+    ntokens, nheads, headdim, dstate,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DFINAL: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1).to(tl.int64)
+    tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
+    state_size = headdim * dstate
+    if HAS_DFINAL:
+        g = tl.load(dfinal_ptr + (seq * nheads + head) * state_size + tile, mask=mask, other=0.0).to(tl.float32)
+    else:
+        g = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    first = tl.load(seq_seg_ptr + seq)
+    for i in range(0, tl.load(seq_seg_ptr + seq + 1) - first):
+        k = tl.load(seq_seg_ptr + seq + 1) - 1 - i
+        at = (k * nheads + head) * state_size + tile
+        tl.store(g_end_ptr + at, g, mask=mask)
+        total = _log_decay(s_ptr, head * ntokens, chunk_start_ptr, chunk_len_ptr, tl.load(seg_chunk_ptr + k),
+                           tl.load(seg_chunk_ptr + k + 1))
+        g = g * tl.exp(total) + tl.load(start_ptr + at, mask=mask, other=0.0)
+    tl.store(dh0_ptr + (seq * nheads + head) * state_size + tile, g, mask=mask)
+
+
+@triton.jit
+def _fix_bwd_kernel(
+    dstates_ptr, states_ptr, g_end_ptr, s_ptr, ds_ptr, chunk_start_ptr, chunk_len_ptr, chunk_seg_ptr, seg_chunk_ptr,
+    ntokens, nheads, headdim, dstate,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    chunk = tl.program_id(0)
+    head = tl.program_id(1).to(tl.int64)
+    tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
+    state_size = headdim * dstate
+    k = tl.load(chunk_seg_ptr + chunk)
+    head_row = head * ntokens
+    # the segment-end gradient reaches this chunk's end through the decay of the segment's later chunks
+    decay = tl.exp(_log_decay(s_ptr, head_row, chunk_start_ptr, chunk_len_ptr, chunk + 1,
+                              tl.load(seg_chunk_ptr + k + 1)))
+    g = decay * tl.load(g_end_ptr + (k * nheads + head) * state_size + tile, mask=mask, other=0.0)
+    at = (chunk.to(tl.int64) * nheads + head) * state_size + tile
+    dh = tl.load(dstates_ptr + at, mask=mask, other=0.0).to(tl.float32) + g
+    tl.store(dstates_ptr + at, dh.to(dstates_ptr.dtype.element_ty), mask=mask)
+    # its part of <dh_end, exp(s_last) h_in>, the log-decay term of the chunk's last token
+    h_in = tl.load(states_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    last = head_row + tl.load(chunk_start_ptr + chunk) + tl.load(chunk_len_ptr + chunk) - 1
+    tl.atomic_add(ds_ptr + last, tl.exp(tl.load(s_ptr + last)) * tl.sum(tl.sum(g * h_in, 1), 0), sem="relaxed")
+
+
+def _grid(nprograms: int, nheads: int, headdim: int, dstate: int, cfg: KernelConfig) -> tuple[int, int, int]:
+    return nprograms, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n)
+
+
+def carry_forward(states: Tensor, seg_end: Tensor, final: Tensor, h0: Optional[Tensor], s: Tensor,
+                  table: ChunkTable, seg: SegmentTable, cfg: KernelConfig) -> None:
+    """After the forward state pass walked the segments from zero states: writes the final states (nseqs, nheads,
+    headdim, dstate, float32) and adds the entering states' share to the chunk states (nchunks, ...) in place.
+    seg_end (nsegs, ...) float32: each segment's end state from zero; s (nheads, T) the log-decays."""
+    _, nheads, headdim, dstate = states.shape
+    h_in = torch.empty_like(seg_end)
+    opts = dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n)
+    _carry_fwd_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
+        h0, seg_end, h_in, final, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
+        table.ntokens, nheads, headdim, dstate, HAS_H0=h0 is not None, **opts)
+    _fix_fwd_kernel[_grid(table.nchunks, nheads, headdim, dstate, cfg)](
+        states, h_in, s, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk,
+        table.ntokens, nheads, headdim, dstate, **opts)
+
+
+def carry_backward(dstates: Tensor, seg_start_grad: Tensor, dh0: Tensor, dfinal: Optional[Tensor], states: Tensor,
+                   s: Tensor, ds: Tensor, table: ChunkTable, seg: SegmentTable, cfg: KernelConfig) -> None:
+    """After the backward state pass walked the segments from zero gradients: writes dL/d initial state dh0
+    (nseqs, nheads, headdim, dstate, float32) and adds the later segments' share to the chunk-end gradients
+    dstates and to ds (nheads, T) in place. seg_start_grad (nsegs, ...) float32: each segment's gradient at its
+    start from a zero gradient at its end; states: the forward's chunk states."""
+    _, nheads, headdim, dstate = dstates.shape
+    g_end = torch.empty_like(seg_start_grad)
+    opts = dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n)
+    _carry_bwd_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
+        dfinal, seg_start_grad, g_end, dh0, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
+        table.ntokens, nheads, headdim, dstate, HAS_DFINAL=dfinal is not None, **opts)
+    _fix_bwd_kernel[_grid(table.nchunks, nheads, headdim, dstate, cfg)](
+        dstates, states, g_end, s, ds, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk,
+        table.ntokens, nheads, headdim, dstate, **opts)
