@@ -19,13 +19,12 @@ Usage: python benchmarks/ssd_registers.py [--kernel scan|dx|scan-gluon|dx-gluon|
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from archspec.kernels.ssd import backward, backward_states, forward, tiles
-from archspec.kernels.ssd.offline_build import build, gluon_twin, record_scan, resources
+from archspec.kernels.ssd.offline_build import build, forced_config, gluon_twin, record_scan, resources
 
-_WALKS = {"scan": ("SCAN", forward._scan_fwd_kernel), "dx": ("DX", backward._dx_kernel)}
+_WALKS = {"scan": forward._scan_fwd_kernel, "dx": backward._dx_kernel}
 _AS_CONFIGURED = {"state": forward._state_fwd_kernel, "state-bwd": backward_states.state_bwd_kernel,
                   "cb": tiles._cb_kernel, "scan-tiles": tiles._scan_tiles_kernel, "dx-tiles": tiles._dx_tiles_kernel,
                   "dcb": backward._dcb_kernel, "dbc": backward._dbc_kernel}
@@ -35,17 +34,8 @@ def walk_launch(kernel: str, headdim: int, dstate: int) -> tuple[Any, dict[str, 
     """The recorded launch of the walk named by kernel ("scan" or "dx", "-gluon" for the Gluon version) as
     (kernel function, arguments by name)."""
     name = kernel.removesuffix("-gluon")
-    env, fn = _WALKS[name]
-    key = f"ARCHSPEC_SSD_{env}"
-    before = os.environ.get(key)
-    os.environ[key] = "walk=1,block_m=64"
-    try:
-        launch = next(item for item in record_scan(headdim, dstate) if item.fn is fn)
-    finally:
-        if before is None:
-            del os.environ[key]
-        else:
-            os.environ[key] = before
+    with forced_config(**{name: "walk=1,block_m=64"}):
+        launch = next(item for item in record_scan(headdim, dstate) if item.fn is _WALKS[name])
     if kernel.endswith("-gluon"):
         twin = gluon_twin(launch)
         if twin is None:
