@@ -79,20 +79,21 @@ def _state_tile(headdim, dstate, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _log_decay(s_ptr, head_row, chunk_start_ptr, chunk_len_ptr, first, end):
-    """Total log-decay of chunks first..end-1: the sum of their last tokens' within-chunk cumulative log-decay."""
-    total = 0.0
-    for c in range(first, end):
-        last = tl.load(chunk_start_ptr + c).to(tl.int64) + tl.load(chunk_len_ptr + c) - 1
-        total += tl.load(s_ptr + head_row + last)
-    return total
+def _log_decay(s_ptr, head_row, chunk_start_ptr, chunk_len_ptr, first, end, SEG: tl.constexpr):
+    """Total log-decay of chunks first..end-1 (at most SEG of them): the sum of their last tokens' within-chunk
+    cumulative log-decays, gathered at once."""
+    c = first + tl.arange(0, SEG)
+    inside = c < end
+    last = (tl.load(chunk_start_ptr + c, mask=inside, other=0).to(tl.int64)
+            + tl.load(chunk_len_ptr + c, mask=inside, other=1) - 1)
+    return tl.sum(tl.load(s_ptr + head_row + last, mask=inside, other=0.0), 0)
 
 
 @triton.jit
 def _carry_fwd_kernel(
     h0_ptr, end_ptr, h_in_ptr, final_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, seq_seg_ptr, seg_chunk_ptr,
     ntokens, nheads, headdim, dstate,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HAS_H0: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr, HAS_H0: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
@@ -106,7 +107,7 @@ def _carry_fwd_kernel(
         at = (k * nheads + head) * state_size + tile
         tl.store(h_in_ptr + at, h, mask=mask)
         total = _log_decay(s_ptr, head * ntokens, chunk_start_ptr, chunk_len_ptr, tl.load(seg_chunk_ptr + k),
-                           tl.load(seg_chunk_ptr + k + 1))
+                           tl.load(seg_chunk_ptr + k + 1), SEG)
         h = h * tl.exp(total) + tl.load(end_ptr + at, mask=mask, other=0.0)
     tl.store(final_ptr + (seq * nheads + head) * state_size + tile, h, mask=mask)
 
@@ -115,7 +116,7 @@ def _carry_fwd_kernel(
 def _fix_fwd_kernel(
     states_ptr, h_in_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, chunk_seg_ptr, seg_chunk_ptr,
     ntokens, nheads, headdim, dstate,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr,
 ):
     chunk = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
@@ -123,7 +124,7 @@ def _fix_fwd_kernel(
     state_size = headdim * dstate
     k = tl.load(chunk_seg_ptr + chunk)
     decay = tl.exp(_log_decay(s_ptr, head * ntokens, chunk_start_ptr, chunk_len_ptr, tl.load(seg_chunk_ptr + k),
-                              chunk))
+                              chunk, SEG))
     h_in = tl.load(h_in_ptr + (k * nheads + head) * state_size + tile, mask=mask, other=0.0)
     at = states_ptr + (chunk.to(tl.int64) * nheads + head) * state_size + tile
     h = tl.load(at, mask=mask, other=0.0).to(tl.float32) + decay * h_in
@@ -134,7 +135,7 @@ def _fix_fwd_kernel(
 def _carry_bwd_kernel(
     dfinal_ptr, start_ptr, g_end_ptr, dh0_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, seq_seg_ptr, seg_chunk_ptr,
     ntokens, nheads, headdim, dstate,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DFINAL: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr, HAS_DFINAL: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
@@ -150,7 +151,7 @@ def _carry_bwd_kernel(
         at = (k * nheads + head) * state_size + tile
         tl.store(g_end_ptr + at, g, mask=mask)
         total = _log_decay(s_ptr, head * ntokens, chunk_start_ptr, chunk_len_ptr, tl.load(seg_chunk_ptr + k),
-                           tl.load(seg_chunk_ptr + k + 1))
+                           tl.load(seg_chunk_ptr + k + 1), SEG)
         g = g * tl.exp(total) + tl.load(start_ptr + at, mask=mask, other=0.0)
     tl.store(dh0_ptr + (seq * nheads + head) * state_size + tile, g, mask=mask)
 
@@ -159,7 +160,7 @@ def _carry_bwd_kernel(
 def _fix_bwd_kernel(
     dstates_ptr, states_ptr, g_end_ptr, s_ptr, ds_ptr, chunk_start_ptr, chunk_len_ptr, chunk_seg_ptr, seg_chunk_ptr,
     ntokens, nheads, headdim, dstate,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr,
 ):
     chunk = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
@@ -169,7 +170,7 @@ def _fix_bwd_kernel(
     head_row = head * ntokens
     # the segment-end gradient reaches this chunk's end through the decay of the segment's later chunks
     decay = tl.exp(_log_decay(s_ptr, head_row, chunk_start_ptr, chunk_len_ptr, chunk + 1,
-                              tl.load(seg_chunk_ptr + k + 1)))
+                              tl.load(seg_chunk_ptr + k + 1), SEG))
     g = decay * tl.load(g_end_ptr + (k * nheads + head) * state_size + tile, mask=mask, other=0.0)
     at = (chunk.to(tl.int64) * nheads + head) * state_size + tile
     dh = tl.load(dstates_ptr + at, mask=mask, other=0.0).to(tl.float32) + g
@@ -191,7 +192,7 @@ def carry_forward(states: Tensor, seg_end: Tensor, final: Tensor, h0: Optional[T
     seg_end (nsegs, ...) float32: each segment's end state from zero; s (nheads, T) the log-decays."""
     _, nheads, headdim, dstate = states.shape
     h_in = torch.empty_like(seg_end)
-    opts = dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n)
+    opts = dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, SEG=triton.next_power_of_2(cfg.segment))
     _carry_fwd_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
         h0, seg_end, h_in, final, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
         table.ntokens, nheads, headdim, dstate, HAS_H0=h0 is not None, **opts)
@@ -208,7 +209,7 @@ def carry_backward(dstates: Tensor, seg_start_grad: Tensor, dh0: Tensor, dfinal:
     start from a zero gradient at its end; states: the forward's chunk states."""
     _, nheads, headdim, dstate = dstates.shape
     g_end = torch.empty_like(seg_start_grad)
-    opts = dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n)
+    opts = dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, SEG=triton.next_power_of_2(cfg.segment))
     _carry_bwd_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
         dfinal, seg_start_grad, g_end, dh0, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
         table.ntokens, nheads, headdim, dstate, HAS_DFINAL=dfinal is not None, **opts)
