@@ -7,10 +7,11 @@ two are padded up to the next one inside a tile and masked. `KernelConfig` holds
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 
 import triton
+
+from ..overrides import env_overrides
 
 __all__ = ["KernelConfig", "pow2", "state_config", "state_bwd_config", "scan_config", "cb_config", "bwd_dx_config",
            "bwd_dcb_config", "bwd_dbc_config", "MIN_CHUNK"]
@@ -57,10 +58,7 @@ class KernelConfig:
 
 
 def _overrides(name: str) -> dict[str, int]:
-    spec = os.environ.get(f"ARCHSPEC_SSD_{name.upper()}")
-    if not spec:
-        return {}
-    return {k.strip(): int(v) for k, v in (item.split("=") for item in spec.split(",") if item.strip())}
+    return env_overrides(f"ARCHSPEC_SSD_{name.upper()}")
 
 
 def _override(name: str, cfg: KernelConfig) -> KernelConfig:
