@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..overrides import env_overrides
 from .reference import positions_in_sequences
 
 __all__ = ["ConvTiles", "causal_conv1d_triton", "default_tiles"]
@@ -25,18 +26,24 @@ __all__ = ["ConvTiles", "causal_conv1d_triton", "default_tiles"]
 
 class ConvTiles(NamedTuple):
     """Tile sizes: block_t time rows x block_c channels per tile; a backward program loops over tiles_per_prog
-    consecutive row tiles (fewer dweight/dbias partial sums)."""
+    consecutive row tiles (fewer dweight/dbias partial sums). staged: the backward forms each row's gradient once
+    and passes it on through a per-program buffer (`_conv_bwd_staged_kernel`) instead of recomputing it at every
+    lag; off until timed on a GPU."""
 
     block_t: int
     block_c: int
     tiles_per_prog: int
+    staged: bool = False
 
 
 def default_tiles(seqlen: int, channels: int) -> ConvTiles:
-    """Tiles of up to 64 rows x 128 channels (powers of two, at least 16), up to 8 row tiles per backward program."""
+    """Tiles of up to 64 rows x 128 channels (powers of two, at least 16), up to 8 row tiles per backward program.
+    ARCHSPEC_CONV_TILES="block_t=32,staged=1" overrides fields (a tuning hook for benchmarks/mixer.py)."""
     block_t = min(64, max(16, triton.next_power_of_2(seqlen)))
     block_c = min(128, max(16, triton.next_power_of_2(channels)))
-    return ConvTiles(block_t, block_c, min(8, triton.cdiv(seqlen, block_t)))
+    tiles = ConvTiles(block_t, block_c, min(8, triton.cdiv(seqlen, block_t)))
+    fields = env_overrides("ARCHSPEC_CONV_TILES")
+    return tiles._replace(**{k: bool(v) if k == "staged" else v for k, v in fields.items()})
 
 
 @triton.jit
@@ -147,6 +154,77 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, pos_ptr, dy_ptr, dx_ptr, dw_ptr, db_pt
         tl.store(db_ptr + part.to(tl.int64) * channels + cols, db_acc, mask=col_ok)
 
 
+@triton.jit
+def _conv_bwd_staged_kernel(x_ptr, w_ptr, b_ptr, pos_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, stage_ptr, seqlen, channels,
+                            tiles_per_prog, stride_xb, stride_xt, stride_wc, stride_wk, stride_dyb, stride_dyt,
+                            stride_dxb, stride_dxt,
+                            D_CONV: tl.constexpr, D_PAD: tl.constexpr, HALO: tl.constexpr, BLOCK_T: tl.constexpr,
+                            BLOCK_C: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
+                            SILU: tl.constexpr):
+    """`_conv_bwd_kernel` with each row's g = dL/d(pre-activation) formed once: the program walks its row tiles
+    last to first and hands g to the tile before through `stage`, its own BLOCK_T x BLOCK_C float32 slice of
+    global memory (cache-resident; barriers order the block's writes and reads). dx[t] = sum over lags of
+    w[d_conv - 1 - lag] g[t + lag] reads the rows past the tile's end (the tile after's first rows, or the HALO
+    rows after the program's last tile, formed first) before the tile's own g replaces them."""
+    pid_t, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < channels
+    taps = tl.arange(0, D_PAD)
+    local = tl.arange(0, BLOCK_T)
+    x_b = x_ptr + pid_b.to(tl.int64) * stride_xb
+    dy_b = dy_ptr + pid_b.to(tl.int64) * stride_dyb
+    dx_b = dx_ptr + pid_b.to(tl.int64) * stride_dxb
+    program = (pid_b * tl.num_programs(1) + pid_c) * tl.num_programs(0) + pid_t
+    stage = stage_ptr + program.to(tl.int64) * BLOCK_T * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    rows_h = (pid_t + 1) * tiles_per_prog * BLOCK_T + tl.arange(0, HALO)
+    ok_h = rows_h < seqlen
+    g_h = _preact_grad(x_b, w_ptr, b_ptr, dy_b, rows_h, _positions(pos_ptr, rows_h, ok_h, HAS_SEQ), ok_h, cols,
+                       col_ok, stride_xt, stride_wc, stride_wk, stride_dyt, D_CONV, HALO, BLOCK_C, HAS_BIAS, SILU)
+    tl.store(stage + tl.arange(0, HALO)[:, None] * BLOCK_C, g_h)
+    tl.debug_barrier()
+    dw_acc = tl.zeros((D_PAD, BLOCK_C), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for j in range(tiles_per_prog):
+        rows = (pid_t * tiles_per_prog + tiles_per_prog - 1 - j) * BLOCK_T + local
+        row_ok = rows < seqlen
+        pos = _positions(pos_ptr, rows, row_ok, HAS_SEQ)
+        g = _preact_grad(x_b, w_ptr, b_ptr, dy_b, rows, pos, row_ok, cols, col_ok, stride_xt, stride_wc,
+                         stride_wk, stride_dyt, D_CONV, BLOCK_T, BLOCK_C, HAS_BIAS, SILU)
+        db_acc += tl.sum(g, axis=0)
+        for k in tl.static_range(D_CONV):
+            lag = D_CONV - 1 - k
+            ok = row_ok & (pos >= lag)
+            src = (rows - lag).to(tl.int64)[:, None] * stride_xt + cols[None, :]
+            xv = tl.load(x_b + src, mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+            dw_acc += tl.where(taps[:, None] == k, tl.sum(g * xv, axis=0)[None, :], 0.0)
+        w_last = tl.load(w_ptr + cols * stride_wc + (D_CONV - 1) * stride_wk, mask=col_ok, other=0.0)
+        dx = g * w_last.to(tl.float32)[None, :]
+        for lag in tl.static_range(1, D_CONV):  # rows past the tile's end, staged by the tile after
+            later = rows + lag
+            later_ok = later < seqlen
+            keep = later_ok & (_positions(pos_ptr, later, later_ok, HAS_SEQ) >= lag) & (local + lag >= BLOCK_T)
+            g_after = tl.load(stage + (local + lag - BLOCK_T)[:, None] * BLOCK_C, mask=keep[:, None], other=0.0)
+            wk = tl.load(w_ptr + cols * stride_wc + (D_CONV - 1 - lag) * stride_wk, mask=col_ok, other=0.0)
+            dx += g_after * wk.to(tl.float32)[None, :]
+        tl.debug_barrier()  # the tile after's rows are read by every thread
+        tl.store(stage + local[:, None] * BLOCK_C, g)
+        tl.debug_barrier()
+        for lag in tl.static_range(1, D_CONV):  # rows inside the tile
+            later = rows + lag
+            later_ok = later < seqlen
+            keep = later_ok & (_positions(pos_ptr, later, later_ok, HAS_SEQ) >= lag) & (local + lag < BLOCK_T)
+            g_in = tl.load(stage + (local + lag)[:, None] * BLOCK_C, mask=keep[:, None], other=0.0)
+            wk = tl.load(w_ptr + cols * stride_wc + (D_CONV - 1 - lag) * stride_wk, mask=col_ok, other=0.0)
+            dx += g_in * wk.to(tl.float32)[None, :]
+        dst = rows.to(tl.int64)[:, None] * stride_dxt + cols[None, :]
+        tl.store(dx_b + dst, dx.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    part = pid_b * tl.num_programs(0) + pid_t
+    dw_dst = (part * D_CONV + taps).to(tl.int64)[:, None] * channels + cols[None, :]
+    tl.store(dw_ptr + dw_dst, dw_acc, mask=(taps < D_CONV)[:, None] & col_ok[None, :])
+    if HAS_BIAS:
+        tl.store(db_ptr + part.to(tl.int64) * channels + cols, db_acc, mask=col_ok)
+
+
 def _conv_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], pos: Optional[Tensor], silu: bool,
                   tiles: ConvTiles) -> Tensor:
     """x (batch, seqlen, channels), unit channel stride -> y contiguous (batch, seqlen, channels) in x.dtype."""
@@ -173,14 +251,19 @@ def _conv_backward(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor]
     dw_part = torch.empty(batch * n_tprog, d_conv, channels, device=x.device, dtype=torch.float32)
     db_part = torch.empty(batch * n_tprog, channels, device=x.device, dtype=torch.float32) if bias is not None else None
     grid = (n_tprog, triton.cdiv(channels, tiles.block_c), batch)
-    _conv_bwd_kernel[grid](
-        x, weight, weight if bias is None else bias, x if pos is None else pos, dy, dx, dw_part,
-        dw_part if db_part is None else db_part, seqlen, channels, tiles.tiles_per_prog,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), dy.stride(0), dy.stride(1),
-        dx.stride(0), dx.stride(1),
-        D_CONV=d_conv, D_PAD=triton.next_power_of_2(d_conv), BLOCK_T=tiles.block_t, BLOCK_C=tiles.block_c,
-        HAS_BIAS=bias is not None, HAS_SEQ=pos is not None, SILU=silu, num_warps=8,
-    )
+    args = (x, weight, weight if bias is None else bias, x if pos is None else pos, dy, dx, dw_part,
+            dw_part if db_part is None else db_part)
+    sizes = (seqlen, channels, tiles.tiles_per_prog, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+             dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1))
+    consts = dict(D_CONV=d_conv, D_PAD=triton.next_power_of_2(d_conv), BLOCK_T=tiles.block_t,
+                  BLOCK_C=tiles.block_c, HAS_BIAS=bias is not None, HAS_SEQ=pos is not None, SILU=silu, num_warps=8)
+    if tiles.staged:
+        stage = torch.empty(grid[0] * grid[1] * grid[2], tiles.block_t, tiles.block_c, device=x.device,
+                            dtype=torch.float32)
+        _conv_bwd_staged_kernel[grid](*args, stage, *sizes, HALO=triton.next_power_of_2(max(1, d_conv - 1)),
+                                      **consts)
+    else:
+        _conv_bwd_kernel[grid](*args, *sizes, **consts)
     return dx, dw_part.sum(0).t().contiguous(), None if db_part is None else db_part.sum(0)
 
 

@@ -21,11 +21,12 @@ import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from archspec.kernels.conv import causal_conv1d, causal_conv1d_reference  # noqa: E402
-from archspec.kernels.conv.triton_conv import ConvTiles, causal_conv1d_triton  # noqa: E402
+from archspec.kernels.conv.triton_conv import ConvTiles, causal_conv1d_triton, default_tiles  # noqa: E402
 from errors import rel_err  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL_TILES = ConvTiles(block_t=16, block_c=32, tiles_per_prog=2)
+STAGED_TILES = SMALL_TILES._replace(staged=True)
 # Relative Frobenius error allowed: float32 accumulates exactly as the float64 loop up to float32 rounding
 # (measured ~1e-7); bfloat16 rounds inputs, dy and the outputs to 8 mantissa bits (~4e-3 per element).
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -96,8 +97,9 @@ def make_inputs(case: Case, dtype: torch.dtype, device: str = DEVICE) -> dict:
 
 
 def run(backend: str, inputs: dict) -> torch.Tensor:
-    if backend == "triton":
-        return causal_conv1d_triton(**inputs, tiles=SMALL_TILES)
+    """backend "triton" / "triton-staged": the Triton kernels on small tiles, the latter with the staged backward."""
+    if backend.startswith("triton"):
+        return causal_conv1d_triton(**inputs, tiles=STAGED_TILES if backend == "triton-staged" else SMALL_TILES)
     return causal_conv1d(**inputs, backend=backend)
 
 
@@ -119,13 +121,13 @@ def check_forward_and_gradients(backend: str, case: Case, dtype: torch.dtype) ->
         assert rel_err(g, r) < TOL[dtype], name
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "triton-staged", "torch"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_float32_output_and_gradients_match_float64_loop(backend: str, case: Case) -> None:
     check_forward_and_gradients(backend, case, torch.float32)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "triton-staged", "torch"])
 @pytest.mark.parametrize("case", [CASES[0], CASES[6]], ids=str)
 def test_bfloat16_output_and_gradients_match_float64_loop(backend: str, case: Case) -> None:
     check_forward_and_gradients(backend, case, torch.bfloat16)
@@ -161,6 +163,13 @@ def test_dispatch_triton_uses_default_tiles_and_matches_reference() -> None:
     inputs = make_inputs(Case(2, 70, 150, 4, strided=True), torch.float32)
     y = causal_conv1d(**inputs, backend="triton")
     assert rel_err(y, loop_conv(**inputs)) < TOL[torch.float32]
+
+
+def test_default_tiles_take_the_environment_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ARCHSPEC_CONV_TILES overrides the chosen fields (integers; staged as 0 / 1) and leaves the others."""
+    assert default_tiles(8192, 4352) == ConvTiles(64, 128, 8, False)
+    monkeypatch.setenv("ARCHSPEC_CONV_TILES", "block_t=32, staged=1")
+    assert default_tiles(8192, 4352) == ConvTiles(32, 128, 8, True)
 
 
 def test_auto_backend_on_cpu_is_the_reference() -> None:
@@ -223,6 +232,18 @@ GPU_CASES = [
 @pytest.mark.parametrize("case", GPU_CASES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_gpu_real_size_output_and_gradients_match_float64_reference(case: Case, dtype: torch.dtype) -> None:
+    check_gpu_against_reference(case, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES[1:4], ids=str)
+def test_gpu_staged_backward_matches_float64_reference(monkeypatch: pytest.MonkeyPatch, case: Case) -> None:
+    monkeypatch.setenv("ARCHSPEC_CONV_TILES", "staged=1")
+    check_gpu_against_reference(case, torch.bfloat16)
+
+
+def check_gpu_against_reference(case: Case, dtype: torch.dtype) -> None:
+    """causal_conv1d on CUDA (the Triton kernels at default tiles) against the float64 reference."""
     inputs = make_inputs(case, dtype, device="cuda")
     y = causal_conv1d(**inputs, backend="auto")
     leaves = {k: (v.detach().double().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point()
