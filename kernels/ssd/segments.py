@@ -5,13 +5,13 @@ The state passes (forward.py's `_state_fwd_kernel`, backward_states.py's `state_
 dependent steps. With segments of `seg_chunks` chunks, the passes walk every segment as if it were a sequence of
 its own, from a zero state (zero gradient), and two small kernels here restore what crossed the cuts:
 
-- `_carry_fwd_kernel`, per (sequence, head, tile): h_in(k+1) = exp(L_k) h_in(k) + h_end(k) over the sequence's
+- `_carry_kernel`, per (sequence, head, tile): h_in(k+1) = exp(L_k) h_in(k) + h_end(k) over the sequence's
   segments k (h_in(0) the initial state, L_k the segment's total log-decay, h_end(k) its end state from zero),
   storing each h_in(k) and the final state; `_fix_fwd_kernel`, per (chunk, head, tile): a chunk's stored state
   gains exp(log-decay from its segment's start to the chunk) h_in(k).
-- `_carry_bwd_kernel` the same backwards for the gradient at each segment's end (dL/d final state at the last),
-  returning dL/d initial state; `_fix_bwd_kernel` adds a chunk's share of it to the chunk-end gradient and to the
-  log-decay gradient of the chunk's last token (the term state_bwd_kernel adds with the gradient it saw).
+- `_carry_kernel` the same backwards (REVERSE) for the gradient at each segment's end (dL/d final state at the
+  last), returning dL/d initial state; `_fix_bwd_kernel` adds a chunk's share of it to the chunk-end gradient and
+  to the log-decay gradient of the chunk's last token (the term state_bwd_kernel adds with the gradient it saw).
 
 The log-decays s are cumulative within a chunk, so they, dt' and every chunk kernel are unaffected by the cuts.
 """
@@ -90,26 +90,34 @@ def _log_decay(s_ptr, head_row, chunk_start_ptr, chunk_len_ptr, first, end, SEG:
 
 
 @triton.jit
-def _carry_fwd_kernel(
-    h0_ptr, end_ptr, h_in_ptr, final_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, seq_seg_ptr, seg_chunk_ptr,
+def _carry_kernel(
+    init_ptr, local_ptr, entering_ptr, out_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, seq_seg_ptr, seg_chunk_ptr,
     ntokens, nheads, headdim, dstate,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr, HAS_H0: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr, HAS_INIT: tl.constexpr,
+    REVERSE: tl.constexpr,
 ):
+    """One program per (sequence, head, tile) steps across the sequence's segments k (last to first when
+    REVERSE): stores what enters k (entering_ptr), then v <- exp(L_k) v + local_k; v starts at init (or 0) and
+    ends in out. Forward: states from the initial to the final one; backward: gradients from the final state's to
+    the initial state's."""
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
     tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
     state_size = headdim * dstate
-    if HAS_H0:
-        h = tl.load(h0_ptr + (seq * nheads + head) * state_size + tile, mask=mask, other=0.0).to(tl.float32)
+    if HAS_INIT:
+        v = tl.load(init_ptr + (seq * nheads + head) * state_size + tile, mask=mask, other=0.0).to(tl.float32)
     else:
-        h = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-    for k in range(tl.load(seq_seg_ptr + seq), tl.load(seq_seg_ptr + seq + 1)):
+        v = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    first = tl.load(seq_seg_ptr + seq)
+    nsegs = tl.load(seq_seg_ptr + seq + 1) - first
+    for i in range(0, nsegs):
+        k = first + (nsegs - 1 - i if REVERSE else i)
         at = (k * nheads + head) * state_size + tile
-        tl.store(h_in_ptr + at, h, mask=mask)
+        tl.store(entering_ptr + at, v, mask=mask)
         total = _log_decay(s_ptr, head * ntokens, chunk_start_ptr, chunk_len_ptr, tl.load(seg_chunk_ptr + k),
                            tl.load(seg_chunk_ptr + k + 1), SEG)
-        h = h * tl.exp(total) + tl.load(end_ptr + at, mask=mask, other=0.0)
-    tl.store(final_ptr + (seq * nheads + head) * state_size + tile, h, mask=mask)
+        v = v * tl.exp(total) + tl.load(local_ptr + at, mask=mask, other=0.0)
+    tl.store(out_ptr + (seq * nheads + head) * state_size + tile, v, mask=mask)
 
 
 @triton.jit
@@ -129,31 +137,6 @@ def _fix_fwd_kernel(
     at = states_ptr + (chunk.to(tl.int64) * nheads + head) * state_size + tile
     h = tl.load(at, mask=mask, other=0.0).to(tl.float32) + decay * h_in
     tl.store(at, h.to(states_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _carry_bwd_kernel(
-    dfinal_ptr, start_ptr, g_end_ptr, dh0_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, seq_seg_ptr, seg_chunk_ptr,
-    ntokens, nheads, headdim, dstate,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr, HAS_DFINAL: tl.constexpr,
-):
-    seq = tl.program_id(0)
-    head = tl.program_id(1).to(tl.int64)
-    tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
-    state_size = headdim * dstate
-    if HAS_DFINAL:
-        g = tl.load(dfinal_ptr + (seq * nheads + head) * state_size + tile, mask=mask, other=0.0).to(tl.float32)
-    else:
-        g = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-    first = tl.load(seq_seg_ptr + seq)
-    for i in range(0, tl.load(seq_seg_ptr + seq + 1) - first):
-        k = tl.load(seq_seg_ptr + seq + 1) - 1 - i
-        at = (k * nheads + head) * state_size + tile
-        tl.store(g_end_ptr + at, g, mask=mask)
-        total = _log_decay(s_ptr, head * ntokens, chunk_start_ptr, chunk_len_ptr, tl.load(seg_chunk_ptr + k),
-                           tl.load(seg_chunk_ptr + k + 1), SEG)
-        g = g * tl.exp(total) + tl.load(start_ptr + at, mask=mask, other=0.0)
-    tl.store(dh0_ptr + (seq * nheads + head) * state_size + tile, g, mask=mask)
 
 
 @triton.jit
@@ -193,9 +176,9 @@ def carry_forward(states: Tensor, seg_end: Tensor, final: Tensor, h0: Optional[T
     _, nheads, headdim, dstate = states.shape
     h_in = torch.empty_like(seg_end)
     opts = dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, SEG=triton.next_power_of_2(cfg.segment))
-    _carry_fwd_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
+    _carry_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
         h0, seg_end, h_in, final, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
-        table.ntokens, nheads, headdim, dstate, HAS_H0=h0 is not None, **opts)
+        table.ntokens, nheads, headdim, dstate, HAS_INIT=h0 is not None, REVERSE=False, **opts)
     _fix_fwd_kernel[_grid(table.nchunks, nheads, headdim, dstate, cfg)](
         states, h_in, s, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk,
         table.ntokens, nheads, headdim, dstate, **opts)
@@ -210,9 +193,9 @@ def carry_backward(dstates: Tensor, seg_start_grad: Tensor, dh0: Tensor, dfinal:
     _, nheads, headdim, dstate = dstates.shape
     g_end = torch.empty_like(seg_start_grad)
     opts = dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, SEG=triton.next_power_of_2(cfg.segment))
-    _carry_bwd_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
+    _carry_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
         dfinal, seg_start_grad, g_end, dh0, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
-        table.ntokens, nheads, headdim, dstate, HAS_DFINAL=dfinal is not None, **opts)
+        table.ntokens, nheads, headdim, dstate, HAS_INIT=dfinal is not None, REVERSE=True, **opts)
     _fix_bwd_kernel[_grid(table.nchunks, nheads, headdim, dstate, cfg)](
         dstates, states, g_end, s, ds, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk,
         table.ntokens, nheads, headdim, dstate, **opts)
