@@ -89,6 +89,28 @@ def _preact_grad(x_ptr, w_ptr, b_ptr, dy_ptr, rows, pos, row_ok, cols, col_ok, s
 
 
 @triton.jit
+def _add_tap_sums(dw_acc, x_b, g, rows, pos, row_ok, cols, col_ok, stride_xt, taps, D_CONV: tl.constexpr):
+    """dw_acc (D_PAD, BLOCK_C) plus this tile's dweight terms: for tap k, the sum over rows of g * x[rows - lag_k]."""
+    for k in tl.static_range(D_CONV):
+        lag = D_CONV - 1 - k
+        ok = row_ok & (pos >= lag)
+        src = (rows - lag).to(tl.int64)[:, None] * stride_xt + cols[None, :]
+        xv = tl.load(x_b + src, mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        dw_acc += tl.where(taps[:, None] == k, tl.sum(g * xv, axis=0)[None, :], 0.0)
+    return dw_acc
+
+
+@triton.jit
+def _store_partial_sums(dw_ptr, db_ptr, dw_acc, db_acc, part, taps, cols, col_ok, channels, D_CONV: tl.constexpr,
+                        HAS_BIAS: tl.constexpr):
+    """A backward program's float32 dweight (part, d_conv, channels) and dbias (part, channels) partial sums."""
+    dw_dst = (part * D_CONV + taps).to(tl.int64)[:, None] * channels + cols[None, :]
+    tl.store(dw_ptr + dw_dst, dw_acc, mask=(taps < D_CONV)[:, None] & col_ok[None, :])
+    if HAS_BIAS:
+        tl.store(db_ptr + part.to(tl.int64) * channels + cols, db_acc, mask=col_ok)
+
+
+@triton.jit
 def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, pos_ptr, y_ptr, seqlen, channels,
                      stride_xb, stride_xt, stride_wc, stride_wk, stride_yb, stride_yt,
                      D_CONV: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -128,12 +150,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, pos_ptr, dy_ptr, dx_ptr, dw_ptr, db_pt
         g = _preact_grad(x_b, w_ptr, b_ptr, dy_b, rows, pos, row_ok, cols, col_ok, stride_xt, stride_wc,
                          stride_wk, stride_dyt, D_CONV, BLOCK_T, BLOCK_C, HAS_BIAS, SILU)
         db_acc += tl.sum(g, axis=0)
-        for k in tl.static_range(D_CONV):
-            lag = D_CONV - 1 - k
-            ok = row_ok & (pos >= lag)
-            src = (rows - lag).to(tl.int64)[:, None] * stride_xt + cols[None, :]
-            xv = tl.load(x_b + src, mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-            dw_acc += tl.where(taps[:, None] == k, tl.sum(g * xv, axis=0)[None, :], 0.0)
+        dw_acc = _add_tap_sums(dw_acc, x_b, g, rows, pos, row_ok, cols, col_ok, stride_xt, taps, D_CONV)
         w_last = tl.load(w_ptr + cols * stride_wc + (D_CONV - 1) * stride_wk, mask=col_ok, other=0.0)
         dx = g * w_last.to(tl.float32)[None, :]
         for lag in tl.static_range(1, D_CONV):
@@ -147,11 +164,8 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, pos_ptr, dy_ptr, dx_ptr, dw_ptr, db_pt
             dx += tl.where(same_seq[:, None], g_later, 0.0) * wk.to(tl.float32)[None, :]
         dst = rows.to(tl.int64)[:, None] * stride_dxt + cols[None, :]
         tl.store(dx_b + dst, dx.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
-    part = pid_b * tl.num_programs(0) + pid_t
-    dw_dst = (part * D_CONV + taps).to(tl.int64)[:, None] * channels + cols[None, :]
-    tl.store(dw_ptr + dw_dst, dw_acc, mask=(taps < D_CONV)[:, None] & col_ok[None, :])
-    if HAS_BIAS:
-        tl.store(db_ptr + part.to(tl.int64) * channels + cols, db_acc, mask=col_ok)
+    _store_partial_sums(dw_ptr, db_ptr, dw_acc, db_acc, pid_b * tl.num_programs(0) + pid_t, taps, cols, col_ok,
+                        channels, D_CONV, HAS_BIAS)
 
 
 @triton.jit
@@ -191,12 +205,7 @@ def _conv_bwd_staged_kernel(x_ptr, w_ptr, b_ptr, pos_ptr, dy_ptr, dx_ptr, dw_ptr
         g = _preact_grad(x_b, w_ptr, b_ptr, dy_b, rows, pos, row_ok, cols, col_ok, stride_xt, stride_wc,
                          stride_wk, stride_dyt, D_CONV, BLOCK_T, BLOCK_C, HAS_BIAS, SILU)
         db_acc += tl.sum(g, axis=0)
-        for k in tl.static_range(D_CONV):
-            lag = D_CONV - 1 - k
-            ok = row_ok & (pos >= lag)
-            src = (rows - lag).to(tl.int64)[:, None] * stride_xt + cols[None, :]
-            xv = tl.load(x_b + src, mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-            dw_acc += tl.where(taps[:, None] == k, tl.sum(g * xv, axis=0)[None, :], 0.0)
+        dw_acc = _add_tap_sums(dw_acc, x_b, g, rows, pos, row_ok, cols, col_ok, stride_xt, taps, D_CONV)
         w_last = tl.load(w_ptr + cols * stride_wc + (D_CONV - 1) * stride_wk, mask=col_ok, other=0.0)
         dx = g * w_last.to(tl.float32)[None, :]
         for lag in tl.static_range(1, D_CONV):  # rows past the tile's end, staged by the tile after
@@ -218,11 +227,8 @@ def _conv_bwd_staged_kernel(x_ptr, w_ptr, b_ptr, pos_ptr, dy_ptr, dx_ptr, dw_ptr
             dx += g_in * wk.to(tl.float32)[None, :]
         dst = rows.to(tl.int64)[:, None] * stride_dxt + cols[None, :]
         tl.store(dx_b + dst, dx.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
-    part = pid_b * tl.num_programs(0) + pid_t
-    dw_dst = (part * D_CONV + taps).to(tl.int64)[:, None] * channels + cols[None, :]
-    tl.store(dw_ptr + dw_dst, dw_acc, mask=(taps < D_CONV)[:, None] & col_ok[None, :])
-    if HAS_BIAS:
-        tl.store(db_ptr + part.to(tl.int64) * channels + cols, db_acc, mask=col_ok)
+    _store_partial_sums(dw_ptr, db_ptr, dw_acc, db_acc, pid_b * tl.num_programs(0) + pid_t, taps, cols, col_ok,
+                        channels, D_CONV, HAS_BIAS)
 
 
 def _conv_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], pos: Optional[Tensor], silu: bool,
