@@ -3,7 +3,7 @@
 The state passes (forward.py's `_state_fwd_kernel`, backward_states.py's `state_bwd_kernel`) run one program per
 (sequence, head, state tile), each walking its whole sequence: a few long sequences give few programs of many
 dependent steps. With segments of `seg_chunks` chunks, the passes walk every segment as if it were a sequence of
-its own, from a zero state (zero gradient), and two small kernels here restore what crossed the cuts:
+its own, from a zero state (zero gradient), and the small kernels here restore what crossed the cuts:
 
 - `_carry_kernel`, per (sequence, head, tile): h_in(k+1) = exp(L_k) h_in(k) + h_end(k) over the sequence's
   segments k (h_in(0) the initial state, L_k the segment's total log-decay, h_end(k) its end state from zero),
