@@ -37,24 +37,30 @@ class SegmentTable:
     """Segments of one call, all int32 on the inputs' device. seg_start (nsegs + 1,) and seg_chunk (nsegs + 1,):
     token offsets and first chunks of the segments, in the format of ChunkTable's seq_start / seq_chunk (so the
     state kernels take them in their place); seq_seg (nseqs + 1,): each sequence's first segment; chunk_seg
-    (nchunks,): each chunk's segment."""
+    (nchunks,): each chunk's segment; after_first / before_last: the chunks outside their sequence's first / last
+    segment (those whose segment receives a state / a gradient from a neighbour even without an initial state /
+    a final-state gradient)."""
 
     nsegs: int
     seg_start: Tensor
     seg_chunk: Tensor
     seq_seg: Tensor
     chunk_seg: Tensor
+    after_first: Tensor
+    before_last: Tensor
 
 
 def build_segment_table(table: ChunkTable, seg_chunks: int) -> SegmentTable:
     """Cuts every sequence of table into segments of seg_chunks chunks (the last one of a sequence may be
     shorter). Only host lengths are read: no device sync."""
-    firsts, seq_seg, chunk_seg = [], [0], []
+    firsts, seq_seg, chunk_seg, after_first, before_last = [], [0], [], [], []
     chunk = 0
     for nchunks in table.seq_nchunks:
         for local in range(0, nchunks, seg_chunks):
             chunk_seg += [len(firsts)] * min(seg_chunks, nchunks - local)
             firsts.append(chunk + local)
+        after_first += range(chunk + min(seg_chunks, nchunks), chunk + nchunks)
+        before_last += range(chunk, chunk + (nchunks - 1) // seg_chunks * seg_chunks)
         chunk += nchunks
         seq_seg.append(len(firsts))
     device = table.chunk_start.device
@@ -64,7 +70,8 @@ def build_segment_table(table: ChunkTable, seg_chunks: int) -> SegmentTable:
 
     seg_chunk = as_tensor(firsts + [table.nchunks])
     seg_start = torch.cat([table.chunk_start[seg_chunk[:-1].long()], table.seq_start[-1:]])
-    return SegmentTable(len(firsts), seg_start, seg_chunk, as_tensor(seq_seg), as_tensor(chunk_seg))
+    return SegmentTable(len(firsts), seg_start, seg_chunk, as_tensor(seq_seg), as_tensor(chunk_seg),
+                        as_tensor(after_first), as_tensor(before_last))
 
 
 @triton.jit
@@ -122,11 +129,12 @@ def _carry_kernel(
 
 @triton.jit
 def _fix_fwd_kernel(
-    states_ptr, h_in_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, chunk_seg_ptr, seg_chunk_ptr,
+    states_ptr, h_in_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, chunk_seg_ptr, seg_chunk_ptr, chunks_ptr,
     ntokens, nheads, headdim, dstate,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr,
 ):
-    chunk = tl.program_id(0)
+    """One program per (chunk of the list chunks_ptr, head, tile)."""
+    chunk = tl.load(chunks_ptr + tl.program_id(0))
     head = tl.program_id(1).to(tl.int64)
     tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
     state_size = headdim * dstate
@@ -142,10 +150,11 @@ def _fix_fwd_kernel(
 @triton.jit
 def _fix_bwd_kernel(
     dstates_ptr, states_ptr, g_end_ptr, s_ptr, ds_ptr, chunk_start_ptr, chunk_len_ptr, chunk_seg_ptr, seg_chunk_ptr,
-    ntokens, nheads, headdim, dstate,
+    chunks_ptr, ntokens, nheads, headdim, dstate,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr,
 ):
-    chunk = tl.program_id(0)
+    """One program per (chunk of the list chunks_ptr, head, tile)."""
+    chunk = tl.load(chunks_ptr + tl.program_id(0))
     head = tl.program_id(1).to(tl.int64)
     tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
     state_size = headdim * dstate
@@ -164,6 +173,10 @@ def _fix_bwd_kernel(
     tl.atomic_add(ds_ptr + last, tl.exp(tl.load(s_ptr + last)) * tl.sum(tl.sum(g * h_in, 1), 0), sem="relaxed")
 
 
+def _all_chunks(table: ChunkTable) -> Tensor:
+    return torch.arange(table.nchunks, device=table.chunk_start.device, dtype=torch.int32)
+
+
 def _grid(nprograms: int, nheads: int, headdim: int, dstate: int, cfg: KernelConfig) -> tuple[int, int, int]:
     return nprograms, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n)
 
@@ -179,9 +192,11 @@ def carry_forward(states: Tensor, seg_end: Tensor, final: Tensor, h0: Optional[T
     _carry_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
         h0, seg_end, h_in, final, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
         table.ntokens, nheads, headdim, dstate, HAS_INIT=h0 is not None, REVERSE=False, **opts)
-    _fix_fwd_kernel[_grid(table.nchunks, nheads, headdim, dstate, cfg)](
-        states, h_in, s, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk,
-        table.ntokens, nheads, headdim, dstate, **opts)
+    chunks = _all_chunks(table) if h0 is not None else seg.after_first
+    if chunks.numel():
+        _fix_fwd_kernel[_grid(chunks.numel(), nheads, headdim, dstate, cfg)](
+            states, h_in, s, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk, chunks,
+            table.ntokens, nheads, headdim, dstate, **opts)
 
 
 def carry_backward(dstates: Tensor, seg_start_grad: Tensor, dh0: Tensor, dfinal: Optional[Tensor], states: Tensor,
@@ -196,6 +211,8 @@ def carry_backward(dstates: Tensor, seg_start_grad: Tensor, dh0: Tensor, dfinal:
     _carry_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
         dfinal, seg_start_grad, g_end, dh0, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
         table.ntokens, nheads, headdim, dstate, HAS_INIT=dfinal is not None, REVERSE=True, **opts)
-    _fix_bwd_kernel[_grid(table.nchunks, nheads, headdim, dstate, cfg)](
-        dstates, states, g_end, s, ds, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk,
-        table.ntokens, nheads, headdim, dstate, **opts)
+    chunks = _all_chunks(table) if dfinal is not None else seg.before_last
+    if chunks.numel():
+        _fix_bwd_kernel[_grid(chunks.numel(), nheads, headdim, dstate, cfg)](
+            dstates, states, g_end, s, ds, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk, chunks,
+            table.ntokens, nheads, headdim, dstate, **opts)

@@ -41,8 +41,9 @@ def _float64_copy(inputs: dict) -> dict:
             if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
 
 
-def check_scan(inputs: dict, chunk_size: int, dtype: torch.dtype, grads: bool) -> None:
-    """Runs ours and the float64 reference on the same inputs; compares y, final states and all gradients."""
+def check_scan(inputs: dict, chunk_size: int, dtype: torch.dtype, grads: bool, final_grad: bool = True) -> None:
+    """Runs ours and the float64 reference on the same inputs; compares y, final states and all gradients (of a
+    loss on y and, with final_grad, on the final states)."""
     tol_out, tol_grad, tol_reduced = TOL[dtype]
     ref_inputs = _float64_copy(inputs)
     y, final = ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **inputs)
@@ -55,9 +56,13 @@ def check_scan(inputs: dict, chunk_size: int, dtype: torch.dtype, grads: bool) -
     if not grads:
         return
     dy = torch.randn(y.shape, device=y.device).to(y.dtype)
-    dfinal = torch.randn(final.shape, device=y.device)
-    torch.autograd.backward([y, final], [dy, dfinal])
-    torch.autograd.backward([y_ref, final_ref], [dy.double(), dfinal.double()])
+    if final_grad:
+        dfinal = torch.randn(final.shape, device=y.device)
+        torch.autograd.backward([y, final], [dy, dfinal])
+        torch.autograd.backward([y_ref, final_ref], [dy.double(), dfinal.double()])
+    else:
+        torch.autograd.backward(y, dy)
+        torch.autograd.backward(y_ref, dy.double())
     for name, value in inputs.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point():
             assert value.grad is not None, f"no gradient for {name}"
@@ -214,20 +219,22 @@ def test_state_passes_split_over_head_dim_and_state_blocks_match_naive(make_ssd_
     check_scan(inputs, 32, torch.float32, grads=True)
 
 
-@pytest.mark.parametrize("initial, dtype", [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)],
-                         ids=["zero_start", "initial_states", "initial_states_bf16"])
+@pytest.mark.parametrize("initial, final_grad, dtype",
+                         [(False, False, torch.float32), (True, True, torch.float32), (True, True, torch.bfloat16)],
+                         ids=["zero_start_and_end", "initial_states_final_grad", "bf16"])
 def test_state_passes_walking_segments_in_parallel_match_naive(make_ssd_inputs, monkeypatch, initial: bool,
-                                                               dtype: torch.dtype) -> None:
+                                                               final_grad: bool, dtype: torch.dtype) -> None:
     """With segment=N the state passes walk every N chunks of a sequence from a zero state (gradient) and carry
     the true one across the cuts afterwards: chunk states, final states, dL/dh0 and the log-decay gradients come
     out as from whole-sequence walks. Packed sequences of 1 to 7 chunks of 16 cut into segments of 3 (whole,
-    cut once, cut twice with a short last segment). In bf16 the chunk states are rounded twice (before and after
-    the fix), within the bf16 tolerance."""
+    cut once, cut twice with a short last segment); without an initial state or a final-state gradient the first
+    (last) segments are left alone. In bf16 the chunk states are rounded twice (before and after the fix), within
+    the bf16 tolerance."""
     monkeypatch.setenv("ARCHSPEC_SSD_STATE", "segment=3")
     monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", "segment=3,block_p=16")
     inputs = make_ssd_inputs(1, 175, 2, 32, 1, 16, dtype, DEVICE, seqlens=[9, 100, 50, 16],
                              requires_grad=True, with_initial_states=initial, with_D=True)
-    check_scan(inputs, 16, dtype, grads=True)
+    check_scan(inputs, 16, dtype, grads=True, final_grad=final_grad)
 
 
 def test_segment_table_cuts_each_sequence_at_whole_chunks() -> None:
@@ -239,6 +246,8 @@ def test_segment_table_cuts_each_sequence_at_whole_chunks() -> None:
     assert seg.seg_start.tolist() == [0, 9, 57, 105, 109, 157, 159, 175]
     assert seg.seq_seg.tolist() == [0, 1, 4, 6, 7]
     assert seg.chunk_seg.tolist() == [0, 1, 1, 1, 2, 2, 2, 3, 4, 4, 4, 5, 6]
+    assert seg.after_first.tolist() == [4, 5, 6, 7, 11]
+    assert seg.before_last.tolist() == [1, 2, 3, 4, 5, 6, 8, 9, 10]
 
 
 def test_d_state_256_with_its_default_tiles_matches_naive(make_ssd_inputs) -> None:
