@@ -7,11 +7,12 @@ its own, from a zero state (zero gradient), and the small kernels here restore w
 
 - `_carry_kernel`, per (sequence, head, tile): h_in(k+1) = exp(L_k) h_in(k) + h_end(k) over the sequence's
   segments k (h_in(0) the initial state, L_k the segment's total log-decay, h_end(k) its end state from zero),
-  storing each h_in(k) and the final state; `_fix_fwd_kernel`, per (chunk, head, tile): a chunk's stored state
+  storing each h_in(k) and the final state; `_fix_kernel`, per (chunk, head, tile): a chunk's stored state
   gains exp(log-decay from its segment's start to the chunk) h_in(k).
 - `_carry_kernel` the same backwards (REVERSE) for the gradient at each segment's end (dL/d final state at the
-  last), returning dL/d initial state; `_fix_bwd_kernel` adds a chunk's share of it to the chunk-end gradient and
-  to the log-decay gradient of the chunk's last token (the term state_bwd_kernel adds with the gradient it saw).
+  last), returning dL/d initial state; `_fix_kernel` (BACKWARD) adds a chunk's share of it to the chunk-end
+  gradient and to the log-decay gradient of the chunk's last token (the term state_bwd_kernel adds with the
+  gradient it saw).
 
 The log-decays s are cumulative within a chunk, so they, dt' and every chunk kernel are unaffected by the cuts.
 """
@@ -128,49 +129,35 @@ def _carry_kernel(
 
 
 @triton.jit
-def _fix_fwd_kernel(
-    states_ptr, h_in_ptr, s_ptr, chunk_start_ptr, chunk_len_ptr, chunk_seg_ptr, seg_chunk_ptr, chunks_ptr,
-    ntokens, nheads, headdim, dstate,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr,
+def _fix_kernel(
+    target_ptr, entering_ptr, states_ptr, s_ptr, ds_ptr, chunk_start_ptr, chunk_len_ptr, chunk_seg_ptr,
+    seg_chunk_ptr, chunks_ptr, ntokens, nheads, headdim, dstate,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr, BACKWARD: tl.constexpr,
 ):
-    """One program per (chunk of the list chunks_ptr, head, tile)."""
-    chunk = tl.load(chunks_ptr + tl.program_id(0))
-    head = tl.program_id(1).to(tl.int64)
-    tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
-    state_size = headdim * dstate
-    k = tl.load(chunk_seg_ptr + chunk)
-    decay = tl.exp(_log_decay(s_ptr, head * ntokens, chunk_start_ptr, chunk_len_ptr, tl.load(seg_chunk_ptr + k),
-                              chunk, SEG))
-    h_in = tl.load(h_in_ptr + (k * nheads + head) * state_size + tile, mask=mask, other=0.0)
-    at = states_ptr + (chunk.to(tl.int64) * nheads + head) * state_size + tile
-    h = tl.load(at, mask=mask, other=0.0).to(tl.float32) + decay * h_in
-    tl.store(at, h.to(states_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _fix_bwd_kernel(
-    dstates_ptr, states_ptr, g_end_ptr, s_ptr, ds_ptr, chunk_start_ptr, chunk_len_ptr, chunk_seg_ptr, seg_chunk_ptr,
-    chunks_ptr, ntokens, nheads, headdim, dstate,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SEG: tl.constexpr,
-):
-    """One program per (chunk of the list chunks_ptr, head, tile)."""
+    """One program per (chunk of the list chunks_ptr, head, tile) adds what entered the chunk's segment, decayed
+    to the chunk, to the chunk's row of target: forward, the state entering the segment, decayed from the
+    segment's start to the chunk's start, onto the chunk states; BACKWARD, the gradient entering at the
+    segment's end, decayed back to the chunk's end, onto the chunk-end gradients, and its log-decay term
+    exp(s_last) <g, h_in> (states: the forward's chunk states) onto ds at the chunk's last token."""
     chunk = tl.load(chunks_ptr + tl.program_id(0))
     head = tl.program_id(1).to(tl.int64)
     tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
     state_size = headdim * dstate
     k = tl.load(chunk_seg_ptr + chunk)
     head_row = head * ntokens
-    # the segment-end gradient reaches this chunk's end through the decay of the segment's later chunks
-    decay = tl.exp(_log_decay(s_ptr, head_row, chunk_start_ptr, chunk_len_ptr, chunk + 1,
-                              tl.load(seg_chunk_ptr + k + 1), SEG))
-    g = decay * tl.load(g_end_ptr + (k * nheads + head) * state_size + tile, mask=mask, other=0.0)
+    if BACKWARD:
+        first, end = chunk + 1, tl.load(seg_chunk_ptr + k + 1)
+    else:
+        first, end = tl.load(seg_chunk_ptr + k), chunk
+    decay = tl.exp(_log_decay(s_ptr, head_row, chunk_start_ptr, chunk_len_ptr, first, end, SEG))
+    v = decay * tl.load(entering_ptr + (k * nheads + head) * state_size + tile, mask=mask, other=0.0)
     at = (chunk.to(tl.int64) * nheads + head) * state_size + tile
-    dh = tl.load(dstates_ptr + at, mask=mask, other=0.0).to(tl.float32) + g
-    tl.store(dstates_ptr + at, dh.to(dstates_ptr.dtype.element_ty), mask=mask)
-    # its part of <dh_end, exp(s_last) h_in>, the log-decay term of the chunk's last token
-    h_in = tl.load(states_ptr + at, mask=mask, other=0.0).to(tl.float32)
-    last = head_row + tl.load(chunk_start_ptr + chunk) + tl.load(chunk_len_ptr + chunk) - 1
-    tl.atomic_add(ds_ptr + last, tl.exp(tl.load(s_ptr + last)) * tl.sum(tl.sum(g * h_in, 1), 0), sem="relaxed")
+    total = tl.load(target_ptr + at, mask=mask, other=0.0).to(tl.float32) + v
+    tl.store(target_ptr + at, total.to(target_ptr.dtype.element_ty), mask=mask)
+    if BACKWARD:
+        h_in = tl.load(states_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        last = head_row + tl.load(chunk_start_ptr + chunk) + tl.load(chunk_len_ptr + chunk) - 1
+        tl.atomic_add(ds_ptr + last, tl.exp(tl.load(s_ptr + last)) * tl.sum(tl.sum(v * h_in, 1), 0), sem="relaxed")
 
 
 def _all_chunks(table: ChunkTable) -> Tensor:
@@ -181,22 +168,40 @@ def _grid(nprograms: int, nheads: int, headdim: int, dstate: int, cfg: KernelCon
     return nprograms, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n)
 
 
+def _options(cfg: KernelConfig) -> dict[str, int]:
+    return dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, SEG=triton.next_power_of_2(cfg.segment))
+
+
+def _carry(init: Optional[Tensor], local: Tensor, out: Tensor, s: Tensor, table: ChunkTable, seg: SegmentTable,
+           cfg: KernelConfig, reverse: bool) -> Tensor:
+    """Runs `_carry_kernel` (local, the per-segment results from zero; out, per sequence) and returns what enters
+    each segment (nsegs, nheads, headdim, dstate) float32."""
+    nheads, headdim, dstate = local.shape[1:]
+    entering = torch.empty_like(local)
+    _carry_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
+        init, local, entering, out, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
+        table.ntokens, nheads, headdim, dstate, HAS_INIT=init is not None, REVERSE=reverse, **_options(cfg))
+    return entering
+
+
+def _fix(target: Tensor, entering: Tensor, states: Optional[Tensor], s: Tensor, ds: Optional[Tensor],
+         chunks: Tensor, table: ChunkTable, seg: SegmentTable, cfg: KernelConfig) -> None:
+    """Runs `_fix_kernel` on the listed chunks (backward when ds is given)."""
+    if not chunks.numel():
+        return
+    _, nheads, headdim, dstate = target.shape
+    _fix_kernel[_grid(chunks.numel(), nheads, headdim, dstate, cfg)](
+        target, entering, states, s, ds, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk, chunks,
+        table.ntokens, nheads, headdim, dstate, BACKWARD=ds is not None, **_options(cfg))
+
+
 def carry_forward(states: Tensor, seg_end: Tensor, final: Tensor, h0: Optional[Tensor], s: Tensor,
                   table: ChunkTable, seg: SegmentTable, cfg: KernelConfig) -> None:
     """After the forward state pass walked the segments from zero states: writes the final states (nseqs, nheads,
     headdim, dstate, float32) and adds the entering states' share to the chunk states (nchunks, ...) in place.
     seg_end (nsegs, ...) float32: each segment's end state from zero; s (nheads, T) the log-decays."""
-    _, nheads, headdim, dstate = states.shape
-    h_in = torch.empty_like(seg_end)
-    opts = dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, SEG=triton.next_power_of_2(cfg.segment))
-    _carry_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
-        h0, seg_end, h_in, final, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
-        table.ntokens, nheads, headdim, dstate, HAS_INIT=h0 is not None, REVERSE=False, **opts)
-    chunks = _all_chunks(table) if h0 is not None else seg.after_first
-    if chunks.numel():
-        _fix_fwd_kernel[_grid(chunks.numel(), nheads, headdim, dstate, cfg)](
-            states, h_in, s, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk, chunks,
-            table.ntokens, nheads, headdim, dstate, **opts)
+    h_in = _carry(h0, seg_end, final, s, table, seg, cfg, reverse=False)
+    _fix(states, h_in, None, s, None, _all_chunks(table) if h0 is not None else seg.after_first, table, seg, cfg)
 
 
 def carry_backward(dstates: Tensor, seg_start_grad: Tensor, dh0: Tensor, dfinal: Optional[Tensor], states: Tensor,
@@ -205,14 +210,6 @@ def carry_backward(dstates: Tensor, seg_start_grad: Tensor, dh0: Tensor, dfinal:
     (nseqs, nheads, headdim, dstate, float32) and adds the later segments' share to the chunk-end gradients
     dstates and to ds (nheads, T) in place. seg_start_grad (nsegs, ...) float32: each segment's gradient at its
     start from a zero gradient at its end; states: the forward's chunk states."""
-    _, nheads, headdim, dstate = dstates.shape
-    g_end = torch.empty_like(seg_start_grad)
-    opts = dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, SEG=triton.next_power_of_2(cfg.segment))
-    _carry_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
-        dfinal, seg_start_grad, g_end, dh0, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
-        table.ntokens, nheads, headdim, dstate, HAS_INIT=dfinal is not None, REVERSE=True, **opts)
-    chunks = _all_chunks(table) if dfinal is not None else seg.before_last
-    if chunks.numel():
-        _fix_bwd_kernel[_grid(chunks.numel(), nheads, headdim, dstate, cfg)](
-            dstates, states, g_end, s, ds, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk, chunks,
-            table.ntokens, nheads, headdim, dstate, **opts)
+    g_end = _carry(dfinal, seg_start_grad, dh0, s, table, seg, cfg, reverse=True)
+    _fix(dstates, g_end, states, s, ds, _all_chunks(table) if dfinal is not None else seg.before_last, table, seg,
+         cfg)
