@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import mm, prepare_dt_grad
+from .common import mm, prepare_dt_grad, state_tile
 
 __all__ = ["gate_bwd_kernel", "state_bwd_kernel", "dt_bwd_kernel"]
 
@@ -55,20 +55,13 @@ def state_bwd_kernel(
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
-    pid_p = tl.program_id(2) // tl.cdiv(dstate, BLOCK_N)
-    pid_n = tl.program_id(2) % tl.cdiv(dstate, BLOCK_N)
     group = head // heads_per_group
     t_begin = tl.load(seq_start_ptr + seq)
     t_end = tl.load(seq_start_ptr + seq + 1)
     chunk0 = tl.load(seq_chunk_ptr + seq)
 
     offs_t = tl.arange(0, BLOCK_T)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < dstate
-    tile = offs_p[:, None] * dstate + offs_n[None, :]
-    mask_tile = mask_p[:, None] & mask_n[None, :]
+    offs_p, mask_p, offs_n, mask_n, tile, mask_tile = state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
     state_size = headdim * dstate
     seq_state = (seq * nheads + head).to(tl.int64) * state_size
 

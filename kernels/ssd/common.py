@@ -1,5 +1,5 @@
-"""Triton helpers shared by the SSD kernels: which head and chunk a program works on, and the step-size
-transform and its derivative.
+"""Triton helpers shared by the SSD kernels: which head, chunk or state tile a program works on, and the
+step-size transform and its derivative.
 
 dt' = clamp(softplus?(dt + dt_bias), lo, hi). softplus passes inputs above 20 through unchanged (torch's default
 threshold, as mamba_ssm does); log1p is evaluated with Goldberg's correction so that tiny steps stay exact.
@@ -12,7 +12,8 @@ import os
 import triton
 import triton.language as tl
 
-__all__ = ["chunk_tile_pair", "head_chunk_program", "prepare_dt", "prepare_dt_grad", "dot_precision", "mm"]
+__all__ = ["chunk_tile_pair", "dot_precision", "head_chunk_program", "mm", "prepare_dt", "prepare_dt_grad",
+           "state_tile"]
 
 # The Triton interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles as their raw uint16 bits; `mm` hands it
 # float32 copies instead (exact: products of bf16 values are exact in float32, as on the tensor cores).
@@ -46,6 +47,22 @@ def head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim, heads_per_group,
     c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
     clen = tl.load(chunk_len_ptr + chunk)
     return head, head // heads_per_group, offs_p, offs_p < headdim, chunk, c0, clen
+
+
+@triton.jit
+def state_tile(headdim, dstate, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A program's BLOCK_P x BLOCK_N tile of a (headdim, dstate) state, for the kernels per (sequence or segment
+    or chunk, head, tile): grid axis 2 is head_dim block * d_state blocks + d_state block. Returns the head_dim
+    columns offs_p / mask_p, the d_state columns offs_n / mask_n, and the tile's offsets into a state with their
+    mask."""
+    pid_p = tl.program_id(2) // tl.cdiv(dstate, BLOCK_N)
+    pid_n = tl.program_id(2) % tl.cdiv(dstate, BLOCK_N)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_p = offs_p < headdim
+    mask_n = offs_n < dstate
+    return (offs_p, mask_p, offs_n, mask_n, offs_p[:, None] * dstate + offs_n[None, :],
+            mask_p[:, None] & mask_n[None, :])
 
 
 @triton.jit

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import dot_precision, head_chunk_program, mm, prepare_dt
+from .common import dot_precision, head_chunk_program, mm, prepare_dt, state_tile
 from .config import scan_config, state_config
 from .layout import ChunkTable
 from .segments import build_segment_table, carry_forward
@@ -51,20 +51,13 @@ def _state_fwd_kernel(
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)  # head * stride_x_h passes 2^31 for head-major x of 1M tokens
-    pid_p = tl.program_id(2) // tl.cdiv(dstate, BLOCK_N)
-    pid_n = tl.program_id(2) % tl.cdiv(dstate, BLOCK_N)
     group = head // heads_per_group
     t_begin = tl.load(seq_start_ptr + seq)
     t_end = tl.load(seq_start_ptr + seq + 1)
     chunk0 = tl.load(seq_chunk_ptr + seq)
 
     offs_t = tl.arange(0, BLOCK_T)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_p = offs_p < headdim
-    mask_n = offs_n < dstate
-    tile = offs_p[:, None] * dstate + offs_n[None, :]
-    mask_tile = mask_p[:, None] & mask_n[None, :]
+    offs_p, mask_p, offs_n, mask_n, tile, mask_tile = state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
     state_size = headdim * dstate
 
     a = tl.load(a_ptr + head).to(tl.float32)

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .common import state_tile
 from .config import KernelConfig
 from .layout import ChunkTable
 
@@ -76,17 +77,6 @@ def build_segment_table(table: ChunkTable, seg_chunks: int) -> SegmentTable:
 
 
 @triton.jit
-def _state_tile(headdim, dstate, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The (head_dim block x d_state block) tile of grid axis 2, as the state kernels number them: offsets into a
-    (headdim, dstate) state and their mask."""
-    pid_p = tl.program_id(2) // tl.cdiv(dstate, BLOCK_N)
-    pid_n = tl.program_id(2) % tl.cdiv(dstate, BLOCK_N)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    return offs_p[:, None] * dstate + offs_n[None, :], (offs_p < headdim)[:, None] & (offs_n < dstate)[None, :]
-
-
-@triton.jit
 def _log_decay(s_ptr, head_row, chunk_start_ptr, chunk_len_ptr, first, end, SEG: tl.constexpr):
     """Total log-decay of chunks first..end-1 (at most SEG of them): the sum of their last tokens' within-chunk
     cumulative log-decays, gathered at once."""
@@ -110,7 +100,7 @@ def _carry_kernel(
     the initial state's."""
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
-    tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
+    _, _, _, _, tile, mask = state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
     state_size = headdim * dstate
     if HAS_INIT:
         v = tl.load(init_ptr + (seq * nheads + head) * state_size + tile, mask=mask, other=0.0).to(tl.float32)
@@ -141,7 +131,7 @@ def _fix_kernel(
     exp(s_last) <g, h_in> (states: the forward's chunk states) onto ds at the chunk's last token."""
     chunk = tl.load(chunks_ptr + tl.program_id(0))
     head = tl.program_id(1).to(tl.int64)
-    tile, mask = _state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
+    _, _, _, _, tile, mask = state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
     state_size = headdim * dstate
     k = tl.load(chunk_seg_ptr + chunk)
     head_row = head * ntokens
