@@ -29,7 +29,7 @@ from .common import chunk_tile_pair, dot_precision, head_chunk_program, mm
 from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, pow2, state_bwd_config
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
-from .segments import build_segment_table, carry_backward
+from .segments import build_segment_table, carry_backward, walked_sequences
 from .tiles import chunk_cb, dx_tiles
 
 try:
@@ -309,9 +309,9 @@ def ssd_backward(
     cfg = state_bwd_config(headdim, dstate, chunk)
     # as in the forward: the call's sequences, or their segments walked from zero gradients (segments.py)
     seg = build_segment_table(table, cfg.segment) if cfg.segment else None
-    walked, walk_start, walk_chunk, walk_dfinal, walk_dh0 = table.nseqs, table.seq_start, table.seq_chunk, dfinal, dh0
+    walked, walk_start, walk_chunk = walked_sequences(table, seg)
+    walk_dfinal, walk_dh0 = dfinal, dh0
     if seg is not None:
-        walked, walk_start, walk_chunk = seg.nsegs, seg.seg_start, seg.seg_chunk
         walk_dfinal, walk_dh0 = None, torch.empty(seg.nsegs, nheads, headdim, dstate, **f32)
     grid = (walked, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n))
     state_bwd_kernel[grid](

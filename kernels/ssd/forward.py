@@ -27,7 +27,7 @@ from torch import Tensor
 from .common import dot_precision, head_chunk_program, mm, prepare_dt, state_tile
 from .config import scan_config, state_config
 from .layout import ChunkTable
-from .segments import build_segment_table, carry_forward
+from .segments import build_segment_table, carry_forward, walked_sequences
 from .tiles import chunk_cb, scan_tiles
 
 try:
@@ -227,10 +227,9 @@ def ssd_forward(
     cfg = state_config(headdim, dstate, chunk)
     # the walk's "sequences": the call's sequences, or their segments walked from zero states (segments.py)
     seg = build_segment_table(table, cfg.segment) if cfg.segment else None
-    walked, walk_start, walk_chunk = table.nseqs, table.seq_start, table.seq_chunk
+    walked, walk_start, walk_chunk = walked_sequences(table, seg)
     walk_h0, walk_end = h0, final
     if seg is not None:
-        walked, walk_start, walk_chunk = seg.nsegs, seg.seg_start, seg.seg_chunk
         walk_h0, walk_end = None, torch.empty(seg.nsegs, nheads, headdim, dstate, device=dev, dtype=torch.float32)
     grid = (walked, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n))
     _state_fwd_kernel[grid](

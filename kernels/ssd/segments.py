@@ -31,7 +31,7 @@ from .common import state_tile
 from .config import KernelConfig
 from .layout import ChunkTable
 
-__all__ = ["SegmentTable", "build_segment_table", "carry_backward", "carry_forward"]
+__all__ = ["SegmentTable", "build_segment_table", "carry_backward", "carry_forward", "walked_sequences"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,14 @@ def build_segment_table(table: ChunkTable, seg_chunks: int) -> SegmentTable:
     seg_start = torch.cat([table.chunk_start[seg_chunk[:-1].long()], table.seq_start[-1:]])
     return SegmentTable(len(firsts), seg_start, seg_chunk, as_tensor(seq_seg), as_tensor(chunk_seg),
                         as_tensor(after_first), as_tensor(before_last))
+
+
+def walked_sequences(table: ChunkTable, seg: Optional[SegmentTable]) -> tuple[int, Tensor, Tensor]:
+    """What a state pass walks as its sequences: (count, token offsets, first chunks) of the call's sequences, or
+    of seg's segments when there is one."""
+    if seg is None:
+        return table.nseqs, table.seq_start, table.seq_chunk
+    return seg.nsegs, seg.seg_start, seg.seg_chunk
 
 
 @triton.jit
