@@ -29,7 +29,7 @@ from .common import chunk_tile_pair, dot_precision, head_chunk_program, mm
 from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, pow2, state_bwd_config
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
-from .segments import build_segment_table, carry_backward, walked_sequences
+from .segments import carry_backward, state_walk
 from .tiles import chunk_cb, dx_tiles
 
 try:
@@ -307,21 +307,15 @@ def ssd_backward(
     dh0 = torch.empty(table.nseqs, nheads, headdim, dstate, **f32)
     dfinal = dfinal.contiguous() if dfinal is not None else None
     cfg = state_bwd_config(headdim, dstate, chunk)
-    # as in the forward: the call's sequences, or their segments walked from zero gradients (segments.py)
-    seg = build_segment_table(table, cfg.segment) if cfg.segment else None
-    walked, walk_start, walk_chunk = walked_sequences(table, seg)
-    walk_dfinal, walk_dh0 = dfinal, dh0
-    if seg is not None:
-        walk_dfinal, walk_dh0 = None, torch.empty(seg.nsegs, nheads, headdim, dstate, **f32)
-    grid = (walked, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n))
-    state_bwd_kernel[grid](
-        dy, C, A, fwd.dtp, fwd.s, fwd.states, walk_dfinal, dstates, walk_dh0, ds, walk_start, walk_chunk,
+    walk = state_walk(table, cfg, dfinal, dh0)
+    state_bwd_kernel[walk.grid](
+        dy, C, A, fwd.dtp, fwd.s, fwd.states, walk.init, dstates, walk.out, ds, walk.start, walk.chunk,
         dy.stride(0), dy.stride(1), C.stride(0), C.stride(1), ntokens, nheads, headdim, dstate, per_group,
         CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-        HAS_DFINAL=walk_dfinal is not None, PREC=prec, **cfg.launch_options(),
+        HAS_DFINAL=walk.init is not None, PREC=prec, **cfg.launch_options(),
     )
-    if seg is not None:
-        carry_backward(dstates, walk_dh0, dh0, dfinal, fwd.states, fwd.s, ds, table, seg, cfg)
+    if walk.seg is not None:
+        carry_backward(dstates, walk.out, dh0, dfinal, fwd.states, fwd.s, ds, table, walk.seg, cfg)
 
     cb = fwd.cb if fwd.cb is not None else chunk_cb(B, C, table, prec)
     dx = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)

@@ -27,7 +27,7 @@ from torch import Tensor
 from .common import dot_precision, head_chunk_program, mm, prepare_dt, state_tile
 from .config import scan_config, state_config
 from .layout import ChunkTable
-from .segments import build_segment_table, carry_forward, walked_sequences
+from .segments import carry_forward, state_walk
 from .tiles import chunk_cb, scan_tiles
 
 try:
@@ -225,23 +225,17 @@ def ssd_forward(
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
     cfg = state_config(headdim, dstate, chunk)
-    # the walk's "sequences": the call's sequences, or their segments walked from zero states (segments.py)
-    seg = build_segment_table(table, cfg.segment) if cfg.segment else None
-    walked, walk_start, walk_chunk = walked_sequences(table, seg)
-    walk_h0, walk_end = h0, final
-    if seg is not None:
-        walk_h0, walk_end = None, torch.empty(seg.nsegs, nheads, headdim, dstate, device=dev, dtype=torch.float32)
-    grid = (walked, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n))
-    _state_fwd_kernel[grid](
-        x, dt, A, B, dt_bias, walk_h0, states, walk_end, s, dtp, walk_start, walk_chunk,
+    walk = state_walk(table, cfg, h0, final)
+    _state_fwd_kernel[walk.grid](
+        x, dt, A, B, dt_bias, walk.init, states, walk.out, s, dtp, walk.start, walk.chunk,
         x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1),
         ntokens, nheads, headdim, dstate, per_group, lo, hi,
         CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LO=has_lo, HAS_HI=has_hi,
-        HAS_H0=walk_h0 is not None, PREC=prec, **cfg.launch_options(),
+        HAS_H0=walk.init is not None, PREC=prec, **cfg.launch_options(),
     )
-    if seg is not None:
-        carry_forward(states, walk_end, final, h0, s, table, seg, cfg)
+    if walk.seg is not None:
+        carry_forward(states, walk.out, final, h0, s, table, walk.seg, cfg)
 
     y = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)
     y_pre = torch.empty_like(y) if z is not None else None

@@ -20,7 +20,7 @@ The log-decays s are cumulative within a chunk, so they, dt' and every chunk ker
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -31,7 +31,7 @@ from .common import state_tile
 from .config import KernelConfig
 from .layout import ChunkTable
 
-__all__ = ["SegmentTable", "build_segment_table", "carry_backward", "carry_forward", "walked_sequences"]
+__all__ = ["SegmentTable", "StateWalk", "build_segment_table", "carry_backward", "carry_forward", "state_walk"]
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,30 @@ def build_segment_table(table: ChunkTable, seg_chunks: int) -> SegmentTable:
                         as_tensor(after_first), as_tensor(before_last))
 
 
-def walked_sequences(table: ChunkTable, seg: Optional[SegmentTable]) -> tuple[int, Tensor, Tensor]:
-    """What a state pass walks as its sequences: (count, token offsets, first chunks) of the call's sequences, or
-    of seg's segments when there is one."""
-    if seg is None:
-        return table.nseqs, table.seq_start, table.seq_chunk
-    return seg.nsegs, seg.seg_start, seg.seg_chunk
+class StateWalk(NamedTuple):
+    """How a state pass walks (`state_walk`): its grid, the "sequences" it walks (token offsets start and first
+    chunks, ChunkTable's seq_start / seq_chunk format), what they start from (init, or None for zero) and where
+    their ends go (out), and the segment table when it walks segments."""
+
+    grid: tuple[int, int, int]
+    start: Tensor
+    chunk: Tensor
+    init: Optional[Tensor]
+    out: Tensor
+    seg: Optional[SegmentTable]
+
+
+def state_walk(table: ChunkTable, cfg: KernelConfig, init: Optional[Tensor], out: Tensor) -> StateWalk:
+    """The walk of a state pass with tiles cfg: over the call's sequences from init (initial states, or final-state
+    gradients) into out (nseqs, nheads, headdim, dstate); with cfg.segment, over segments from zero into a
+    per-segment float32 buffer, which carry_forward / carry_backward then turn into out."""
+    nheads, headdim, dstate = out.shape[1:]
+    if not cfg.segment:
+        return StateWalk(_grid(table.nseqs, nheads, headdim, dstate, cfg), table.seq_start, table.seq_chunk, init,
+                         out, None)
+    seg = build_segment_table(table, cfg.segment)
+    ends = torch.empty(seg.nsegs, nheads, headdim, dstate, device=out.device, dtype=torch.float32)
+    return StateWalk(_grid(seg.nsegs, nheads, headdim, dstate, cfg), seg.seg_start, seg.seg_chunk, None, ends, seg)
 
 
 @triton.jit
