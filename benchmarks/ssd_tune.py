@@ -2,11 +2,11 @@
 
 Each override is `NAME=field=v,field=v` for the ARCHSPEC_SSD_<NAME> hook of kernels/ssd/config.py (names: state,
 state_bwd, cb, scan, dx, dcb, dbc), several joined by ';'; "-" is the defaults. Rows are head_dim x d_state at
-65,536 tokens (batch 65,536 / seqlen). Prints forward and forward+backward medians (ms) per row and override, a
-table last.
+65,536 tokens (batch 65,536 / seqlen) unless --tokens says otherwise. Prints forward and forward+backward medians
+(ms) per row and override, a table last.
 
 Usage: python benchmarks/ssd_tune.py --rows 64x256,128x128 --configs "-" "scan=num_warps=8;dx=block_m=32" [--fwd]
-       [--seqlen 32768] [--kernels]
+       [--seqlen 32768] [--tokens 1048576] [--kernels]
 """
 
 from __future__ import annotations
@@ -37,18 +37,22 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["-"])
     parser.add_argument("--fwd", action="store_true", help="time the forward pass only")
     parser.add_argument("--rep", type=int, default=15)
-    parser.add_argument("--seqlen", type=int, default=8192, help="tokens per sequence (a divisor of 65,536)")
+    parser.add_argument("--seqlen", type=int, default=8192, help="tokens per sequence (a divisor of --tokens)")
+    parser.add_argument("--tokens", type=int, default=TOKENS, help="batch x seqlen")
     parser.add_argument("--kernels", action="store_true",
                         help="also print each kernel's time per call (forward+backward, or forward with --fwd)")
     opts = parser.parse_args()
     from archspec.kernels.ssd import ssd_scan_triton
 
-    shape = f"{TOKENS // opts.seqlen} x {opts.seqlen}"
+    if opts.tokens % opts.seqlen:
+        parser.error(f"--seqlen {opts.seqlen} must divide --tokens {opts.tokens}")
+    batch = opts.tokens // opts.seqlen
+    shape = f"{batch} x {opts.seqlen}"
     lines = ["| head_dim x d_state | batch x seqlen | config | fwd ms | fwd+bwd ms |",
              "| --- | --- | --- | --- | --- |"]
     for row in opts.rows.split(","):
         headdim, dstate = (int(v) for v in row.split("x"))
-        inputs = make_inputs(TOKENS // opts.seqlen, opts.seqlen, headdim, dstate, seed=0)
+        inputs = make_inputs(batch, opts.seqlen, headdim, dstate, seed=0)
         forward, forward_backward = scan_calls(ssd_scan_triton, inputs, torch.randn_like(inputs["x"]))
         for config in opts.configs:
             apply(config)

@@ -14,7 +14,7 @@ import triton
 from ..overrides import env_overrides
 
 __all__ = ["KernelConfig", "pow2", "state_config", "state_bwd_config", "scan_config", "cb_config", "bwd_dx_config",
-           "bwd_dcb_config", "bwd_dbc_config", "MIN_CHUNK"]
+           "bwd_dcb_config", "bwd_dbc_config", "MIN_CHUNK", "SEGMENT_CHUNKS", "auto_segment"]
 
 MIN_CHUNK = 16
 
@@ -35,7 +35,7 @@ class KernelConfig:
     wgmma (walks): 1 runs the Gluon kernel (forward_wgmma.py, backward_wgmma.py) where it can run (bf16 /
     fp16 on sm_90).
     segment (state passes): walk sequences in segments of this many chunks in parallel (segments.py); 0 walks
-    each whole sequence in one program.
+    each whole sequence in one program; -1 lets `auto_segment` choose per call.
     """
 
     block_m: int
@@ -47,7 +47,7 @@ class KernelConfig:
     walk: int = 0
     maxnreg: int = 0
     wgmma: int = 0
-    segment: int = 0
+    segment: int = -1
 
     def launch_options(self) -> dict[str, int]:
         """num_warps, num_stages (and maxnreg when set) for a Triton launch."""
@@ -70,33 +70,56 @@ def _token_tile(chunk_size: int) -> int:
     return min(chunk_size, 64)
 
 
-def _state_tiles(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
-    steps = min(chunk_size, 128)  # H100 sweep: 128-token steps beat 64 (fewer dependent steps per sequence)
+def _state_tiles(headdim: int, dstate: int, chunk_size: int) -> tuple[int, int, int]:
+    """block_m (= block_k), block_p, block_n of a state pass: 128-token steps (H100 sweep: fewer dependent steps
+    per sequence beat 64) over a head_dim x d_state tile of at most 8,192 elements, d_state in tiles of <= 128."""
+    steps = min(chunk_size, 128)
     bn = min(pow2(dstate), 128)
-    bp = min(pow2(headdim), max(16, 8192 // bn))
-    warps = 4 if bp * bn <= 4096 else 8
-    # H200: capping the 8-warp walks at 128 registers (two programs per SM) cut the forward by 3-5% up to
-    # d_state 128 (head_dim 64, d_state 128: 2.00 -> 1.92 ms); at 256 it cost 6%, and 96 or 168 lost everywhere
-    maxnreg = 128 if warps == 8 and pow2(dstate) <= 128 else 0
-    return KernelConfig(steps, steps, bp, bn, warps, 2, maxnreg=maxnreg)
+    return steps, min(pow2(headdim), max(16, 8192 // bn)), bn
 
 
 def state_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     """Forward state pass: one program walks one sequence for a block_p x block_n tile of a head's state (kept in
     registers), block_m tokens per step (divides chunk_size). d_state 256 splits into two tiles of 128 (H200,
-    8 x 8192 tokens, head_dim 64: 1.52 -> 1.27 ms; head_dim 128: 3.04 -> 2.56). segment: off (0) until timed on a
-    GPU; ARCHSPEC_SSD_STATE=segment=N (ARCHSPEC_SSD_STATE_BWD for the backward pass) walks sequences in segments of
-    N chunks in parallel (segments.py), for few long sequences."""
-    return _override("state", _state_tiles(headdim, dstate, chunk_size))
+    8 x 8192 tokens, head_dim 64: 1.52 -> 1.27 ms; head_dim 128: 3.04 -> 2.56). Tiles of 4,096 elements or more
+    run in 8 warps capped at 128 registers, two programs per SM (H200 as above: 64 x 64 0.338 -> 0.316 ms against
+    4 uncapped warps; 64 x 256 1.28 -> 1.12; 128 x 256 2.58 -> 2.24; no change at 64 x 128, 128 x 64, 128 x 128).
+    segment: chosen per call by `auto_segment`; ARCHSPEC_SSD_STATE=segment=N (ARCHSPEC_SSD_STATE_BWD for the
+    backward pass) fixes it (0: whole sequences)."""
+    steps, bp, bn = _state_tiles(headdim, dstate, chunk_size)
+    wide = bp * bn >= 4096
+    return _override("state", KernelConfig(steps, steps, bp, bn, 8 if wide else 4, 2, maxnreg=128 if wide else 0))
 
 
 def state_bwd_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
-    """Backward state-gradient pass, as `state_config`; d_state 256 runs in 4-warp programs of 64 x 64 tiles
-    (H200 as above, head_dim 64: 1.65 -> 1.37 ms; head_dim 128: 3.29 -> 2.75; 64 x 128 tiles 1.58 and 3.13)."""
-    cfg = _state_tiles(headdim, dstate, chunk_size)
+    """Backward state-gradient pass, as `state_config`, but 4,096-element tiles stay in 4 uncapped warps (64 x 64:
+    0.350 ms against 0.364 at 8 warps capped at 128) and d_state 256 runs in 4-warp programs of 64 x 64 tiles
+    (H200 as above, head_dim 64: 1.65 -> 1.37 ms; head_dim 128: 3.29 -> 2.75; 64 x 128 tiles 1.58 and 3.13).
+    Larger tiles: 8 warps capped at 128 registers (3-5% faster than uncapped at d_state <= 128)."""
+    steps, bp, bn = _state_tiles(headdim, dstate, chunk_size)
     if pow2(dstate) > 128:
-        cfg = replace(cfg, block_p=min(pow2(headdim), 64), block_n=64, num_warps=4)
-    return _override("state_bwd", cfg)
+        bp, bn = min(pow2(headdim), 64), 64
+    wide = bp * bn > 4096
+    return _override("state_bwd", KernelConfig(steps, steps, bp, bn, 8 if wide else 4, 2,
+                                               maxnreg=128 if wide else 0))
+
+
+SEGMENT_CHUNKS = 64
+
+
+def auto_segment(programs: int, longest: int, sm_count: int) -> int:
+    """Segment length in chunks for a state pass of `programs` programs (sequences x heads x state tiles) whose
+    longest sequence has `longest` chunks, on a GPU of sm_count SMs (0: unknown): segments of 64 chunks when the
+    programs would leave more than half the SMs idle and a sequence has more than one segment, else 0 (whole
+    sequences). H200, 64 heads, head_dim 64, one sequence (64 programs), forward+backward ms whole / segments of
+    16 / of 64: 65,536 tokens, d_state 64 6.57 / 6.48 / -, d_state 128 9.98 / 8.74 / -; 262,144 tokens 26.2 / 23.4
+    / 23.1 and 39.5 / 34.5 / 33.5; 1,048,576 tokens 104.1 / 90.8 / 88.2 and 157.6 / 134.6 / 132.9. At 128
+    programs segments lose (head_dim 128, d_state 128, whole tiles split in two: 1 x 65,536 13.65 / 13.83;
+    1 x 1,048,576 216.8 / 222.5 / 221.0; 2 x 32,768 at head_dim 64: 5.57 / 6.28): the fix of the chunk states
+    costs more than the walk gains."""
+    if sm_count and 2 * programs <= sm_count and longest > SEGMENT_CHUNKS:
+        return SEGMENT_CHUNKS
+    return 0
 
 
 def cb_config(dstate: int, chunk_size: int) -> KernelConfig:

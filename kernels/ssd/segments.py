@@ -19,6 +19,8 @@ The log-decays s are cumulative within a chunk, so they, dt' and every chunk ker
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -28,7 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import state_tile
-from .config import KernelConfig
+from .config import KernelConfig, auto_segment
 from .layout import ChunkTable
 
 __all__ = ["SegmentTable", "StateWalk", "build_segment_table", "carry_backward", "carry_forward", "state_walk"]
@@ -41,8 +43,9 @@ class SegmentTable:
     state kernels take them in their place); seq_seg (nseqs + 1,): each sequence's first segment; chunk_seg
     (nchunks,): each chunk's segment; after_first / before_last: the chunks outside their sequence's first / last
     segment (those whose segment receives a state / a gradient from a neighbour even without an initial state /
-    a final-state gradient)."""
+    a final-state gradient); seg_chunks: chunks per segment."""
 
+    seg_chunks: int
     nsegs: int
     seg_start: Tensor
     seg_chunk: Tensor
@@ -72,7 +75,7 @@ def build_segment_table(table: ChunkTable, seg_chunks: int) -> SegmentTable:
 
     seg_chunk = as_tensor(firsts + [table.nchunks])
     seg_start = torch.cat([table.chunk_start[seg_chunk[:-1].long()], table.seq_start[-1:]])
-    return SegmentTable(len(firsts), seg_start, seg_chunk, as_tensor(seq_seg), as_tensor(chunk_seg),
+    return SegmentTable(seg_chunks, len(firsts), seg_start, seg_chunk, as_tensor(seq_seg), as_tensor(chunk_seg),
                         as_tensor(after_first), as_tensor(before_last))
 
 
@@ -89,15 +92,24 @@ class StateWalk(NamedTuple):
     seg: Optional[SegmentTable]
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+
+
 def state_walk(table: ChunkTable, cfg: KernelConfig, init: Optional[Tensor], out: Tensor) -> StateWalk:
     """The walk of a state pass with tiles cfg: over the call's sequences from init (initial states, or final-state
-    gradients) into out (nseqs, nheads, headdim, dstate); with cfg.segment, over segments from zero into a
-    per-segment float32 buffer, which carry_forward / carry_backward then turn into out."""
+    gradients) into out (nseqs, nheads, headdim, dstate); in segments (cfg.segment chunks, or as
+    config.auto_segment chooses when it is -1), over segments from zero into a per-segment float32 buffer, which
+    carry_forward / carry_backward then turn into out."""
     nheads, headdim, dstate = out.shape[1:]
-    if not cfg.segment:
-        return StateWalk(_grid(table.nseqs, nheads, headdim, dstate, cfg), table.seq_start, table.seq_chunk, init,
-                         out, None)
-    seg = build_segment_table(table, cfg.segment)
+    grid = _grid(table.nseqs, nheads, headdim, dstate, cfg)
+    seg_chunks = cfg.segment
+    if seg_chunks < 0:
+        seg_chunks = auto_segment(math.prod(grid), max(table.seq_nchunks), _sm_count(out.device))
+    if not seg_chunks:
+        return StateWalk(grid, table.seq_start, table.seq_chunk, init, out, None)
+    seg = build_segment_table(table, seg_chunks)
     ends = torch.empty(seg.nsegs, nheads, headdim, dstate, device=out.device, dtype=torch.float32)
     return StateWalk(_grid(seg.nsegs, nheads, headdim, dstate, cfg), seg.seg_start, seg.seg_chunk, None, ends, seg)
 
@@ -184,8 +196,8 @@ def _grid(nprograms: int, nheads: int, headdim: int, dstate: int, cfg: KernelCon
     return nprograms, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n)
 
 
-def _options(cfg: KernelConfig) -> dict[str, int]:
-    return dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, SEG=triton.next_power_of_2(cfg.segment))
+def _options(cfg: KernelConfig, seg: SegmentTable) -> dict[str, int]:
+    return dict(BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, SEG=triton.next_power_of_2(seg.seg_chunks))
 
 
 def _carry(init: Optional[Tensor], local: Tensor, out: Tensor, s: Tensor, table: ChunkTable, seg: SegmentTable,
@@ -196,7 +208,7 @@ def _carry(init: Optional[Tensor], local: Tensor, out: Tensor, s: Tensor, table:
     entering = torch.empty_like(local)
     _carry_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
         init, local, entering, out, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
-        table.ntokens, nheads, headdim, dstate, HAS_INIT=init is not None, REVERSE=reverse, **_options(cfg))
+        table.ntokens, nheads, headdim, dstate, HAS_INIT=init is not None, REVERSE=reverse, **_options(cfg, seg))
     return entering
 
 
@@ -208,7 +220,7 @@ def _fix(target: Tensor, entering: Tensor, states: Optional[Tensor], s: Tensor, 
     _, nheads, headdim, dstate = target.shape
     _fix_kernel[_grid(chunks.numel(), nheads, headdim, dstate, cfg)](
         target, entering, states, s, ds, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk, chunks,
-        table.ntokens, nheads, headdim, dstate, BACKWARD=ds is not None, **_options(cfg))
+        table.ntokens, nheads, headdim, dstate, BACKWARD=ds is not None, **_options(cfg, seg))
 
 
 def carry_forward(states: Tensor, seg_end: Tensor, final: Tensor, h0: Optional[Tensor], s: Tensor,

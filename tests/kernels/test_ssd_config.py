@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archspec.kernels.ssd.config import (KernelConfig, bwd_dbc_config, bwd_dx_config, scan_config, state_bwd_config,
-                                         state_config)
+from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config, bwd_dx_config,
+                                         scan_config, state_bwd_config, state_config)
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
 
@@ -24,7 +24,13 @@ def test_register_caps_apply_to_the_per_row_tile_kernels_not_to_the_walks() -> N
     assert (eight_warps.walk, eight_warps.num_warps, eight_warps.maxnreg) == (0, 8, 128)
     assert scan_config(64, 128, 256).maxnreg == 0
     assert state_config(64, 128, 256).maxnreg == 128
-    assert state_config(64, 256, 256).maxnreg == 0
+    assert state_config(64, 256, 256).maxnreg == 128
+
+
+def test_forward_state_pass_runs_tiles_of_4096_elements_in_capped_8_warp_programs_the_backward_in_4_warps() -> None:
+    forward, backward = state_config(64, 64, 256), state_bwd_config(64, 64, 256)
+    assert (forward.num_warps, forward.maxnreg) == (8, 128)
+    assert (backward.num_warps, backward.maxnreg) == (4, 0)
 
 
 def test_state_passes_keep_the_whole_state_up_to_d_state_128_and_split_it_beyond() -> None:
@@ -94,3 +100,11 @@ def test_gluon_walk_needs_a_hopper_gpu_and_16_bit_inputs() -> None:
     """Under the interpreter or on the CPU the Triton walk runs (the Gluon kernel cannot)."""
     x = torch.zeros(64, 2, 64, dtype=torch.bfloat16)
     assert not wgmma_supported(x, 64, 64)
+
+
+def test_state_passes_walk_segments_of_64_chunks_only_when_programs_leave_most_sms_idle() -> None:
+    assert auto_segment(programs=64, longest=4096, sm_count=132) == SEGMENT_CHUNKS == 64
+    assert auto_segment(programs=66, longest=65, sm_count=132) == 64
+    assert auto_segment(programs=67, longest=4096, sm_count=132) == 0, "more than half the SMs busy"
+    assert auto_segment(programs=8, longest=64, sm_count=132) == 0, "one segment would be the whole sequence"
+    assert auto_segment(programs=8, longest=4096, sm_count=0) == 0, "unknown GPU (the interpreter)"

@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 from archspec.kernels.reference import ssd_naive  # noqa: E402
 from archspec.kernels.ssd import ssd_scan_triton  # noqa: E402
 from archspec.kernels.ssd.layout import build_chunk_table  # noqa: E402
+from archspec.kernels.ssd import segments  # noqa: E402
 from archspec.kernels.ssd.segments import build_segment_table  # noqa: E402
 from errors import rel_err  # noqa: E402
 
@@ -235,6 +236,23 @@ def test_state_passes_walking_segments_in_parallel_match_naive(make_ssd_inputs, 
     inputs = make_ssd_inputs(1, 175, 2, 32, 1, 16, dtype, DEVICE, seqlens=[9, 100, 50, 16],
                              requires_grad=True, with_initial_states=initial, with_D=True)
     check_scan(inputs, 16, dtype, grads=True, final_grad=final_grad)
+
+
+def test_one_long_sequence_on_a_gpu_with_idle_sms_walks_segments_of_64_chunks(make_ssd_inputs, monkeypatch) -> None:
+    """Without an override, config.auto_segment decides: one sequence of 70 chunks, whose state passes would
+    run 2 programs on a 132-SM GPU, is cut into segments of 64 chunks (64 + 6) in both passes, and stays exact."""
+    cuts = []
+
+    def spy(table, seg_chunks: int):
+        cuts.append(seg_chunks)
+        return build_segment_table(table, seg_chunks)
+
+    monkeypatch.setattr(segments, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(segments, "build_segment_table", spy)
+    inputs = make_ssd_inputs(1, 16 * 70, 2, 16, 1, 16, torch.float32, DEVICE, requires_grad=True,
+                             with_initial_states=True)
+    check_scan(inputs, 16, torch.float32, grads=True)
+    assert cuts == [64, 64]
 
 
 def test_segment_table_cuts_each_sequence_at_whole_chunks() -> None:
