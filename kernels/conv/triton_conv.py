@@ -4,10 +4,9 @@ One program per (block of time rows, block of channels, batch); channels are the
 load and store is a vector along channels. A tap of lag L reads the tile's rows shifted back by L (the halo
 of d_conv - 1 rows before the tile is read by the shifted loads; they hit the cache). The backward recomputes
 the pre-activation from x (nothing but x, weight and bias is saved): per tile it forms
-g = dy * silu'(pre-activation), reduces g and g * shifted x into per-program float32 partial sums of dbias and
-dweight (summed by torch afterwards), and forms dx by the transposed (anti-causal) conv of g, recomputing g at
-the d_conv - 1 rows after the tile.
-"""
+g = dy * silu'(pre-activation) once, reduces g and g * shifted x into per-program float32 partial sums of dbias
+and dweight (summed by torch afterwards), and forms dx by the transposed (anti-causal) conv of g, handing g to
+the tile before through a per-program buffer."""
 
 from __future__ import annotations
 
@@ -26,24 +25,22 @@ __all__ = ["ConvTiles", "causal_conv1d_triton", "default_tiles"]
 
 class ConvTiles(NamedTuple):
     """Tile sizes: block_t time rows x block_c channels per tile; a backward program loops over tiles_per_prog
-    consecutive row tiles (fewer dweight/dbias partial sums). staged: the backward forms each row's gradient once
-    and passes it on through a per-program buffer (`_conv_bwd_staged_kernel`) instead of recomputing it at every
-    lag; off until timed on a GPU."""
+    consecutive row tiles (fewer dweight/dbias partial sums)."""
 
     block_t: int
     block_c: int
     tiles_per_prog: int
-    staged: bool = False
 
 
 def default_tiles(seqlen: int, channels: int) -> ConvTiles:
-    """Tiles of up to 64 rows x 128 channels (powers of two, at least 16), up to 8 row tiles per backward program.
-    ARCHSPEC_CONV_TILES="block_t=32,staged=1" overrides fields (a tuning hook for benchmarks/mixer.py)."""
+    """Tiles of up to 64 rows x 128 channels (powers of two, at least 16), up to 8 row tiles per backward program
+    (H200, the mixer's 8 x 8192 x 4352 conv: fwd+bwd 3.91 ms at 64-row tiles, 5.75 at 32).
+    ARCHSPEC_CONV_TILES="block_t=32" overrides fields (a tuning hook for benchmarks/mixer.py)."""
     block_t = min(64, max(16, triton.next_power_of_2(seqlen)))
     block_c = min(128, max(16, triton.next_power_of_2(channels)))
     tiles = ConvTiles(block_t, block_c, min(8, triton.cdiv(seqlen, block_t)))
     fields = env_overrides("ARCHSPEC_CONV_TILES")
-    return tiles._replace(**{k: bool(v) if k == "staged" else v for k, v in fields.items()})
+    return tiles._replace(**fields)
 
 
 @triton.jit
@@ -130,56 +127,18 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, pos_ptr, y_ptr, seqlen, channels,
 
 
 @triton.jit
-def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, pos_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, seqlen, channels, tiles_per_prog,
-                     stride_xb, stride_xt, stride_wc, stride_wk, stride_dyb, stride_dyt, stride_dxb, stride_dxt,
-                     D_CONV: tl.constexpr, D_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
-    pid_t, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_ok = cols < channels
-    taps = tl.arange(0, D_PAD)
-    x_b = x_ptr + pid_b.to(tl.int64) * stride_xb
-    dy_b = dy_ptr + pid_b.to(tl.int64) * stride_dyb
-    dx_b = dx_ptr + pid_b.to(tl.int64) * stride_dxb
-    dw_acc = tl.zeros((D_PAD, BLOCK_C), dtype=tl.float32)
-    db_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    for i in range(tiles_per_prog):
-        rows = (pid_t * tiles_per_prog + i) * BLOCK_T + tl.arange(0, BLOCK_T)
-        row_ok = rows < seqlen
-        pos = _positions(pos_ptr, rows, row_ok, HAS_SEQ)
-        g = _preact_grad(x_b, w_ptr, b_ptr, dy_b, rows, pos, row_ok, cols, col_ok, stride_xt, stride_wc,
-                         stride_wk, stride_dyt, D_CONV, BLOCK_T, BLOCK_C, HAS_BIAS, SILU)
-        db_acc += tl.sum(g, axis=0)
-        dw_acc = _add_tap_sums(dw_acc, x_b, g, rows, pos, row_ok, cols, col_ok, stride_xt, taps, D_CONV)
-        w_last = tl.load(w_ptr + cols * stride_wc + (D_CONV - 1) * stride_wk, mask=col_ok, other=0.0)
-        dx = g * w_last.to(tl.float32)[None, :]
-        for lag in tl.static_range(1, D_CONV):
-            later = rows + lag
-            later_ok = later < seqlen
-            later_pos = _positions(pos_ptr, later, later_ok, HAS_SEQ)
-            g_later = _preact_grad(x_b, w_ptr, b_ptr, dy_b, later, later_pos, later_ok, cols, col_ok, stride_xt,
-                                   stride_wc, stride_wk, stride_dyt, D_CONV, BLOCK_T, BLOCK_C, HAS_BIAS, SILU)
-            same_seq = later_pos >= lag
-            wk = tl.load(w_ptr + cols * stride_wc + (D_CONV - 1 - lag) * stride_wk, mask=col_ok, other=0.0)
-            dx += tl.where(same_seq[:, None], g_later, 0.0) * wk.to(tl.float32)[None, :]
-        dst = rows.to(tl.int64)[:, None] * stride_dxt + cols[None, :]
-        tl.store(dx_b + dst, dx.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
-    _store_partial_sums(dw_ptr, db_ptr, dw_acc, db_acc, pid_b * tl.num_programs(0) + pid_t, taps, cols, col_ok,
-                        channels, D_CONV, HAS_BIAS)
-
-
-@triton.jit
-def _conv_bwd_staged_kernel(x_ptr, w_ptr, b_ptr, pos_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, stage_ptr, seqlen, channels,
-                            tiles_per_prog, stride_xb, stride_xt, stride_wc, stride_wk, stride_dyb, stride_dyt,
-                            stride_dxb, stride_dxt,
-                            D_CONV: tl.constexpr, D_PAD: tl.constexpr, HALO: tl.constexpr, BLOCK_T: tl.constexpr,
-                            BLOCK_C: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
-                            SILU: tl.constexpr):
-    """`_conv_bwd_kernel` with each row's g = dL/d(pre-activation) formed once: the program walks its row tiles
-    last to first and hands g to the tile before through `stage`, its own BLOCK_T x BLOCK_C float32 slice of
-    global memory (cache-resident; barriers order the block's writes and reads). dx[t] = sum over lags of
-    w[d_conv - 1 - lag] g[t + lag] reads the rows past the tile's end (the tile after's first rows, or the HALO
-    rows after the program's last tile, formed first) before the tile's own g replaces them."""
+def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, pos_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, stage_ptr, seqlen, channels,
+                     tiles_per_prog, stride_xb, stride_xt, stride_wc, stride_wk, stride_dyb, stride_dyt,
+                     stride_dxb, stride_dxt,
+                     D_CONV: tl.constexpr, D_PAD: tl.constexpr, HALO: tl.constexpr, BLOCK_T: tl.constexpr,
+                     BLOCK_C: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
+    """Each row's g = dL/d(pre-activation) formed once: the program walks its row tiles last to first and hands g
+    to the tile before through `stage`, its own BLOCK_T x BLOCK_C float32 slice of global memory (cache-resident;
+    barriers order the block's writes and reads). dx[t] = sum over lags of w[d_conv - 1 - lag] g[t + lag] reads
+    the rows past the tile's end (the tile after's first rows, or the HALO rows after the program's last tile,
+    formed first) before the tile's own g replaces them. H200, the mixer's conv (8 x 8192 x 4352, bf16): fwd+bwd
+    4.99 -> 3.91 ms against recomputing g at every lag (20 shifted x loads, 4 dy loads, 4 sigmoids per tile
+    instead of 8, 1, 1; 255 registers and spills at 8 warps, now 56 bytes of spills)."""
     pid_t, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < channels
@@ -263,13 +222,9 @@ def _conv_backward(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor]
              dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1))
     consts = dict(D_CONV=d_conv, D_PAD=triton.next_power_of_2(d_conv), BLOCK_T=tiles.block_t,
                   BLOCK_C=tiles.block_c, HAS_BIAS=bias is not None, HAS_SEQ=pos is not None, SILU=silu, num_warps=8)
-    if tiles.staged:
-        stage = torch.empty(grid[0] * grid[1] * grid[2], tiles.block_t, tiles.block_c, device=x.device,
-                            dtype=torch.float32)
-        _conv_bwd_staged_kernel[grid](*args, stage, *sizes, HALO=triton.next_power_of_2(max(1, d_conv - 1)),
-                                      **consts)
-    else:
-        _conv_bwd_kernel[grid](*args, *sizes, **consts)
+    stage = torch.empty(grid[0] * grid[1] * grid[2], tiles.block_t, tiles.block_c, device=x.device,
+                        dtype=torch.float32)
+    _conv_bwd_kernel[grid](*args, stage, *sizes, HALO=triton.next_power_of_2(max(1, d_conv - 1)), **consts)
     return dx, dw_part.sum(0).t().contiguous(), None if db_part is None else db_part.sum(0)
 
 

@@ -26,7 +26,6 @@ from errors import rel_err  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL_TILES = ConvTiles(block_t=16, block_c=32, tiles_per_prog=2)
-STAGED_TILES = SMALL_TILES._replace(staged=True)
 # Relative Frobenius error allowed: float32 accumulates exactly as the float64 loop up to float32 rounding
 # (measured ~1e-7); bfloat16 rounds inputs, dy and the outputs to 8 mantissa bits (~4e-3 per element).
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -97,9 +96,9 @@ def make_inputs(case: Case, dtype: torch.dtype, device: str = DEVICE) -> dict:
 
 
 def run(backend: str, inputs: dict) -> torch.Tensor:
-    """backend "triton" / "triton-staged": the Triton kernels on small tiles, the latter with the staged backward."""
-    if backend.startswith("triton"):
-        return causal_conv1d_triton(**inputs, tiles=STAGED_TILES if backend == "triton-staged" else SMALL_TILES)
+    """backend "triton": the Triton kernels on small tiles (two row tiles per backward program)."""
+    if backend == "triton":
+        return causal_conv1d_triton(**inputs, tiles=SMALL_TILES)
     return causal_conv1d(**inputs, backend=backend)
 
 
@@ -121,13 +120,13 @@ def check_forward_and_gradients(backend: str, case: Case, dtype: torch.dtype) ->
         assert rel_err(g, r) < TOL[dtype], name
 
 
-@pytest.mark.parametrize("backend", ["triton", "triton-staged", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_float32_output_and_gradients_match_float64_loop(backend: str, case: Case) -> None:
     check_forward_and_gradients(backend, case, torch.float32)
 
 
-@pytest.mark.parametrize("backend", ["triton", "triton-staged", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("case", [CASES[0], CASES[6]], ids=str)
 def test_bfloat16_output_and_gradients_match_float64_loop(backend: str, case: Case) -> None:
     check_forward_and_gradients(backend, case, torch.bfloat16)
@@ -166,10 +165,10 @@ def test_dispatch_triton_uses_default_tiles_and_matches_reference() -> None:
 
 
 def test_default_tiles_take_the_environment_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    """ARCHSPEC_CONV_TILES overrides the chosen fields (integers; staged as 0 / 1) and leaves the others."""
-    assert default_tiles(8192, 4352) == ConvTiles(64, 128, 8, False)
-    monkeypatch.setenv("ARCHSPEC_CONV_TILES", "block_t=32, staged=1")
-    assert default_tiles(8192, 4352) == ConvTiles(32, 128, 8, True)
+    """ARCHSPEC_CONV_TILES overrides the chosen fields and leaves the others."""
+    assert default_tiles(8192, 4352) == ConvTiles(64, 128, 8)
+    monkeypatch.setenv("ARCHSPEC_CONV_TILES", "block_t=32, tiles_per_prog=4")
+    assert default_tiles(8192, 4352) == ConvTiles(32, 128, 4)
 
 
 def test_auto_backend_on_cpu_is_the_reference() -> None:
@@ -237,8 +236,10 @@ def test_gpu_real_size_output_and_gradients_match_float64_reference(case: Case, 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CASES[1:4], ids=str)
-def test_gpu_staged_backward_matches_float64_reference(monkeypatch: pytest.MonkeyPatch, case: Case) -> None:
-    monkeypatch.setenv("ARCHSPEC_CONV_TILES", "staged=1")
+def test_gpu_32_row_tiles_of_one_row_tile_per_program_match_float64_reference(monkeypatch: pytest.MonkeyPatch,
+                                                                              case: Case) -> None:
+    """Every backward program's g handed on only through the halo rows formed first."""
+    monkeypatch.setenv("ARCHSPEC_CONV_TILES", "block_t=32,tiles_per_prog=1")
     check_gpu_against_reference(case, torch.bfloat16)
 
 
