@@ -306,8 +306,8 @@ def ssd_backward(
     dstates = torch.empty_like(fwd.states)
     dh0 = torch.empty(table.nseqs, nheads, headdim, dstate, **f32)
     dfinal = dfinal.contiguous() if dfinal is not None else None
-    cfg = state_bwd_config(headdim, dstate, chunk)
-    walk = state_walk(table, cfg, dfinal, dh0)
+    walk = state_walk(table, state_bwd_config(headdim, dstate, chunk), "state_bwd", dfinal, dh0)
+    cfg = walk.cfg
     state_bwd_kernel[walk.grid](
         dy, C, A, fwd.dtp, fwd.s, fwd.states, walk.init, dstates, walk.out, ds, walk.start, walk.chunk,
         dy.stride(0), dy.stride(1), C.stride(0), C.stride(1), ntokens, nheads, headdim, dstate, per_group,

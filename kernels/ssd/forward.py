@@ -224,8 +224,8 @@ def ssd_forward(
     s = torch.empty(nheads, ntokens, device=dev, dtype=torch.float32)
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
-    cfg = state_config(headdim, dstate, chunk)
-    walk = state_walk(table, cfg, h0, final)
+    walk = state_walk(table, state_config(headdim, dstate, chunk), "state", h0, final)
+    cfg = walk.cfg
     _state_fwd_kernel[walk.grid](
         x, dt, A, B, dt_bias, walk.init, states, walk.out, s, dtp, walk.start, walk.chunk,
         x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1),

@@ -30,7 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import state_tile
-from .config import KernelConfig, auto_segment
+from .config import KernelConfig, auto_segment, fill_sms
 from .layout import ChunkTable
 
 __all__ = ["SegmentTable", "StateWalk", "build_segment_table", "carry_backward", "carry_forward", "state_walk"]
@@ -80,10 +80,11 @@ def build_segment_table(table: ChunkTable, seg_chunks: int) -> SegmentTable:
 
 
 class StateWalk(NamedTuple):
-    """How a state pass walks (`state_walk`): its grid, the "sequences" it walks (token offsets start and first
-    chunks, ChunkTable's seq_start / seq_chunk format), what they start from (init, or None for zero) and where
-    their ends go (out), and the segment table when it walks segments."""
+    """How a state pass walks (`state_walk`): its tiles (cfg) and grid, the "sequences" it walks (token offsets
+    start and first chunks, ChunkTable's seq_start / seq_chunk format), what they start from (init, or None for
+    zero) and where their ends go (out), and the segment table when it walks segments."""
 
+    cfg: KernelConfig
     grid: tuple[int, int, int]
     start: Tensor
     chunk: Tensor
@@ -97,21 +98,26 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
-def state_walk(table: ChunkTable, cfg: KernelConfig, init: Optional[Tensor], out: Tensor) -> StateWalk:
-    """The walk of a state pass with tiles cfg: over the call's sequences from init (initial states, or final-state
-    gradients) into out (nseqs, nheads, headdim, dstate); in segments (cfg.segment chunks, or as
-    config.auto_segment chooses when it is -1), over segments from zero into a per-segment float32 buffer, which
-    carry_forward / carry_backward then turn into out."""
+def state_walk(table: ChunkTable, cfg: KernelConfig, name: str, init: Optional[Tensor], out: Tensor) -> StateWalk:
+    """The walk of a state pass (config hook `name`: "state" or "state_bwd") with tiles cfg, refined for the GPU's
+    SM count: over the call's sequences from init (initial states, or final-state gradients) into out (nseqs,
+    nheads, headdim, dstate); in segments (cfg.segment chunks, or as config.auto_segment chooses when it is -1),
+    over segments from zero into a per-segment float32 buffer, which carry_forward / carry_backward then turn into
+    out. Tiles are split further (config.fill_sms) while the walks would not fill the SMs."""
     nheads, headdim, dstate = out.shape[1:]
-    grid = _grid(table.nseqs, nheads, headdim, dstate, cfg)
+    sms = _sm_count(out.device)
     seg_chunks = cfg.segment
     if seg_chunks < 0:
-        seg_chunks = auto_segment(math.prod(grid), max(table.seq_nchunks), _sm_count(out.device))
-    if not seg_chunks:
-        return StateWalk(grid, table.seq_start, table.seq_chunk, init, out, None)
-    seg = build_segment_table(table, seg_chunks)
+        programs = math.prod(_grid(table.nseqs, nheads, headdim, dstate, cfg))
+        seg_chunks = auto_segment(programs, max(table.seq_nchunks), sms)
+    seg = build_segment_table(table, seg_chunks) if seg_chunks else None
+    walked = seg.nsegs if seg is not None else table.nseqs
+    cfg = fill_sms(name, cfg, math.prod(_grid(walked, nheads, headdim, dstate, cfg)), sms)
+    grid = _grid(walked, nheads, headdim, dstate, cfg)
+    if seg is None:
+        return StateWalk(cfg, grid, table.seq_start, table.seq_chunk, init, out, None)
     ends = torch.empty(seg.nsegs, nheads, headdim, dstate, device=out.device, dtype=torch.float32)
-    return StateWalk(_grid(seg.nsegs, nheads, headdim, dstate, cfg), seg.seg_start, seg.seg_chunk, None, ends, seg)
+    return StateWalk(cfg, grid, seg.seg_start, seg.seg_chunk, None, ends, seg)
 
 
 @triton.jit

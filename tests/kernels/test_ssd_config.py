@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config, bwd_dx_config,
-                                         scan_config, state_bwd_config, state_config)
+                                         fill_sms, scan_config, state_bwd_config, state_config)
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
 
@@ -108,3 +108,18 @@ def test_state_passes_walk_segments_of_64_chunks_only_when_programs_leave_most_s
     assert auto_segment(programs=67, longest=4096, sm_count=132) == 0, "more than half the SMs busy"
     assert auto_segment(programs=8, longest=64, sm_count=132) == 0, "one segment would be the whole sequence"
     assert auto_segment(programs=8, longest=4096, sm_count=0) == 0, "unknown GPU (the interpreter)"
+
+
+def test_state_tiles_halve_head_dim_while_the_programs_would_not_fill_the_sms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Down to tiles of 4,096 elements, in 4 uncapped warps; not when the hook sets block_p or the GPU is unknown."""
+    wide = state_config(128, 64, 256)
+    assert (wide.block_p, wide.block_n, wide.num_warps, wide.maxnreg) == (128, 64, 8, 128)
+    split = fill_sms("state", wide, programs=128, sm_count=132)
+    assert (split.block_p, split.block_n, split.num_warps, split.maxnreg) == (64, 64, 4, 0)
+    assert fill_sms("state", wide, programs=8, sm_count=132).block_p == 64, "never below 4,096 elements"
+    assert fill_sms("state", wide, programs=132, sm_count=132) == wide
+    assert fill_sms("state", wide, programs=8, sm_count=0) == wide
+    assert fill_sms("state", state_config(64, 64, 256), programs=8, sm_count=132).block_p == 64
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "block_p=128")
+    assert fill_sms("state", state_config(128, 64, 256), programs=8, sm_count=132).block_p == 128
+    assert fill_sms("state_bwd", state_bwd_config(128, 64, 256), programs=8, sm_count=132).block_p == 64

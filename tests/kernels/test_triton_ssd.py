@@ -21,6 +21,7 @@ from archspec.kernels.reference import ssd_naive  # noqa: E402
 from archspec.kernels.ssd import ssd_scan_triton  # noqa: E402
 from archspec.kernels.ssd.layout import build_chunk_table  # noqa: E402
 from archspec.kernels.ssd import segments  # noqa: E402
+from archspec.kernels.ssd.config import fill_sms  # noqa: E402
 from archspec.kernels.ssd.segments import build_segment_table  # noqa: E402
 from errors import rel_err  # noqa: E402
 
@@ -253,6 +254,24 @@ def test_one_long_sequence_on_a_gpu_with_idle_sms_walks_segments_of_64_chunks(ma
                              with_initial_states=True)
     check_scan(inputs, 16, torch.float32, grads=True)
     assert cuts == [64, 64]
+
+
+def test_state_passes_that_would_leave_sms_idle_split_head_dim_and_stay_exact(make_ssd_inputs, monkeypatch) -> None:
+    """One sequence of one head, 64 x 128 state, on a GPU of many SMs: both state passes halve their head_dim tile
+    (64 -> 32, keeping 4,096 elements per tile, config.fill_sms), and the scan stays exact."""
+    tiles = []
+
+    def spy(*args):
+        cfg = fill_sms(*args)
+        tiles.append((cfg.block_p, cfg.block_n))
+        return cfg
+
+    monkeypatch.setattr(segments, "_sm_count", lambda device: 1000)
+    monkeypatch.setattr(segments, "fill_sms", spy)
+    inputs = make_ssd_inputs(1, 40, 1, 64, 1, 128, torch.float32, DEVICE, requires_grad=True,
+                             with_initial_states=True, with_D=True)
+    check_scan(inputs, 16, torch.float32, grads=True)
+    assert tiles == [(32, 128), (32, 128)]
 
 
 def test_segment_table_cuts_each_sequence_at_whole_chunks() -> None:
