@@ -123,17 +123,22 @@ def auto_segment(programs: int, longest: int, sm_count: int) -> int:
     return 0
 
 
+_FILL_MIN_TILE = {"state": 2048, "state_bwd": 4096}
+
+
 def fill_sms(name: str, cfg: KernelConfig, programs: int, sm_count: int) -> KernelConfig:
-    """A state pass's tiles when its `programs` programs (walked sequences or segments x heads x tiles of cfg)
-    would not fill the sm_count SMs once: block_p halved (4 uncapped warps) while that holds and the tile keeps at
-    least 4,096 elements; unchanged when ARCHSPEC_SSD_<NAME> sets block_p or the SM count is unknown (0). H200, 2 x
-    32,768 tokens, 64 heads (128 programs), fwd / fwd+bwd ms: 64 x 128 2.050 / 8.091 -> 1.733 / 7.585 (32 x 128
-    tiles), 128 x 64 2.414 / 9.447 -> 2.103 / 8.642 (64 x 64); smaller tiles lost (128 x 64 in 32 x 64 tiles 2.544 /
-    9.482; 64 x 64 in 32 x 64: its backward pass 0.574 -> 0.602 ms), and so do 32 x 128 tiles at 8 x 8192 (512
-    programs: 7.423 -> 7.696 at 64 x 128)."""
+    """A state pass's tiles (name: "state" or "state_bwd") when its `programs` programs (walked sequences or
+    segments x heads x tiles of cfg) would not fill the sm_count SMs once: block_p halved (4 uncapped warps) while
+    that holds and the tile keeps at least 2,048 elements (forward) or 4,096 (backward); unchanged when
+    ARCHSPEC_SSD_<NAME> sets block_p or the SM count is unknown (0). H200, 2 x 32,768 tokens, 64 heads (128
+    programs), fwd / fwd+bwd ms: 64 x 128 2.050 / 8.091 -> 1.733 / 7.585 (32 x 128 tiles), 128 x 64 2.414 / 9.447
+    -> 2.103 / 8.642 (64 x 64); 64 x 64 in 32 x 64 tiles: forward pass 0.583 -> 0.513 ms, backward pass 0.574 ->
+    0.602 (in 16 x 64: 0.530 and 1.067). More programs than SMs lose: 128 x 64 in 32 x 64 tiles 2.544 / 9.482;
+    64 x 128 in 32 x 128 tiles at 8 x 8192 (512 programs) 7.423 -> 7.696."""
     if "block_p" in _overrides(name):
         return cfg
-    while sm_count and programs < sm_count and cfg.block_p > 16 and cfg.block_p * cfg.block_n >= 8192:
+    smallest = _FILL_MIN_TILE[name]
+    while sm_count and programs < sm_count and cfg.block_p > 16 and cfg.block_p * cfg.block_n >= 2 * smallest:
         cfg = replace(cfg, block_p=cfg.block_p // 2, num_warps=4, maxnreg=0)
         programs *= 2
     return cfg

@@ -111,15 +111,19 @@ def test_state_passes_walk_segments_of_64_chunks_only_when_programs_leave_most_s
 
 
 def test_state_tiles_halve_head_dim_while_the_programs_would_not_fill_the_sms(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Down to tiles of 4,096 elements, in 4 uncapped warps; not when the hook sets block_p or the GPU is unknown."""
+    """Down to tiles of 2,048 (forward) or 4,096 elements (backward), in 4 uncapped warps; not when the hook sets
+    block_p or the GPU is unknown."""
     wide = state_config(128, 64, 256)
     assert (wide.block_p, wide.block_n, wide.num_warps, wide.maxnreg) == (128, 64, 8, 128)
     split = fill_sms("state", wide, programs=128, sm_count=132)
     assert (split.block_p, split.block_n, split.num_warps, split.maxnreg) == (64, 64, 4, 0)
-    assert fill_sms("state", wide, programs=8, sm_count=132).block_p == 64, "never below 4,096 elements"
+    assert fill_sms("state", wide, programs=8, sm_count=132).block_p == 32, "never below 2,048 elements"
+    assert fill_sms("state_bwd", state_bwd_config(128, 64, 256), programs=8, sm_count=132).block_p == 64
     assert fill_sms("state", wide, programs=132, sm_count=132) == wide
     assert fill_sms("state", wide, programs=8, sm_count=0) == wide
-    assert fill_sms("state", state_config(64, 64, 256), programs=8, sm_count=132).block_p == 64
+    assert fill_sms("state", state_config(64, 64, 256), programs=8, sm_count=132).block_p == 32
+    assert fill_sms("state_bwd", state_bwd_config(64, 64, 256), programs=8, sm_count=132).block_p == 64
     monkeypatch.setenv("ARCHSPEC_SSD_STATE", "block_p=128")
     assert fill_sms("state", state_config(128, 64, 256), programs=8, sm_count=132).block_p == 128
-    assert fill_sms("state_bwd", state_bwd_config(128, 64, 256), programs=8, sm_count=132).block_p == 64
+    assert fill_sms("state_bwd", state_bwd_config(128, 64, 256), programs=8, sm_count=132).block_p == 64, \
+        "ARCHSPEC_SSD_STATE does not reach the backward pass"
