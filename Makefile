@@ -22,9 +22,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Wheels for a GPU machine without network (benchmarks/offline_install.sh installs them there): the pure-Python
-# dependencies that machine's image lacks, and mamba_ssm's Triton code (its CUDA extensions are not built).
+# dependencies that machine's image lacks (pytest-xdist for benchmarks/gpu_tests.sh), and mamba_ssm's Triton code
+# (its CUDA extensions are not built).
 WHEEL_PINS := pydantic==2.14.4 pydantic_core==2.50.5 annotated_types typing_inspection optuna==5.0.0 \
-	optuna_integration alembic sqlalchemy colorlog mako greenlet einops
+	optuna_integration alembic sqlalchemy colorlog mako greenlet einops pytest-xdist execnet
 gpu-wheels: $(STAMP)
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
