@@ -86,7 +86,7 @@ def state_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     run in 8 warps capped at 128 registers, two programs per SM (H200 as above: 64 x 64 0.338 -> 0.316 ms against
     4 uncapped warps; 64 x 256 1.28 -> 1.12; 128 x 256 2.58 -> 2.24; no change at 64 x 128, 128 x 64, 128 x 128).
     segment: chosen per call by `auto_segment`; ARCHSPEC_SSD_STATE=segment=N (ARCHSPEC_SSD_STATE_BWD for the
-    backward pass) fixes it (0: whole sequences)."""
+    backward pass) fixes it (0: whole sequences). Per call, `fill_sms` may halve block_p for few programs."""
     steps, bp, bn = _state_tiles(headdim, dstate, chunk_size)
     wide = bp * bn >= 4096
     return _override("state", KernelConfig(steps, steps, bp, bn, 8 if wide else 4, 2, maxnreg=128 if wide else 0))
