@@ -183,11 +183,14 @@ def forced_config(**overrides: str) -> Iterator[None]:
 
 def scan_launches() -> list[Launch]:
     """The distinct launches of `record_scan` at 64 x 64 with D per channel (the chunk walks), 64 x 256 with D
-    per head (the per-row-tile kernels) and 64 x 64 with the state passes in segments (segments.py)."""
+    per head (the per-row-tile kernels), 64 x 64 with the state passes in segments (segments.py) and 64 x 128 with
+    the state passes' tiles that config.fill_sms picks for few programs on a GPU (the CPU has no SM count)."""
     with forced_config(state="segment=1", state_bwd="segment=1"):
         segmented = record_scan(64, 64, False)
+    with forced_config(state="block_p=16,num_warps=4,maxnreg=0", state_bwd="block_p=32,num_warps=4,maxnreg=0"):
+        split = [launch for launch in record_scan(64, 128, False) if "state" in launch.fn.__name__]
     distinct: dict[tuple, Launch] = {}
-    for launch in record_scan(64, 64, True) + record_scan(64, 256, False) + segmented:
+    for launch in record_scan(64, 64, True) + record_scan(64, 256, False) + segmented + split:
         distinct.setdefault(launch.key(), launch)
     return list(distinct.values())
 
