@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_tests.sh [pytest arguments; paths relative to the repository root]
 # e.g. bash benchmarks/gpu_tests.sh tests/kernels/test_triton_ssd.py -k segments
 # ARCHSPEC_GPU_TEST_WORKERS sets the number of workers (default 8; 0 runs in this process). The JUnit report goes
-# to $OUT/gpu_tests.xml (or /tmp). Exits with pytest's status.
+# to $OUT/gpu_tests.xml (or /tmp), with the Triton cache (offline_install.sh) when $OUT is set. Exits with pytest's
+# status.
 set -u
 source benchmarks/offline_install.sh || exit 1
 root=$PWD
@@ -22,6 +23,7 @@ if [[ $workers != 0 ]] && python3 -c "import xdist" 2>/dev/null; then parallel=(
 (cd /tmp && python3 -m pytest -q -m gpu -c "$root/pyproject.toml" --rootdir "$root" --junitxml "$report" \
     "${parallel[@]}" "${args[@]}")
 status=$?
+[[ -n ${OUT:-} ]] && archspec_keep_triton_cache
 python3 - "$report" "$root" <<'EOF'
 import sys
 import xml.etree.ElementTree as ET

@@ -3,6 +3,9 @@
 # /tmp/site (or $ARCHSPEC_SITE) on a GPU machine that has torch, triton and lightning but no network, and
 # exports PYTHONPATH. Use from the repository root:  source benchmarks/offline_install.sh
 # Then e.g.  python3 benchmarks/ssd_kernels.py --quick
+# Triton compiles into $TRITON_CACHE_DIR (default /tmp/triton-cache), seeded from .tcache/triton-cache.tgz when that
+# was carried; `archspec_keep_triton_cache` at the end of a command writes the cache to $OUT/triton-cache.tgz, to be
+# moved to .tcache/ here and carried by the next call, whose unchanged kernels then skip compiling.
 _archspec_offline_install() {
     local site=${ARCHSPEC_SITE:-/tmp/site}
     if ! ls .whl/*.whl >/dev/null 2>&1; then
@@ -14,5 +17,19 @@ _archspec_offline_install() {
         .whl/*.whl || return 1
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target "$site" . || return 1
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
+    if [ -f .tcache/triton-cache.tgz ]; then
+        mkdir -p "$TRITON_CACHE_DIR" && tar -xzf .tcache/triton-cache.tgz -C "$TRITON_CACHE_DIR" || return 1
+    fi
+}
+
+archspec_keep_triton_cache() {
+    local tgz=${OUT:?archspec_keep_triton_cache: OUT is not set}/triton-cache.tgz
+    [ -d "$TRITON_CACHE_DIR" ] || return 0
+    tar -czf "$tgz" -C "$TRITON_CACHE_DIR" . || return 1
+    if [ "$(stat -c %s "$tgz")" -gt $((16 * 1024 * 1024)) ]; then  # the most a file from $OUT may have
+        echo "archspec_keep_triton_cache: $(du -h "$tgz" | cut -f1) is over 16 MiB, not kept" >&2
+        rm -f "$tgz"
+    fi
 }
 _archspec_offline_install
