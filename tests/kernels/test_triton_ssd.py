@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 from archspec.kernels.reference import ssd_naive  # noqa: E402
 from archspec.kernels.ssd import ssd_scan_triton  # noqa: E402
 from archspec.kernels.ssd.layout import build_chunk_table  # noqa: E402
-from archspec.kernels.ssd import segments  # noqa: E402
+from archspec.kernels.ssd import backward, forward, segments  # noqa: E402
 from archspec.kernels.ssd.config import fill_sms  # noqa: E402
 from archspec.kernels.ssd.segments import build_segment_table  # noqa: E402
 from errors import rel_err  # noqa: E402
@@ -254,6 +254,28 @@ def test_one_long_sequence_on_a_gpu_with_idle_sms_walks_segments_of_64_chunks(ma
                              with_initial_states=True)
     check_scan(inputs, 16, torch.float32, grads=True)
     assert cuts == [64, 64]
+
+
+def test_packed_sequences_of_mixed_lengths_with_segments_and_split_tiles_match_naive(make_ssd_inputs,
+                                                                                     monkeypatch) -> None:
+    """Both choices at once on a 132-SM GPU: of three packed sequences (69, 2 and 5 chunks of 16), only the long
+    one is cut (segments of 64), and the forward pass's 32 x 128 tiles are halved to 16 x 128; with initial
+    states, a final-state gradient, D and z, everything stays exact."""
+    monkeypatch.setattr(segments, "_sm_count", lambda device: 132)
+    inputs = make_ssd_inputs(1, 1100 + 30 + 70, 2, 32, 1, 128, torch.float32, DEVICE, seqlens=[1100, 30, 70],
+                             requires_grad=True, with_initial_states=True, with_D=True, with_z=True)
+    walks = []
+    state_walk = segments.state_walk
+
+    def spy(*args):
+        walk = state_walk(*args)
+        walks.append((walk.seg.nsegs if walk.seg is not None else 0, walk.cfg.block_p))
+        return walk
+
+    monkeypatch.setattr(forward, "state_walk", spy)
+    monkeypatch.setattr(backward, "state_walk", spy)
+    check_scan(inputs, 16, torch.float32, grads=True)
+    assert walks == [(4, 16), (4, 32)]
 
 
 def test_state_passes_that_would_leave_sms_idle_split_head_dim_and_stay_exact(make_ssd_inputs, monkeypatch) -> None:
