@@ -21,7 +21,6 @@ from archspec.kernels.reference import ssd_naive  # noqa: E402
 from archspec.kernels.ssd import ssd_scan_triton  # noqa: E402
 from archspec.kernels.ssd.layout import build_chunk_table  # noqa: E402
 from archspec.kernels.ssd import backward, forward, segments  # noqa: E402
-from archspec.kernels.ssd.config import fill_sms  # noqa: E402
 from archspec.kernels.ssd.segments import build_segment_table  # noqa: E402
 from errors import rel_err  # noqa: E402
 
@@ -239,21 +238,30 @@ def test_state_passes_walking_segments_in_parallel_match_naive(make_ssd_inputs, 
     check_scan(inputs, 16, dtype, grads=True, final_grad=final_grad)
 
 
+def record_state_walks(monkeypatch, sm_count: int) -> list[segments.StateWalk]:
+    """Fakes a GPU of sm_count SMs for the state passes' choices and records each pass's walk (forward, then
+    backward) as state_walk returns it."""
+    walks = []
+    state_walk = segments.state_walk
+
+    def spy(*args):
+        walks.append(state_walk(*args))
+        return walks[-1]
+
+    monkeypatch.setattr(segments, "_sm_count", lambda device: sm_count)
+    monkeypatch.setattr(forward, "state_walk", spy)
+    monkeypatch.setattr(backward, "state_walk", spy)
+    return walks
+
+
 def test_one_long_sequence_on_a_gpu_with_idle_sms_walks_segments_of_64_chunks(make_ssd_inputs, monkeypatch) -> None:
     """Without an override, config.auto_segment decides: one sequence of 70 chunks, whose state passes would
     run 2 programs on a 132-SM GPU, is cut into segments of 64 chunks (64 + 6) in both passes, and stays exact."""
-    cuts = []
-
-    def spy(table, seg_chunks: int):
-        cuts.append(seg_chunks)
-        return build_segment_table(table, seg_chunks)
-
-    monkeypatch.setattr(segments, "_sm_count", lambda device: 132)
-    monkeypatch.setattr(segments, "build_segment_table", spy)
+    walks = record_state_walks(monkeypatch, 132)
     inputs = make_ssd_inputs(1, 16 * 70, 2, 16, 1, 16, torch.float32, DEVICE, requires_grad=True,
                              with_initial_states=True)
     check_scan(inputs, 16, torch.float32, grads=True)
-    assert cuts == [64, 64]
+    assert [(w.seg.seg_chunks, w.seg.nsegs) for w in walks] == [(64, 2), (64, 2)]
 
 
 def test_packed_sequences_of_mixed_lengths_with_segments_and_split_tiles_match_naive(make_ssd_inputs,
@@ -261,40 +269,22 @@ def test_packed_sequences_of_mixed_lengths_with_segments_and_split_tiles_match_n
     """Both choices at once on a 132-SM GPU: of three packed sequences (69, 2 and 5 chunks of 16), only the long
     one is cut (segments of 64), and the forward pass's 32 x 128 tiles are halved to 16 x 128; with initial
     states, a final-state gradient, D and z, everything stays exact."""
-    monkeypatch.setattr(segments, "_sm_count", lambda device: 132)
+    walks = record_state_walks(monkeypatch, 132)
     inputs = make_ssd_inputs(1, 1100 + 30 + 70, 2, 32, 1, 128, torch.float32, DEVICE, seqlens=[1100, 30, 70],
                              requires_grad=True, with_initial_states=True, with_D=True, with_z=True)
-    walks = []
-    state_walk = segments.state_walk
-
-    def spy(*args):
-        walk = state_walk(*args)
-        walks.append((walk.seg.nsegs if walk.seg is not None else 0, walk.cfg.block_p))
-        return walk
-
-    monkeypatch.setattr(forward, "state_walk", spy)
-    monkeypatch.setattr(backward, "state_walk", spy)
     check_scan(inputs, 16, torch.float32, grads=True)
-    assert walks == [(4, 16), (4, 32)]
+    assert [(w.seg.nsegs, w.cfg.block_p) for w in walks] == [(4, 16), (4, 32)]
 
 
 def test_state_passes_that_would_leave_sms_idle_split_head_dim_and_stay_exact(make_ssd_inputs, monkeypatch) -> None:
     """One sequence of one head, 64 x 128 state, on a GPU of many SMs: the state passes halve their head_dim tile
     down to 2,048 elements (forward: 16 x 128) or 4,096 (backward: 32 x 128), config.fill_sms; the scan stays
     exact."""
-    tiles = []
-
-    def spy(*args):
-        cfg = fill_sms(*args)
-        tiles.append((cfg.block_p, cfg.block_n))
-        return cfg
-
-    monkeypatch.setattr(segments, "_sm_count", lambda device: 1000)
-    monkeypatch.setattr(segments, "fill_sms", spy)
+    walks = record_state_walks(monkeypatch, 1000)
     inputs = make_ssd_inputs(1, 40, 1, 64, 1, 128, torch.float32, DEVICE, requires_grad=True,
                              with_initial_states=True, with_D=True)
     check_scan(inputs, 16, torch.float32, grads=True)
-    assert tiles == [(16, 128), (32, 128)]
+    assert [(w.cfg.block_p, w.cfg.block_n) for w in walks] == [(16, 128), (32, 128)]
 
 
 def test_segment_table_cuts_each_sequence_at_whole_chunks() -> None:
