@@ -55,6 +55,12 @@ def test_backward_row_tile_kernels_slice_d_state() -> None:
     assert bwd_dx_config(64, 256, 256).block_n == 128
 
 
+def test_db_dc_prefetches_two_heads_ahead_up_to_head_dim_64_and_one_beyond() -> None:
+    """num_stages of dB/dC is the depth of its head loop's copies: 3 while a head's tiles are 64 wide, else 2
+    (the shared memory of two 128-wide heads in flight)."""
+    assert [bwd_dbc_config(p, 128, 256).num_stages for p in (32, 64, 128, 256)] == [3, 3, 2, 2]
+
+
 def test_launch_options_name_the_register_cap_only_when_one_is_set() -> None:
     assert KernelConfig(64, 64, 64, 64).launch_options() == {"num_warps": 4, "num_stages": 2}
     assert KernelConfig(64, 64, 64, 64, 8, 3, maxnreg=128).launch_options() == {
