@@ -3,9 +3,10 @@
 # /tmp/site (or $ARCHSPEC_SITE) on a GPU machine that has torch, triton and lightning but no network, and
 # exports PYTHONPATH. Use from the repository root:  source benchmarks/offline_install.sh
 # Then e.g.  python3 benchmarks/ssd_kernels.py --quick
-# Triton compiles into $TRITON_CACHE_DIR (default /tmp/triton-cache), seeded from .tcache/triton-cache.tgz when that
-# was carried; `archspec_keep_triton_cache` at the end of a command writes the cache to $OUT/triton-cache.tgz, to be
-# moved to .tcache/ here and carried by the next call, whose unchanged kernels then skip compiling.
+# Triton compiles into $TRITON_CACHE_DIR (default /tmp/triton-cache), seeded from .tcache/triton-cache.tgz.* when
+# those were carried; `archspec_keep_triton_cache` at the end of a command writes the cache to $OUT as
+# triton-cache.tgz.00, .01, ... (pieces of 15 MiB: a file from $OUT may have 16), to be moved to .tcache/ here and
+# carried by the next call, whose unchanged kernels then skip compiling.
 _archspec_offline_install() {
     local site=${ARCHSPEC_SITE:-/tmp/site}
     if ! ls .whl/*.whl >/dev/null 2>&1; then
@@ -18,18 +19,20 @@ _archspec_offline_install() {
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target "$site" . || return 1
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
-    if [ -f .tcache/triton-cache.tgz ]; then
-        mkdir -p "$TRITON_CACHE_DIR" && tar -xzf .tcache/triton-cache.tgz -C "$TRITON_CACHE_DIR" || return 1
+    if ls .tcache/triton-cache.tgz.* >/dev/null 2>&1; then
+        mkdir -p "$TRITON_CACHE_DIR" && cat .tcache/triton-cache.tgz.* | tar -xzf - -C "$TRITON_CACHE_DIR" || return 1
     fi
 }
 
 archspec_keep_triton_cache() {
-    local tgz=${OUT:?archspec_keep_triton_cache: OUT is not set}/triton-cache.tgz
+    local out=${OUT:?archspec_keep_triton_cache: OUT is not set}
+    local pieces=3  # of the 8 files and 64 MiB that may come back from $OUT
     [ -d "$TRITON_CACHE_DIR" ] || return 0
-    tar -czf "$tgz" -C "$TRITON_CACHE_DIR" . || return 1
-    if [ "$(stat -c %s "$tgz")" -gt $((16 * 1024 * 1024)) ]; then  # the most a file from $OUT may have
-        echo "archspec_keep_triton_cache: $(du -h "$tgz" | cut -f1) is over 16 MiB, not kept" >&2
-        rm -f "$tgz"
+    rm -f "$out"/triton-cache.tgz.*
+    tar -czf - -C "$TRITON_CACHE_DIR" . | split -b 15M -d -a 2 - "$out/triton-cache.tgz." || return 1
+    if [ "$(ls "$out"/triton-cache.tgz.* | wc -l)" -gt "$pieces" ]; then
+        echo "archspec_keep_triton_cache: the cache is over $pieces pieces of 15 MiB, not kept" >&2
+        rm -f "$out"/triton-cache.tgz.*
     fi
 }
 _archspec_offline_install
