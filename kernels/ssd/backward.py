@@ -142,7 +142,8 @@ def _dcb_kernel(
             dt_k = tl.load(dtp_ptr + row + offs_k, mask=mask_k, other=0.0)
             g = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
             # a runtime loop keeps the head loop unpipelined: prefetching the next head's tiles (as _dbc_kernel
-            # does) made this kernel 2x slower (H200, 1.52 -> 2.9-3.3 ms at 64 x 64, at 4 or 8 warps, 2 or 3 stages)
+            # does) made this kernel slower at every setting tried (H200, 1.52 -> 1.95-3.0 ms at 64 x 64 and
+            # 64 x 128, 4 or 8 warps, 2 or 3 stages)
             for p0 in range(0, headdim, BLOCK_P):
                 offs_p = p0 + tl.arange(0, BLOCK_P)
                 mask_p = offs_p < headdim
