@@ -6,7 +6,7 @@ For each head_dim x d_state row and each (num_warps, block_t, maxnreg) setting, 
 it on the CPU: every option on, D per head), and reads the build's resource usage: REG (registers per thread, 255 at
 most), STACK (bytes per thread, where spills go) and the shared memory the launch needs. The other kernels (state,
 state-bwd, cb, scan-tiles, dx-tiles, dcb, dbc) are built from the launch config.py picks at that size, with its
-tiles and only warps and maxnreg varied (block_t does not apply). The launch-time marks (pointers, strides, sizes
+tiles and num_stages, only warps and maxnreg varied (block_t does not apply). The launch-time marks (pointers, strides, sizes
 divisible by 16) are applied as on a GPU: without them Triton cannot prove the rows of a tile aligned and loads
 them synchronously, a different (and slower) kernel. A guide to what to time on a GPU, not a timing: the device's
 Triton may allocate differently (it runs triton 3.6; build with it to see its numbers). `python -m
@@ -30,9 +30,9 @@ _AS_CONFIGURED = {"state": forward._state_fwd_kernel, "state-bwd": backward_stat
                   "dcb": backward._dcb_kernel, "dbc": backward._dbc_kernel}
 
 
-def walk_launch(kernel: str, headdim: int, dstate: int) -> tuple[Any, dict[str, Any]]:
+def walk_launch(kernel: str, headdim: int, dstate: int) -> tuple[Any, dict[str, Any], int]:
     """The recorded launch of the walk named by kernel ("scan" or "dx", "-gluon" for the Gluon version) as
-    (kernel function, arguments by name)."""
+    (kernel function, arguments by name, num_stages)."""
     name = kernel.removesuffix("-gluon")
     with forced_config(**{name: "walk=1,block_m=64"}):
         launch = next(item for item in record_scan(headdim, dstate) if item.fn is _WALKS[name])
@@ -40,17 +40,18 @@ def walk_launch(kernel: str, headdim: int, dstate: int) -> tuple[Any, dict[str, 
         twin = gluon_twin(launch)
         if twin is None:
             raise SystemExit(f"no Gluon walk at {headdim} x {dstate}")
-        return twin
-    return launch.fn, launch.args
+        return (*twin, 2)
+    return launch.fn, launch.args, launch.options["num_stages"]
 
 
-def configured_launch(kernel: str, headdim: int, dstate: int) -> tuple[Any, dict[str, Any]]:
-    """The recorded launch of kernel (an `_AS_CONFIGURED` name) at config.py's choice for head_dim x d_state."""
+def configured_launch(kernel: str, headdim: int, dstate: int) -> tuple[Any, dict[str, Any], int]:
+    """The recorded launch of kernel (an `_AS_CONFIGURED` name) at config.py's choice for head_dim x d_state, as
+    (kernel function, arguments by name, num_stages)."""
     fn = _AS_CONFIGURED[kernel]
     launch = next((item for item in record_scan(headdim, dstate) if item.fn is fn), None)
     if launch is None:
         raise SystemExit(f"{kernel} does not run at {headdim} x {dstate} (config.py picks another kernel)")
-    return fn, launch.args
+    return fn, launch.args, launch.options["num_stages"]
 
 
 def main() -> None:
@@ -69,13 +70,13 @@ def main() -> None:
     for row in opts.rows.split(","):
         headdim, dstate = (int(v) for v in row.split("x"))
         if walk:
-            fn, args = walk_launch(opts.kernel, headdim, dstate)
+            fn, args, stages = walk_launch(opts.kernel, headdim, dstate)
         else:
-            fn, args = configured_launch(opts.kernel, headdim, dstate)
+            fn, args, stages = configured_launch(opts.kernel, headdim, dstate)
         for warps in (4,) if gluon else (int(v) for v in opts.warps.split(",")):
             for block_t in (64,) if gluon else (int(v) for v in opts.block_t.split(",")) if walk else (None,):
                 for maxnreg in (int(v) for v in opts.maxnreg.split(",")):
-                    options = dict(num_warps=warps, num_stages=2, **({"maxnreg": maxnreg} if maxnreg else {}))
+                    options = dict(num_warps=warps, num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
                     tile = {} if block_t is None else {"BLOCK_T": block_t}
                     regs, stack, shared = resources(build(fn, {**args, **tile}, options))
                     lines.append(f"| {row} | {warps} | {block_t or '-'} | {maxnreg or '-'} | {regs} | {stack} | "
