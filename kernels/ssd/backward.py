@@ -34,7 +34,7 @@ from .tiles import chunk_cb, dx_tiles
 
 try:
     from .backward_wgmma import dx_wgmma
-    from .wgmma import wgmma_supported
+    from .wgmma import wgmma_supported, wgmma_tiles
 except ImportError:  # a Triton without Gluon's Hopper API (before 3.5): the Triton kernels everywhere
     dx_wgmma = None
 
@@ -336,7 +336,7 @@ def ssd_backward(
                 C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, per_group)
         consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=D is not None,
                       D_HAS_HDIM=D is not None and D.dim() == 2)
-        if cfg.wgmma and gluon and wgmma_supported(x, cfg.block_m, cfg.block_n):
+        if cfg.wgmma and gluon and wgmma_tiles(cfg.block_m, cfg.block_n):
             dx_wgmma(grid, args, consts)
         else:
             _dx_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())

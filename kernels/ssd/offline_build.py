@@ -33,6 +33,7 @@ from .autograd import ssd_scan_triton
 from .backward_wgmma import _dx_wgmma_kernel
 from .forward_wgmma import _scan_fwd_wgmma_kernel
 from .step import ssd_step_triton
+from .wgmma import wgmma_tiles
 
 __all__ = ["Launch", "build", "forced_config", "gluon_twin", "record_scan", "recorded_launches", "resources",
            "scan_launches"]
@@ -41,11 +42,8 @@ HOPPER = GPUTarget("cuda", 90, 32)
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
            torch.int64: "i64"}
 _OPTIONS = ("num_warps", "num_stages", "maxnreg")
-# Gluon kernels and the Triton kernels whose arguments (less PREC) they take, with the shapes they run at
-_GLUON_TWINS = {
-    forward._scan_fwd_kernel: (_scan_fwd_wgmma_kernel, lambda a: a["BLOCK_T"] == 64 and a["BLOCK_N"] in (64, 128)),
-    backward._dx_kernel: (_dx_wgmma_kernel, lambda a: a["BLOCK_T"] == 64 and a["BLOCK_N"] in (64, 128)),
-}
+# Gluon walks and the Triton kernels whose arguments (less PREC) they take, where wgmma_tiles allows
+_GLUON_TWINS = {forward._scan_fwd_kernel: _scan_fwd_wgmma_kernel, backward._dx_kernel: _dx_wgmma_kernel}
 
 
 @dataclass
@@ -197,8 +195,8 @@ def scan_launches() -> list[Launch]:
 
 def gluon_twin(launch: Launch) -> Optional[tuple[JITFunction, dict[str, Any]]]:
     """The Gluon walk that runs instead of launch's Triton walk on Hopper, with its arguments; None if none does."""
-    twin, runs = _GLUON_TWINS.get(launch.fn, (None, None))
-    if twin is None or not runs(launch.args):
+    twin = _GLUON_TWINS.get(launch.fn)
+    if twin is None or not wgmma_tiles(launch.args["BLOCK_T"], launch.args["BLOCK_N"]):
         return None
     return twin, {p.name: launch.args[p.name] for p in twin.params}
 

@@ -15,7 +15,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import async_copy
 
-__all__ = ["copy_layout", "copy_tile", "hopper_16bit", "mma_layout", "walk_program", "wgmma_supported"]
+__all__ = ["copy_layout", "copy_tile", "mma_layout", "walk_program", "wgmma_supported", "wgmma_tiles"]
 
 # cp.async into shared memory: `async_load` after triton 3.6 (the device's version), `async_copy_global_to_shared`
 # in 3.6
@@ -62,13 +62,14 @@ def walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim, heads_per_gro
     return head, p0, group, chunk, c0, clen, head * ntokens + c0
 
 
-def hopper_16bit(x: torch.Tensor) -> bool:
-    """Whether a Gluon kernel can take x: bf16 / fp16 on an sm_90 GPU, not under the Triton interpreter."""
-    return (os.environ.get("TRITON_INTERPRET") != "1" and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
-            and torch.cuda.get_device_capability(x.device) == (9, 0))
+def wgmma_tiles(block_t: int, block_n: int) -> bool:
+    """Whether a Gluon walk has the tiles it runs with: 64-token steps and d_state tiles of 64 or 128 (the state
+    products need 64 rows per warpgroup)."""
+    return block_t == 64 and block_n in (64, 128)
 
 
 def wgmma_supported(x: torch.Tensor, block_t: int, block_n: int) -> bool:
-    """Whether a Gluon walk can run: `hopper_16bit`, 64-token steps, d_state tiles of 64 or 128 (the state products
-    need 64 rows per warpgroup)."""
-    return block_t == 64 and block_n in (64, 128) and hopper_16bit(x)
+    """Whether a Gluon walk can run: `wgmma_tiles`, bf16 / fp16 x on an sm_90 GPU, not under the Triton
+    interpreter."""
+    return (wgmma_tiles(block_t, block_n) and os.environ.get("TRITON_INTERPRET") != "1" and x.is_cuda
+            and x.dtype in (torch.bfloat16, torch.float16) and torch.cuda.get_device_capability(x.device) == (9, 0))
