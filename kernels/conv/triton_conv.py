@@ -216,15 +216,17 @@ def _conv_backward(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor]
     dw_part = torch.empty(batch * n_tprog, d_conv, channels, device=x.device, dtype=torch.float32)
     db_part = torch.empty(batch * n_tprog, channels, device=x.device, dtype=torch.float32) if bias is not None else None
     grid = (n_tprog, triton.cdiv(channels, tiles.block_c), batch)
-    args = (x, weight, weight if bias is None else bias, x if pos is None else pos, dy, dx, dw_part,
-            dw_part if db_part is None else db_part)
-    sizes = (seqlen, channels, tiles.tiles_per_prog, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-             dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1))
-    consts = dict(D_CONV=d_conv, D_PAD=triton.next_power_of_2(d_conv), BLOCK_T=tiles.block_t,
-                  BLOCK_C=tiles.block_c, HAS_BIAS=bias is not None, HAS_SEQ=pos is not None, SILU=silu, num_warps=8)
     stage = torch.empty(grid[0] * grid[1] * grid[2], tiles.block_t, tiles.block_c, device=x.device,
                         dtype=torch.float32)
-    _conv_bwd_kernel[grid](*args, stage, *sizes, HALO=triton.next_power_of_2(max(1, d_conv - 1)), **consts)
+    _conv_bwd_kernel[grid](
+        x, weight, weight if bias is None else bias, x if pos is None else pos, dy, dx, dw_part,
+        dw_part if db_part is None else db_part, stage, seqlen, channels, tiles.tiles_per_prog,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), dy.stride(0), dy.stride(1),
+        dx.stride(0), dx.stride(1),
+        D_CONV=d_conv, D_PAD=triton.next_power_of_2(d_conv), HALO=triton.next_power_of_2(max(1, d_conv - 1)),
+        BLOCK_T=tiles.block_t, BLOCK_C=tiles.block_c, HAS_BIAS=bias is not None, HAS_SEQ=pos is not None,
+        SILU=silu, num_warps=8,
+    )
     return dx, dw_part.sum(0).t().contiguous(), None if db_part is None else db_part.sum(0)
 
 
