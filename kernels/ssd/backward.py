@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
-from .common import chunk_tile_pair, dot_precision, head_chunk_program, mm
+from .common import chunk_extent, chunk_tile_pair, dot_precision, head_chunk_program, mm
 from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, pow2, state_bwd_config
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
@@ -48,10 +48,10 @@ def _dx_kernel(
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
     stride_dx_t, stride_dx_h, ntokens, nheads, headdim, dstate, heads_per_group,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PREC: tl.constexpr,
+    HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
-                                                                       heads_per_group, BLOCK_P, 1)
+                                                                       heads_per_group, BLOCK_P, 1, ALIGNED)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < dstate
     row = head * ntokens + c0
@@ -122,30 +122,34 @@ def _dcb_kernel(
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h,
     ntokens, headdim, ngroups, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-    PREC: tl.constexpr,
+    BLOCKS_P: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     group, chunk, c0, clen, active, offs_m, mask_m, offs_k, mask_k = chunk_tile_pair(
-        chunk_start_ptr, chunk_len_ptr, CHUNK, BLOCK_M, BLOCK_K)
+        chunk_start_ptr, chunk_len_ptr, CHUNK, BLOCK_M, BLOCK_K, ALIGNED)
     if active:
         causal = (offs_k[None, :] <= offs_m[:, None]) & mask_k[None, :]
         base = (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
         tile = offs_m[:, None] * CHUNK + offs_k[None, :]
         cb = tl.load(cb_ptr + base + tile, mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        row = (group * heads_per_group).to(tl.int64) * ntokens + c0
+        s_m = tl.load(s_ptr + row + offs_m, mask=mask_m, other=0.0)
+        s_k = tl.load(s_ptr + row + offs_k, mask=mask_k, other=0.0)
+        dt_k = tl.load(dtp_ptr + row + offs_k, mask=mask_k, other=0.0)
         for r in range(0, heads_per_group):
             head = group * heads_per_group + r
             row = head.to(tl.int64) * ntokens + c0
             dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
             x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
-            s_m = tl.load(s_ptr + row + offs_m, mask=mask_m, other=0.0)
-            s_k = tl.load(s_ptr + row + offs_k, mask=mask_k, other=0.0)
-            dt_k = tl.load(dtp_ptr + row + offs_k, mask=mask_k, other=0.0)
+            row_next = (group * heads_per_group + tl.minimum(r + 1, heads_per_group - 1)).to(tl.int64) * ntokens + c0
+            s_m_next = tl.load(s_ptr + row_next + offs_m, mask=mask_m, other=0.0)
+            s_k_next = tl.load(s_ptr + row_next + offs_k, mask=mask_k, other=0.0)
+            dt_k_next = tl.load(dtp_ptr + row_next + offs_k, mask=mask_k, other=0.0)
             g = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-            # a runtime loop keeps the head loop unpipelined: prefetching the next head's tiles (as _dbc_kernel
-            # does) made this kernel slower at every setting tried (H200, 1.52 -> 1.95-3.0 ms at 64 x 64 and
-            # 64 x 128, 4 or 8 warps, 2 or 3 stages)
-            for p0 in range(0, headdim, BLOCK_P):
-                offs_p = p0 + tl.arange(0, BLOCK_P)
+            # head_dim steps unrolled, so that Triton prefetches the head loop's tiles (num_stages - 1 heads ahead);
+            # the log-decays and steps come from the previous iteration, so the exponentials wait for no load
+            for ip in tl.static_range(BLOCKS_P):
+                offs_p = ip * BLOCK_P + tl.arange(0, BLOCK_P)
                 mask_p = offs_p < headdim
                 dym = tl.load(dy_base + offs_m[:, None] * stride_dy_t + offs_p[None, :],
                               mask=mask_m[:, None] & mask_p[None, :], other=0.0)
@@ -158,6 +162,7 @@ def _dcb_kernel(
             score = w * cb
             tl.atomic_add(ds_ptr + row + offs_m, tl.sum(score, 1), mask=mask_m, sem="relaxed")
             tl.atomic_add(ds_ptr + row + offs_k, -tl.sum(score, 0), mask=mask_k, sem="relaxed")
+            s_m, s_k, dt_k = s_m_next, s_k_next, dt_k_next
         tl.store(dcb_ptr + base + tile, acc, mask=mask_m[:, None] & mask_k[None, :])
 
 
@@ -169,15 +174,14 @@ def _dbc_kernel(
     stride_db_t, stride_db_g,
     ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCKS_P: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCKS_P: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     blocks_n = tl.cdiv(dstate, BLOCK_N)
     pid_r = tl.program_id(0) // blocks_n
     pid_n = tl.program_id(0) % blocks_n
     group = tl.program_id(1).to(tl.int64)
     chunk = tl.program_id(2).to(tl.int64)
-    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
-    clen = tl.load(chunk_len_ptr + chunk)
+    c0, clen = chunk_extent(chunk_start_ptr, chunk_len_ptr, chunk, ALIGNED)
     if pid_r * BLOCK_M < clen:
         offs_r = pid_r * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -317,7 +321,8 @@ def ssd_backward(
         dy, C, A, fwd.dtp, fwd.s, fwd.states, walk.init, dstates, walk.out, ds, walk.start, walk.chunk,
         dy.stride(0), dy.stride(1), C.stride(0), C.stride(1), ntokens, nheads, headdim, dstate, per_group,
         CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-        HAS_DFINAL=walk.init is not None, PREC=prec, **cfg.launch_options(),
+        HAS_DFINAL=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec,
+        **cfg.launch_options(),
     )
     if walk.seg is not None:
         carry_backward(dstates, walk.out, dh0, dfinal, fwd.states, fwd.s, ds, table, walk.seg, cfg)
@@ -335,7 +340,8 @@ def ssd_backward(
                 x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
                 C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, per_group)
         consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=D is not None,
-                      D_HAS_HDIM=D is not None and D.dim() == 2)
+                      D_HAS_HDIM=D is not None and D.dim() == 2,
+                      ALIGNED=cfg.alignment(table.aligned))
         if cfg.wgmma and gluon and wgmma_tiles(cfg.block_m, cfg.block_n):
             dx_wgmma(grid, args, consts)
         else:
@@ -346,8 +352,10 @@ def ssd_backward(
     grid = ((chunk // cfg.block_m) * (chunk // cfg.block_k), ngroups, table.nchunks)
     args = (x, dy, fwd.s, fwd.dtp, cb, dcb, ds, table.chunk_start, table.chunk_len,
             x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), ntokens, headdim, ngroups, per_group)
-    consts = dict(CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k)
-    _dcb_kernel[grid](*args, **consts, BLOCK_P=cfg.block_p, PREC=prec, **cfg.launch_options())
+    consts = dict(CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k,
+                  ALIGNED=cfg.alignment(table.aligned))
+    _dcb_kernel[grid](*args, **consts, BLOCK_P=cfg.block_p, BLOCKS_P=triton.cdiv(headdim, cfg.block_p), PREC=prec,
+                      **cfg.launch_options())
 
     dB = torch.empty(ntokens, ngroups, dstate, device=dev, dtype=B.dtype)
     dC = torch.empty_like(dB)
@@ -359,7 +367,8 @@ def ssd_backward(
         x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         dB.stride(0), dB.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
         CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-        BLOCKS_P=triton.cdiv(headdim, cfg.block_p), PREC=prec, **cfg.launch_options(),
+        BLOCKS_P=triton.cdiv(headdim, cfg.block_p), ALIGNED=cfg.alignment(table.aligned), PREC=prec,
+        **cfg.launch_options(),
     )
 
     ddt = torch.empty(ntokens, nheads, device=dev, dtype=dt.dtype)
@@ -369,5 +378,6 @@ def ssd_backward(
         dt, A, dt_bias, fwd.dtp, ds, dsend, ddtp, ddt, dA, dbias, table.chunk_start, table.chunk_len,
         dt.stride(0), dt.stride(1), ddt.stride(0), ddt.stride(1), ntokens, lo, hi,
         BLOCK=pow2(chunk), HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LO=has_lo, HAS_HI=has_hi,
+        ALIGNED=table.aligned,
     )
     return Gradients(dx, ddt, dA, dB, dC, dD, dz, dbias, dh0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import mm, prepare_dt_grad, state_tile
+from .common import chunk_extent, known_multiple, mm, prepare_dt_grad, state_tile
 
 __all__ = ["gate_bwd_kernel", "state_bwd_kernel", "dt_bwd_kernel"]
 
@@ -51,13 +51,13 @@ def state_bwd_kernel(
     stride_dy_t, stride_dy_h, stride_c_t, stride_c_g,
     ntokens, nheads, headdim, dstate, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
     group = head // heads_per_group
-    t_begin = tl.load(seq_start_ptr + seq)
-    t_end = tl.load(seq_start_ptr + seq + 1)
+    t_begin = known_multiple(tl.load(seq_start_ptr + seq), ALIGNED)
+    t_end = known_multiple(tl.load(seq_start_ptr + seq + 1), ALIGNED)
     chunk0 = tl.load(seq_chunk_ptr + seq)
 
     offs_t = tl.arange(0, BLOCK_T)
@@ -108,12 +108,11 @@ def dt_bwd_kernel(
     dt_ptr, a_ptr, bias_ptr, dtp_ptr, ds_ptr, dsend_ptr, ddtp_ptr, ddt_ptr, da_ptr, dbias_ptr,
     chunk_start_ptr, chunk_len_ptr, stride_dt_t, stride_dt_h, stride_ddt_t, stride_ddt_h, ntokens, dt_lo, dt_hi,
     BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LO: tl.constexpr,
-    HAS_HI: tl.constexpr,
+    HAS_HI: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     chunk = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)
-    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
-    clen = tl.load(chunk_len_ptr + chunk)
+    c0, clen = chunk_extent(chunk_start_ptr, chunk_len_ptr, chunk, ALIGNED)
     offs = tl.arange(0, BLOCK)
     mask = offs < clen
     row = head.to(tl.int64) * ntokens + c0

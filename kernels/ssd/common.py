@@ -12,8 +12,8 @@ import os
 import triton
 import triton.language as tl
 
-__all__ = ["chunk_tile_pair", "dot_precision", "head_chunk_program", "mm", "prepare_dt", "prepare_dt_grad",
-           "state_tile"]
+__all__ = ["chunk_extent", "chunk_tile_pair", "dot_precision", "head_chunk_program", "known_multiple", "mm",
+           "prepare_dt", "prepare_dt_grad", "state_tile"]
 
 # The Triton interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles as their raw uint16 bits; `mm` hands it
 # float32 copies instead (exact: products of bf16 values are exact in float32, as on the tensor cores).
@@ -34,18 +34,35 @@ def mm(a, b, PREC: tl.constexpr):
 
 
 @triton.jit
+def known_multiple(v, ALIGNED: tl.constexpr):
+    """A token index or count v, written (when ALIGNED: the caller knows v is a multiple of 16, ChunkTable.aligned)
+    as (v // 16) * 16, from which the compiler proves it: the per-token vectors (s, dt') loaded at offsets built
+    from v, and masks against it, then load 8 or 16 bytes per instruction instead of 4 (each under its own
+    predicate)."""
+    if ALIGNED:
+        v = v // 16 * 16
+    return v
+
+
+@triton.jit
+def chunk_extent(chunk_start_ptr, chunk_len_ptr, chunk, ALIGNED: tl.constexpr):
+    """The chunk's first token c0 (int64) and length clen (see `known_multiple` for ALIGNED)."""
+    c0 = known_multiple(tl.load(chunk_start_ptr + chunk), ALIGNED)
+    return c0.to(tl.int64), known_multiple(tl.load(chunk_len_ptr + chunk), ALIGNED)
+
+
+@triton.jit
 def head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim, heads_per_group, BLOCK_P: tl.constexpr,
-                       CHUNK_AXIS: tl.constexpr):
+                       CHUNK_AXIS: tl.constexpr, ALIGNED: tl.constexpr):
     """A program of a kernel per (head and head_dim block, ..., chunk): grid axis 0 is head * blocks + block,
     axis CHUNK_AXIS the chunk. Returns head (int64: it multiplies a head stride, which may pass 2^31), its group,
     the block's head_dim columns offs_p and mask_p, and the chunk's index (int64), first token c0 (int64) and
-    length clen."""
+    length clen (`chunk_extent`)."""
     blocks_p = tl.cdiv(headdim, BLOCK_P)
     head = (tl.program_id(0) // blocks_p).to(tl.int64)
     offs_p = (tl.program_id(0) % blocks_p) * BLOCK_P + tl.arange(0, BLOCK_P)
     chunk = tl.program_id(CHUNK_AXIS).to(tl.int64)
-    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
-    clen = tl.load(chunk_len_ptr + chunk)
+    c0, clen = chunk_extent(chunk_start_ptr, chunk_len_ptr, chunk, ALIGNED)
     return head, head // heads_per_group, offs_p, offs_p < headdim, chunk, c0, clen
 
 
@@ -67,17 +84,16 @@ def state_tile(headdim, dstate, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def chunk_tile_pair(chunk_start_ptr, chunk_len_ptr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_K: tl.constexpr):
+                    BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr):
     """A program of a kernel per (BLOCK_M x BLOCK_K tile of a chunk x chunk matrix, group, chunk): grid axis 0 is
     row tile * column tiles + column tile. Returns group (int64), chunk, its first token c0 (int64) and length
-    clen, whether the tile has work (on or below the diagonal, rows starting inside the chunk), and the tile's
-    rows offs_m / mask_m and columns offs_k / mask_k."""
+    clen (`chunk_extent`), whether the tile has work (on or below the diagonal, rows starting inside the chunk),
+    and the tile's rows offs_m / mask_m and columns offs_k / mask_k."""
     tiles_k: tl.constexpr = CHUNK // BLOCK_K
     pid_m = tl.program_id(0) // tiles_k
     pid_k = tl.program_id(0) % tiles_k
     chunk = tl.program_id(2)
-    c0 = tl.load(chunk_start_ptr + chunk).to(tl.int64)
-    clen = tl.load(chunk_len_ptr + chunk)
+    c0, clen = chunk_extent(chunk_start_ptr, chunk_len_ptr, chunk, ALIGNED)
     active = (pid_k * BLOCK_K <= pid_m * BLOCK_M + BLOCK_M - 1) & (pid_m * BLOCK_M < clen)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)

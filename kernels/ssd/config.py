@@ -37,6 +37,8 @@ class KernelConfig:
     fp16 on sm_90).
     segment (state passes): walk sequences in segments of this many chunks in parallel (segments.py); 0 walks
     each whole sequence in one program; -1 lets `auto_segment` choose per call.
+    aligned: 1 passes ChunkTable.aligned on to the kernel (common.known_multiple: vectorised per-token loads), 0
+    hides it.
     """
 
     block_m: int
@@ -49,6 +51,11 @@ class KernelConfig:
     maxnreg: int = 0
     wgmma: int = 0
     segment: int = -1
+    aligned: int = 1
+
+    def alignment(self, table_aligned: bool) -> bool:
+        """The ALIGNED constexpr of a launch over a chunk table whose `aligned` is table_aligned."""
+        return table_aligned and bool(self.aligned)
 
     def launch_options(self) -> dict[str, int]:
         """num_warps, num_stages (and maxnreg when set) for a Triton launch."""
@@ -189,25 +196,32 @@ def bwd_dx_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = Fals
     carries more than the registers hold. The per-row-tile kernel runs best with a register cap that fits three
     4-warp or two 8-warp programs per SM (head_dim 64, d_state 128: 9.45 -> 8.80 ms; head_dim 128, d_state 128:
     16.20 -> 14.27; 96-168 swept); the walk is best uncapped. The Gluon walk (64-token steps) beats the Triton
-    kernels up to 8,192 state elements (whole forward+backward, H200, 8 x 8192 tokens: 64 x 64 5.73 -> 5.59 ms,
-    64 x 128 8.32 -> 7.98, 128 x 64 10.00 -> 9.53) and loses to the per-row-tile kernel at 128 x 128 (12.68 ->
-    13.74); ARCHSPEC_SSD_DX=wgmma=0 keeps the Triton kernels' rule. Its head_dim blocks stop at 64: blocks of 128
-    spill 408 bytes (triton 3.6), and at 128 x 64 blocks of 64 cut forward+backward 8.90 -> 8.77-8.83 ms."""
+    kernels up to d_state 128 (whole forward+backward, H200, 8 x 8192 tokens: 64 x 64 5.73 -> 5.59 ms, 64 x 128
+    8.32 -> 7.98, 128 x 64 10.00 -> 9.53; 128 x 128 11.59 -> 11.20 since its loads are issued a step ahead, when
+    it had lost 12.27 -> 13.25 before); ARCHSPEC_SSD_DX=wgmma=0 keeps the Triton kernels' rule. Its head_dim
+    blocks stop at 64: blocks of 128 spill 408 bytes (triton 3.6), and at 128 x 64 blocks of 64 cut
+    forward+backward 8.90 -> 8.77-8.83 ms."""
     tiles_maxnreg = {4: 168, 8: 128}
     # d_state 256 in two slices of 128 (H200, 8 x 8192: dx kernel 2.73 -> 2.37 ms at 64 x 256; at 128 x 128 slices
     # of 128 lose, 3.27 -> 3.37)
     tiles_block_n = 128 if pow2(dstate) > 128 else 64
     if wgmma and _overrides("dx").get("wgmma", 1):
-        return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 128, 64, tiles_maxnreg, walk_wgmma=1,
-                                    walk_max_p=64, tiles_block_n=tiles_block_n)
+        cfg = _chunk_kernel_config("dx", headdim, dstate, chunk_size, 256 * 128, 64, tiles_maxnreg, walk_wgmma=1,
+                                   walk_max_p=64, tiles_block_n=tiles_block_n)
+        # the Gluon walk runs faster without ChunkTable.aligned (H200, 8 x 8192, 128 x 128: 3.07 -> 2.92 ms; no
+        # change at 64 x 64), the row-tile kernel with it (64 x 256: 2.37 -> 1.98)
+        return cfg if not cfg.walk or "aligned" in _overrides("dx") else replace(cfg, aligned=0)
     return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 64, 32 if dstate > 64 else 64,
                                 tiles_maxnreg, tiles_block_n=tiles_block_n)
 
 
 def bwd_dcb_config(headdim: int, chunk_size: int) -> KernelConfig:
-    """Backward dL/d(C B^T) kernel: block_m x block_k tile, block_p the reduction step over head_dim."""
+    """Backward dL/d(C B^T) kernel: block_m x block_k tile, block_p the reduction step over head_dim, num_stages
+    the depth of the head loop's prefetched copies. H200, 8 x 8192 tokens, kernel ms, against the kernel that
+    loaded each head's tiles and vectors where it used them: 64 x 64 1.52 -> 1.29 (2 stages 1.48; 3 stages
+    without the alignment of ChunkTable.aligned 1.54), 128 x 128 2.08 -> 1.47 (2 stages 1.65)."""
     t = _token_tile(chunk_size)
-    return _override("dcb", KernelConfig(t, t, min(pow2(headdim), 64), 16, 4, 2))
+    return _override("dcb", KernelConfig(t, t, min(pow2(headdim), 64), 16, 4, 3))
 
 
 def bwd_dbc_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:

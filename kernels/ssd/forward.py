@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import dot_precision, head_chunk_program, mm, prepare_dt, state_tile
+from .common import dot_precision, head_chunk_program, known_multiple, mm, prepare_dt, state_tile
 from .config import scan_config, state_config
 from .layout import ChunkTable
 from .segments import carry_forward, state_walk
@@ -47,13 +47,13 @@ def _state_fwd_kernel(
     ntokens, nheads, headdim, dstate, heads_per_group, dt_lo, dt_hi,
     CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
-    HAS_H0: tl.constexpr, PREC: tl.constexpr,
+    HAS_H0: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64)  # head * stride_x_h passes 2^31 for head-major x of 1M tokens
     group = head // heads_per_group
-    t_begin = tl.load(seq_start_ptr + seq)
-    t_end = tl.load(seq_start_ptr + seq + 1)
+    t_begin = known_multiple(tl.load(seq_start_ptr + seq), ALIGNED)
+    t_end = known_multiple(tl.load(seq_start_ptr + seq + 1), ALIGNED)
     chunk0 = tl.load(seq_chunk_ptr + seq)
 
     offs_t = tl.arange(0, BLOCK_T)
@@ -117,10 +117,10 @@ def _scan_fwd_kernel(
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
     stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, heads_per_group,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr, PREC: tl.constexpr,
+    HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
-                                                                       heads_per_group, BLOCK_P, 1)
+                                                                       heads_per_group, BLOCK_P, 1, ALIGNED)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < dstate
     row = head * ntokens + c0
@@ -232,7 +232,8 @@ def ssd_forward(
         ntokens, nheads, headdim, dstate, per_group, lo, hi,
         CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LO=has_lo, HAS_HI=has_hi,
-        HAS_H0=walk.init is not None, PREC=prec, **cfg.launch_options(),
+        HAS_H0=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec,
+        **cfg.launch_options(),
     )
     if walk.seg is not None:
         carry_forward(states, walk.out, final, h0, s, table, walk.seg, cfg)
@@ -251,7 +252,8 @@ def ssd_forward(
                 z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),
                 ntokens, nheads, headdim, dstate, per_group)
         consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=D is not None,
-                      D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None)
+                      D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
+                      ALIGNED=cfg.alignment(table.aligned))
         if cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n):
             scan_fwd_wgmma(grid, args, consts)
         else:

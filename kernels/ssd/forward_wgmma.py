@@ -40,7 +40,7 @@ def _scan_fwd_wgmma_kernel(
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
     stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, heads_per_group,
     BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr,
-    HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr, HAS_Z: gl.constexpr,
+    HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr, HAS_Z: gl.constexpr, ALIGNED: gl.constexpr,
 ):
     dtype: gl.constexpr = x_ptr.dtype.element_ty
     mma_p: gl.constexpr = mma_layout(BLOCK_P, gl.num_warps())  # y (tokens x head_dim), h^T (d_state x head_dim)
@@ -55,7 +55,7 @@ def _scan_fwd_wgmma_kernel(
     np_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_P], dtype)
 
     head, p0, group, chunk, c0, clen, row = walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim,
-                                                         heads_per_group, BLOCK_P)
+                                                         heads_per_group, BLOCK_P, ALIGNED)
     x_base = x_ptr + c0 * stride_x_t + head * stride_x_h + p0
     b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
     c_base = c_ptr + c0 * stride_c_t + group * stride_c_g

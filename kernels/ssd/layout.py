@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["ChunkTable", "build_chunk_table"]
+__all__ = ["ALIGNMENT", "ChunkTable", "build_chunk_table"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class ChunkTable:
     seq_chunk (nseqs + 1,): index of each sequence's first chunk (the last entry is nchunks).
     chunk_start (nchunks,): first token of each chunk; chunk_len (nchunks,): its number of tokens (1..chunk_size).
     seq_nchunks: each sequence's number of chunks, on the host.
+    aligned: every sequence start and chunk length is a multiple of ALIGNMENT tokens (so is every chunk start), which
+    the kernels pass on to the compiler (common.known_multiple) so that it vectorises per-token loads.
     """
 
     chunk_size: int
@@ -37,6 +39,10 @@ class ChunkTable:
     chunk_start: Tensor
     chunk_len: Tensor
     seq_nchunks: tuple[int, ...]
+    aligned: bool
+
+
+ALIGNMENT = 16
 
 
 def build_chunk_table(batch: int, seqlen: int, chunk_size: int, cu_seqlens: Optional[Tensor],
@@ -55,7 +61,8 @@ def build_chunk_table(batch: int, seqlen: int, chunk_size: int, cu_seqlens: Opti
         chunk_start = (index // per_seq) * seqlen + local
         chunk_len = torch.clamp(seqlen - local, max=chunk_size)
         return ChunkTable(chunk_size, batch, batch * per_seq, ntokens, seq_start, seq_chunk,
-                          chunk_start.to(torch.int32), chunk_len.to(torch.int32), (per_seq,) * batch)
+                          chunk_start.to(torch.int32), chunk_len.to(torch.int32), (per_seq,) * batch,
+                          _aligned(chunk_size, [0, seqlen]))
     offsets = [int(v) for v in cu_seqlens.tolist()]
     starts, lens, firsts = [], [], [0]
     for begin, end in zip(offsets[:-1], offsets[1:]):
@@ -68,4 +75,11 @@ def build_chunk_table(batch: int, seqlen: int, chunk_size: int, cu_seqlens: Opti
         return torch.tensor(values, dtype=torch.int32).to(device)
 
     return ChunkTable(chunk_size, len(offsets) - 1, len(starts), ntokens, as_tensor(offsets), as_tensor(firsts),
-                      as_tensor(starts), as_tensor(lens), tuple(b - a for a, b in zip(firsts[:-1], firsts[1:])))
+                      as_tensor(starts), as_tensor(lens), tuple(b - a for a, b in zip(firsts[:-1], firsts[1:])),
+                      _aligned(chunk_size, offsets))
+
+
+def _aligned(chunk_size: int, offsets: list[int]) -> bool:
+    """Whether chunks of chunk_size cut from sequences starting at offsets (and ending at the next) all start and
+    end at multiples of ALIGNMENT."""
+    return chunk_size % ALIGNMENT == 0 and all(v % ALIGNMENT == 0 for v in offsets)

@@ -31,10 +31,10 @@ def _cb_kernel(
     b_ptr, c_ptr, cb_ptr, chunk_start_ptr, chunk_len_ptr,
     stride_b_t, stride_b_g, stride_c_t, stride_c_g, ngroups, dstate,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-    PREC: tl.constexpr,
+    ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     group, chunk, c0, clen, active, offs_m, mask_m, offs_k, mask_k = chunk_tile_pair(
-        chunk_start_ptr, chunk_len_ptr, CHUNK, BLOCK_M, BLOCK_K)
+        chunk_start_ptr, chunk_len_ptr, CHUNK, BLOCK_M, BLOCK_K, ALIGNED)
     if active:
         c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
         b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
@@ -60,10 +60,10 @@ def _scan_tiles_kernel(
     ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr,
-    PREC: tl.constexpr,
+    ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
-                                                                       heads_per_group, BLOCK_P, 2)
+                                                                       heads_per_group, BLOCK_P, 2, ALIGNED)
     pid_m = tl.program_id(1)
     if pid_m * BLOCK_M < clen:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -128,10 +128,11 @@ def _dx_tiles_kernel(
     stride_dx_t, stride_dx_h,
     ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, ALIGNED: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
-                                                                       heads_per_group, BLOCK_P, 2)
+                                                                       heads_per_group, BLOCK_P, 2, ALIGNED)
     pid_j = tl.program_id(1)
     if pid_j * BLOCK_M < clen:
         offs_j = pid_j * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -201,8 +202,8 @@ def chunk_cb(B: Tensor, C: Tensor, table: ChunkTable, prec: str) -> Tensor:
     grid = ((chunk // cfg.block_m) * (chunk // cfg.block_k), ngroups, table.nchunks)
     _cb_kernel[grid](
         B, C, cb, table.chunk_start, table.chunk_len, B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-        ngroups, dstate, CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_N=cfg.block_n, PREC=prec,
-        **cfg.launch_options(),
+        ngroups, dstate, CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_N=cfg.block_n,
+        ALIGNED=cfg.alignment(table.aligned), PREC=prec, **cfg.launch_options(),
     )
     return cb
 
@@ -221,8 +222,8 @@ def scan_tiles(x: Tensor, C: Tensor, cb: Tensor, states: Tensor, s: Tensor, dtp:
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),
         ntokens, nheads, headdim, dstate, ngroups, nheads // ngroups,
         CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-        HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None, PREC=prec,
-        **cfg.launch_options(),
+        HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
+        ALIGNED=cfg.alignment(table.aligned), PREC=prec, **cfg.launch_options(),
     )
 
 
@@ -240,6 +241,6 @@ def dx_tiles(x: Tensor, dy: Tensor, B: Tensor, cb: Tensor, dstates: Tensor, s: T
         table.chunk_len, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1),
         dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, ngroups,
         nheads // ngroups, CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p,
-        BLOCK_N=cfg.block_n, HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, PREC=prec,
-        **cfg.launch_options(),
+        BLOCK_N=cfg.block_n, HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2,
+        ALIGNED=cfg.alignment(table.aligned), PREC=prec, **cfg.launch_options(),
     )

@@ -48,10 +48,12 @@ def copy_tile(smem, base, stride_t, t0, rows, cols, BLOCK_T: gl.constexpr, BLOCK
 
 
 @gluon.jit
-def walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim, heads_per_group, BLOCK_P: gl.constexpr):
+def walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim, heads_per_group, BLOCK_P: gl.constexpr,
+                 ALIGNED: gl.constexpr):
     """The work of a walk program (grid axis 0: head * head_dim blocks + block, axis 1: chunk): its head (int64),
     first head_dim column p0, group, chunk (int64), the chunk's first token c0 (int64) and length clen, and row,
-    the offset of (head, c0) in the (nheads, ntokens) arrays s and dt'."""
+    the offset of (head, c0) in the (nheads, ntokens) arrays s and dt'. ALIGNED: c0 and clen are multiples of 16,
+    written so that the compiler sees it (common.known_multiple)."""
     blocks_p = gl.cdiv(headdim, BLOCK_P)
     head = (gl.program_id(0) // blocks_p).to(gl.int64)
     p0 = (gl.program_id(0) % blocks_p) * BLOCK_P
@@ -59,6 +61,9 @@ def walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim, heads_per_gro
     chunk = gl.program_id(1).to(gl.int64)
     c0 = gl.load(chunk_start_ptr + chunk).to(gl.int64)
     clen = gl.load(chunk_len_ptr + chunk)
+    if ALIGNED:
+        c0 = c0 // 16 * 16
+        clen = clen // 16 * 16
     return head, p0, group, chunk, c0, clen, head * ntokens + c0
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config, bwd_dx_config,
-                                         fill_sms, scan_config, state_bwd_config, state_config)
+from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config, bwd_dcb_config,
+                                         bwd_dx_config, fill_sms, scan_config, state_bwd_config, state_config)
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
 
@@ -50,7 +50,7 @@ def test_backward_row_tile_kernels_slice_d_state() -> None:
     for dstate in (64, 128, 256):
         cfg = bwd_dbc_config(128, dstate, 256)
         assert (cfg.block_n, cfg.num_warps) == (64, 4)
-    assert bwd_dx_config(128, 128, 256, wgmma=True).block_n == 64
+    assert bwd_dx_config(128, 128, 256).block_n == 64
     assert bwd_dx_config(64, 256, 256, wgmma=True).block_n == 128
     assert bwd_dx_config(64, 256, 256).block_n == 128
 
@@ -87,14 +87,17 @@ def test_output_walk_runs_as_the_gluon_kernel_unless_switched_off(monkeypatch: p
 
 def test_dx_kernel_walks_as_the_gluon_kernel_where_it_can_run_unless_switched_off(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the Gluon walk the dx kernel walks 64-token steps up to a 64 x 128 or 128 x 64 state; without it (or
-    with ARCHSPEC_SSD_DX=wgmma=0) the Triton walk only up to 64 x 64, and the row-tile kernel beyond."""
-    for headdim, dstate in [(64, 64), (64, 128), (128, 64), (32, 128)]:
+    """With the Gluon walk the dx kernel walks 64-token steps in head_dim blocks of at most 64 up to d_state 128
+    (and a 256 x 128 state); without it (or with ARCHSPEC_SSD_DX=wgmma=0) the Triton walk only up to 64 x 64, and
+    the row-tile kernel beyond."""
+    for headdim, dstate in [(64, 64), (64, 128), (128, 64), (32, 128), (128, 128), (256, 128)]:
         cfg = bwd_dx_config(headdim, dstate, 256, wgmma=True)
         assert (cfg.walk, cfg.wgmma, cfg.block_m, cfg.block_n) == (1, 1, 64, dstate)
         assert cfg.block_p == min(headdim, 64)
-    assert bwd_dx_config(128, 128, 256, wgmma=True).walk == 0
+    assert bwd_dx_config(128, 128, 256).walk == 0
     assert bwd_dx_config(64, 256, 256, wgmma=True).walk == 0
+    assert bwd_dx_config(128, 128, 256, wgmma=True).aligned == 0
+    assert bwd_dx_config(64, 256, 256, wgmma=True).aligned == 1
     assert bwd_dx_config(64, 128, 256).walk == 0
     monkeypatch.setenv("ARCHSPEC_SSD_DX", "wgmma=0")
     cfg = bwd_dx_config(64, 128, 256, wgmma=True)
@@ -133,3 +136,16 @@ def test_state_tiles_halve_head_dim_while_the_programs_would_not_fill_the_sms(mo
     assert fill_sms("state", state_config(128, 64, 256), programs=8, sm_count=132).block_p == 128
     assert fill_sms("state_bwd", state_bwd_config(128, 64, 256), programs=8, sm_count=132).block_p == 64, \
         "ARCHSPEC_SSD_STATE does not reach the backward pass"
+
+
+def test_dcb_prefetches_two_heads_ahead_and_every_kernel_takes_the_tables_alignment_but_the_gluon_dx_walk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """dCB's head loop runs 3 stages deep at every head_dim; ChunkTable.aligned reaches every kernel but the Gluon
+    dx walk (slower with it), unless ARCHSPEC_SSD_<NAME>=aligned=... says otherwise."""
+    assert bwd_dcb_config(64, 256).num_stages == bwd_dcb_config(128, 256).num_stages == 3
+    assert KernelConfig(64, 64, 64, 64).alignment(True)
+    assert not KernelConfig(64, 64, 64, 64).alignment(False)
+    assert not KernelConfig(64, 64, 64, 64, aligned=0).alignment(True)
+    assert bwd_dcb_config(64, 256).aligned == bwd_dbc_config(64, 64, 256).aligned == 1
+    monkeypatch.setenv("ARCHSPEC_SSD_DX", "aligned=1")
+    assert bwd_dx_config(64, 64, 256, wgmma=True).aligned == 1

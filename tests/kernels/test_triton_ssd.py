@@ -287,6 +287,17 @@ def test_state_passes_that_would_leave_sms_idle_split_head_dim_and_stay_exact(ma
     assert [(w.cfg.block_p, w.cfg.block_n) for w in walks] == [(16, 128), (32, 128)]
 
 
+def test_chunk_table_is_aligned_only_when_every_chunk_starts_and_ends_at_a_multiple_of_16() -> None:
+    """The kernels tell the compiler that chunk starts and lengths are multiples of 16 when the table says so (a
+    wrong flag would shift them): batches of whole 16-token blocks and packed sequences with such boundaries."""
+    cpu = torch.device("cpu")
+    assert build_chunk_table(3, 96, 64, None, cpu).aligned
+    assert not build_chunk_table(3, 100, 64, None, cpu).aligned
+    assert not build_chunk_table(2, 96, 24, None, cpu).aligned
+    assert build_chunk_table(1, 192, 64, torch.tensor([0, 32, 192]), cpu).aligned
+    assert not build_chunk_table(1, 192, 64, torch.tensor([0, 40, 192]), cpu).aligned
+
+
 def test_segment_table_cuts_each_sequence_at_whole_chunks() -> None:
     table = build_chunk_table(1, 175, 16, torch.tensor([0, 9, 109, 159, 175]), torch.device("cpu"))
     assert table.seq_nchunks == (1, 7, 4, 1)
