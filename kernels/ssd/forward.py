@@ -73,6 +73,10 @@ def _state_fwd_kernel(
     steps_per_chunk: tl.constexpr = CHUNK // BLOCK_T
     carry = tl.zeros((), dtype=tl.float32)
     nsteps = tl.cdiv(t_end - t_begin, BLOCK_T)
+    dt_base = dt_ptr + head * stride_dt_h + offs_t * stride_dt_t
+    # the raw steps (2-byte, strided by the heads: no asynchronous copy takes them) are loaded a step ahead, so that
+    # the step's chain (dt', cumsum, decays) does not start with a wait
+    dt_next = tl.load(dt_base + t_begin.to(tl.int64) * stride_dt_t, mask=offs_t < t_end - t_begin, other=0.0)
     for step in range(0, nsteps):
         t0 = (t_begin + step * BLOCK_T).to(tl.int64)
         mask_t = offs_t < t_end - t0
@@ -81,8 +85,8 @@ def _state_fwd_kernel(
             tl.store(states_ptr + (chunk * nheads + head) * state_size + tile,
                      h.to(states_ptr.dtype.element_ty), mask=mask_tile)
         carry = tl.where(step % steps_per_chunk == 0, 0.0, carry)
-        dt = tl.load(dt_ptr + t0 * stride_dt_t + head * stride_dt_h + offs_t * stride_dt_t, mask=mask_t,
-                     other=0.0).to(tl.float32)
+        dt = dt_next.to(tl.float32)
+        dt_next = tl.load(dt_base + (t0 + BLOCK_T) * stride_dt_t, mask=offs_t < t_end - t0 - BLOCK_T, other=0.0)
         dt = prepare_dt(dt, bias, dt_lo, dt_hi, SOFTPLUS, HAS_LO, HAS_HI)
         dt = tl.where(mask_t, dt, 0.0)
         # the chunk kernels take exp(min(s_t - s_j, 0)) for t >= j, exact while no step grows the state: a step
