@@ -117,6 +117,15 @@ def _dx_kernel(
 
 
 @triton.jit
+def _tile_vectors(s_ptr, dtp_ptr, row, offs_m, mask_m, offs_k, mask_k):
+    """A head's log-decays s at a tile's rows and columns and its steps dt' at the columns (row: the offset of the
+    head's chunk in the (nheads, ntokens) arrays)."""
+    s_m = tl.load(s_ptr + row + offs_m, mask=mask_m, other=0.0)
+    s_k = tl.load(s_ptr + row + offs_k, mask=mask_k, other=0.0)
+    return s_m, s_k, tl.load(dtp_ptr + row + offs_k, mask=mask_k, other=0.0)
+
+
+@triton.jit
 def _dcb_kernel(
     x_ptr, dy_ptr, s_ptr, dtp_ptr, cb_ptr, dcb_ptr, ds_ptr, chunk_start_ptr, chunk_len_ptr,
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h,
@@ -132,19 +141,16 @@ def _dcb_kernel(
         tile = offs_m[:, None] * CHUNK + offs_k[None, :]
         cb = tl.load(cb_ptr + base + tile, mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        row = (group * heads_per_group).to(tl.int64) * ntokens + c0
-        s_m = tl.load(s_ptr + row + offs_m, mask=mask_m, other=0.0)
-        s_k = tl.load(s_ptr + row + offs_k, mask=mask_k, other=0.0)
-        dt_k = tl.load(dtp_ptr + row + offs_k, mask=mask_k, other=0.0)
+        s_m, s_k, dt_k = _tile_vectors(s_ptr, dtp_ptr, (group * heads_per_group).to(tl.int64) * ntokens + c0,
+                                       offs_m, mask_m, offs_k, mask_k)
         for r in range(0, heads_per_group):
             head = group * heads_per_group + r
             row = head.to(tl.int64) * ntokens + c0
             dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
             x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
-            row_next = (group * heads_per_group + tl.minimum(r + 1, heads_per_group - 1)).to(tl.int64) * ntokens + c0
-            s_m_next = tl.load(s_ptr + row_next + offs_m, mask=mask_m, other=0.0)
-            s_k_next = tl.load(s_ptr + row_next + offs_k, mask=mask_k, other=0.0)
-            dt_k_next = tl.load(dtp_ptr + row_next + offs_k, mask=mask_k, other=0.0)
+            head_next = group * heads_per_group + tl.minimum(r + 1, heads_per_group - 1)
+            s_m_next, s_k_next, dt_k_next = _tile_vectors(s_ptr, dtp_ptr, head_next.to(tl.int64) * ntokens + c0,
+                                                          offs_m, mask_m, offs_k, mask_k)
             g = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
             # head_dim steps unrolled, so that Triton prefetches the head loop's tiles (num_stages - 1 heads ahead);
             # the log-decays and steps come from the previous iteration, so the exponentials wait for no load
