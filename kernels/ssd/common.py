@@ -12,12 +12,15 @@ import os
 import triton
 import triton.language as tl
 
+from .layout import ALIGNMENT
+
 __all__ = ["chunk_extent", "chunk_tile_pair", "dot_precision", "head_chunk_program", "known_multiple", "mm",
            "prepare_dt", "prepare_dt_grad", "state_tile"]
 
 # The Triton interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles as their raw uint16 bits; `mm` hands it
 # float32 copies instead (exact: products of bf16 values are exact in float32, as on the tensor cores).
 _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on"))
+_ALIGNMENT = tl.constexpr(ALIGNMENT)
 
 
 def dot_precision(dtype_is_fp32: bool) -> str:
@@ -35,12 +38,12 @@ def mm(a, b, PREC: tl.constexpr):
 
 @triton.jit
 def known_multiple(v, ALIGNED: tl.constexpr):
-    """A token index or count v, written (when ALIGNED: the caller knows v is a multiple of 16, ChunkTable.aligned)
-    as (v // 16) * 16, from which the compiler proves it: the per-token vectors (s, dt') loaded at offsets built
-    from v, and masks against it, then load 8 or 16 bytes per instruction instead of 4 (each under its own
-    predicate)."""
+    """A token index or count v, written (when ALIGNED: the caller knows v is a multiple of layout.ALIGNMENT, 16,
+    ChunkTable.aligned) as (v // 16) * 16, from which the compiler proves it: the per-token vectors (s, dt') loaded
+    at offsets built from v, and masks against it, then load 8 or 16 bytes per instruction instead of 4 (each
+    under its own predicate)."""
     if ALIGNED:
-        v = v // 16 * 16
+        v = v // _ALIGNMENT * _ALIGNMENT
     return v
 
 

@@ -15,11 +15,14 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import async_copy
 
+from .layout import ALIGNMENT
+
 __all__ = ["copy_layout", "copy_tile", "mma_layout", "walk_program", "wgmma_supported", "wgmma_tiles"]
 
 # cp.async into shared memory: `async_load` after triton 3.6 (the device's version), `async_copy_global_to_shared`
 # in 3.6
 _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+_ALIGNMENT = gl.constexpr(ALIGNMENT)
 
 
 @constexpr_function
@@ -52,8 +55,8 @@ def walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim, heads_per_gro
                  ALIGNED: gl.constexpr):
     """The work of a walk program (grid axis 0: head * head_dim blocks + block, axis 1: chunk): its head (int64),
     first head_dim column p0, group, chunk (int64), the chunk's first token c0 (int64) and length clen, and row,
-    the offset of (head, c0) in the (nheads, ntokens) arrays s and dt'. ALIGNED: c0 and clen are multiples of 16,
-    written so that the compiler sees it (common.known_multiple)."""
+    the offset of (head, c0) in the (nheads, ntokens) arrays s and dt'. ALIGNED: c0 and clen are multiples of
+    layout.ALIGNMENT, written so that the compiler sees it (common.known_multiple, which Gluon cannot call)."""
     blocks_p = gl.cdiv(headdim, BLOCK_P)
     head = (gl.program_id(0) // blocks_p).to(gl.int64)
     p0 = (gl.program_id(0) % blocks_p) * BLOCK_P
@@ -62,8 +65,8 @@ def walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim, heads_per_gro
     c0 = gl.load(chunk_start_ptr + chunk).to(gl.int64)
     clen = gl.load(chunk_len_ptr + chunk)
     if ALIGNED:
-        c0 = c0 // 16 * 16
-        clen = clen // 16 * 16
+        c0 = c0 // _ALIGNMENT * _ALIGNMENT
+        clen = clen // _ALIGNMENT * _ALIGNMENT
     return head, p0, group, chunk, c0, clen, head * ntokens + c0
 
 
