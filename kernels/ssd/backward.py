@@ -65,7 +65,12 @@ def _dx_kernel(
             dvec = tl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
         else:
             dval = tl.load(d_ptr + head).to(tl.float32)
-    dd = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    # dL/dD per channel: column sums of dy * x per step; per head: row sums per step, reduced across the rows (and
+    # warps) once at the end
+    if D_HAS_HDIM:
+        dd = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    else:
+        dd = tl.zeros((BLOCK_T,), dtype=tl.float32)
 
     # g^T (d_state x head_dim block): the gradient of the state after the tile being walked, decayed to the last
     # token of that tile (ref): the chunk-end state's gradient dh decayed from the chunk's last token, plus the
@@ -105,7 +110,7 @@ def _dx_kernel(
                 dx += dyf * dvec[None, :]
             else:
                 dx += dyf * dval
-            dd += tl.sum(dyf * xf, 0)
+            dd += tl.sum(dyf * xf, 0 if D_HAS_HDIM else 1)
         tl.store(dx_base + offs_t[:, None] * stride_dx_t + offs_p[None, :], dx.to(dx_ptr.dtype.element_ty),
                  mask=mask)
         tl.atomic_add(ddtp_ptr + row + offs_t, tl.sum(acc * xf, 1), mask=mask_t, sem="relaxed")
