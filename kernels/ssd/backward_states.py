@@ -140,32 +140,39 @@ def state_bwd_kernel(
 @triton.jit
 def dt_bwd_kernel(
     dt_ptr, a_ptr, bias_ptr, dtp_ptr, ds_ptr, dsend_ptr, ddtp_ptr, ddt_ptr, da_ptr, dbias_ptr,
-    chunk_start_ptr, chunk_len_ptr, stride_dt_t, stride_dt_h, stride_ddt_t, stride_ddt_h, ntokens, dt_lo, dt_hi,
-    BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LO: tl.constexpr,
-    HAS_HI: tl.constexpr, ALIGNED: tl.constexpr,
+    chunk_start_ptr, chunk_len_ptr, stride_dt_t, stride_dt_h, stride_ddt_t, stride_ddt_h, ntokens, nheads, dt_lo, dt_hi,
+    BLOCK: tl.constexpr, BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, ALIGNED: tl.constexpr,
 ):
+    """One program per (chunk, block of BLOCK_H heads): the (heads, tokens) tiles of the (nheads, ntokens) arrays
+    and of the (tokens, heads) raw steps and their gradient are each read or written whole, so the strided
+    2-byte steps of the token-major dt travel as rows of BLOCK_H heads instead of one element per 32-byte sector."""
     chunk = tl.program_id(0)
-    head = tl.program_id(1).to(tl.int64)
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_h = heads < nheads
     c0, clen = chunk_extent(chunk_start_ptr, chunk_len_ptr, chunk, ALIGNED)
     offs = tl.arange(0, BLOCK)
-    mask = offs < clen
-    row = head.to(tl.int64) * ntokens + c0
-    ds = tl.load(ds_ptr + row + offs, mask=mask, other=0.0)
+    mask_t = offs < clen
+    mask = mask_h[:, None] & mask_t[None, :]
+    rows = heads.to(tl.int64)[:, None] * ntokens + c0 + offs[None, :]
+    ds = tl.load(ds_ptr + rows, mask=mask, other=0.0)
     # dL/da_k for the log-decay a_k = dt'_k A: every s_t with t >= k in the chunk contains a_k, and the decay
     # from token j to the chunk end contains a_k for every j < k
-    send = tl.load(dsend_ptr + row + offs, mask=mask, other=0.0)
-    dlog = tl.sum(ds, 0) - tl.cumsum(ds, 0) + ds + tl.cumsum(send, 0) - send
-    dtp = tl.load(dtp_ptr + row + offs, mask=mask, other=0.0)
-    a = tl.load(a_ptr + head).to(tl.float32)
-    grad = tl.load(ddtp_ptr + row + offs, mask=mask, other=0.0) + a * dlog
-    tl.atomic_add(da_ptr + head, tl.sum(tl.where(mask, dtp * dlog, 0.0), 0), sem="relaxed")
-    bias = 0.0
+    send = tl.load(dsend_ptr + rows, mask=mask, other=0.0)
+    dlog = tl.sum(ds, 1)[:, None] - tl.cumsum(ds, 1) + ds + tl.cumsum(send, 1) - send
+    dtp = tl.load(dtp_ptr + rows, mask=mask, other=0.0)
+    a = tl.load(a_ptr + heads, mask=mask_h, other=0.0).to(tl.float32)
+    grad = tl.load(ddtp_ptr + rows, mask=mask, other=0.0) + a[:, None] * dlog
+    tl.atomic_add(da_ptr + heads, tl.sum(tl.where(mask, dtp * dlog, 0.0), 1), mask=mask_h, sem="relaxed")
+    bias = tl.zeros((BLOCK_H,), dtype=tl.float32)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + head).to(tl.float32)
-    raw = tl.load(dt_ptr + c0 * stride_dt_t + head * stride_dt_h + offs * stride_dt_t, mask=mask,
-                  other=0.0).to(tl.float32)
-    grad = tl.where(mask, prepare_dt_grad(raw, bias, grad, dt_lo, dt_hi, SOFTPLUS, HAS_LO, HAS_HI), 0.0)
-    tl.store(ddt_ptr + c0 * stride_ddt_t + head * stride_ddt_h + offs * stride_ddt_t,
+        bias = tl.load(bias_ptr + heads, mask=mask_h, other=0.0).to(tl.float32)
+    steps = (c0 + offs[None, :]) * stride_dt_t + heads[:, None] * stride_dt_h
+    raw = tl.load(dt_ptr + steps, mask=mask, other=0.0).to(tl.float32)
+    grad = tl.where(mask, prepare_dt_grad(raw, bias[:, None], grad, dt_lo, dt_hi, SOFTPLUS, HAS_LO, HAS_HI), 0.0)
+    tl.store(ddt_ptr + (c0 + offs[None, :]) * stride_ddt_t + heads[:, None] * stride_ddt_h,
              grad.to(ddt_ptr.dtype.element_ty), mask=mask)
     if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + head, tl.sum(grad, 0), sem="relaxed")
+        tl.atomic_add(dbias_ptr + heads, tl.sum(grad, 1), mask=mask_h, sem="relaxed")
+
+
