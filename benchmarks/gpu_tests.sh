@@ -21,6 +21,7 @@ parallel=()
 if [[ $workers != 0 ]] && python3 -c "import xdist" 2>/dev/null; then parallel=(-n "$workers"); fi
 # From /tmp, so that archspec is imported from the installed site, not from the source tree.
 (cd /tmp && python3 -m pytest -q -m gpu -c "$root/pyproject.toml" --rootdir "$root" --junitxml "$report" \
+    -o junit_logging=system-out \
     "${parallel[@]}" "${args[@]}")
 status=$?
 [[ -n ${OUT:-} ]] && archspec_keep_triton_cache
@@ -34,6 +35,11 @@ for case in ET.parse(sys.argv[1]).iter("testcase"):
     row = counts[case.get("classname", "?").replace(".", "/") + ".py"]
     outcome = "failed" if case.find("failure") is not None or case.find("error") is not None else (
         "skipped" if case.find("skipped") is not None else "passed")
+    if outcome == "failed":  # with what it printed (the seeds of its random inputs), to rerun it as it ran
+        problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+        printed = case.findtext("system-out") or ""
+        print(f"FAILED {case.get('name')}: {problem.get('message', '').splitlines()[0] if problem.get('message') else ''}")
+        print("  printed: " + " ".join(printed.split()[-6:]))
     row[outcome] += 1
     row["seconds"] += float(case.get("time", 0.0))
 print("| test file | passed | failed | skipped | seconds (summed over workers) |")
