@@ -6,10 +6,10 @@
   every chunk end (dstates, (nchunks, nheads, headdim, dstate)), returns dL/d(initial state), and adds
   exp(s_last) <dh_end, h_in> (the path of the chunk's entering state to its end) to the gradient of the chunk's
   last cumulative log-decay, with h_in loaded an iteration ahead.
-- `dt_bwd_kernel`: per (chunk, block of heads), turns the gradients with respect to the cumulative log-decay s (ds: exp(s_t)
-  factors of outputs; dsend: exp(s_last - s_j) factors of the chunk-end state) and to dt' as a multiplier into
-  dL/d dt (through the cumulative sums, softplus and clamp), dL/dA and dL/d dt_bias. Every term is summed where
-  it arises (no difference of large sums), which keeps the bf16 gradients of dt accurate at chunk 256.
+- `dt_bwd_kernel`: per (chunk, block of heads), turns the gradients with respect to the cumulative log-decay s
+  (ds: exp(s_t) factors of outputs; dsend: exp(s_last - s_j) factors of the chunk-end state) and to dt' as a
+  multiplier into dL/d dt (through the cumulative sums, softplus and clamp), dL/dA and dL/d dt_bias. Every term is
+  summed where it arises (no difference of large sums), which keeps the bf16 gradients of dt accurate at chunk 256.
 """
 
 from __future__ import annotations
@@ -190,5 +190,3 @@ def dt_bwd_kernel(
              grad.to(ddt_ptr.dtype.element_ty), mask=mask)
     if HAS_BIAS:
         tl.atomic_add(dbias_ptr + heads, tl.sum(grad, 1), mask=mask_h, sem="relaxed")
-
-
