@@ -73,7 +73,7 @@ def _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local, head, nheads
 
 @triton.jit
 def state_bwd_kernel(
-    dy_ptr, c_ptr, s_ptr, states_ptr, dfinal_ptr, dstates_ptr, dh0_ptr, ds_ptr,
+    dy_ptr, c_ptr, a_ptr, dtp_ptr, s_ptr, states_ptr, dfinal_ptr, dstates_ptr, dh0_ptr, ds_ptr,
     seq_start_ptr, seq_chunk_ptr,
     stride_dy_t, stride_dy_h, stride_c_t, stride_c_g,
     ntokens, nheads, headdim, dstate, heads_per_group,
@@ -92,6 +92,7 @@ def state_bwd_kernel(
     state_size = headdim * dstate
     seq_state = (seq * nheads + head).to(tl.int64) * state_size
 
+    a = tl.load(a_ptr + head).to(tl.float32)
     if HAS_DFINAL:
         dh = tl.load(dfinal_ptr + seq_state + tile, mask=mask_tile, other=0.0).to(tl.float32)
     else:
@@ -117,19 +118,16 @@ def state_bwd_kernel(
                                       head, nheads, ntokens, t_begin, t_end, state_size, tile, mask_tile, CHUNK)
         t0 = (t_begin + step * BLOCK_T).to(tl.int64)
         mask_t = offs_t < t_end - t0
-        # the step's log-decays from the forward's within-chunk s, as differences to s before the step (0 at a
-        # chunk's start): a cumulative sum and a sum over the step's tokens cost CTA barriers every step
-        row = head.to(tl.int64) * ntokens + t0
-        s_before = tl.load(s_ptr + row - 1, mask=step % steps_per_chunk != 0, other=0.0)
-        total = tl.load(s_ptr + row + tl.minimum(BLOCK_T, t_end - t0) - 1) - s_before
-        cs = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0) - s_before
+        da = tl.load(dtp_ptr + head.to(tl.int64) * ntokens + t0 + offs_t, mask=mask_t, other=0.0) * a
+        cs = tl.cumsum(da, 0)
+        total = tl.sum(da, 0)
         dy_base = dy_ptr + t0 * stride_dy_t + head * stride_dy_h
         c_base = c_ptr + t0 * stride_c_t + group * stride_c_g
         dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :],
                       mask=mask_t[:, None] & mask_p[None, :], other=0.0)
         ct = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-        dyw = (dyt.to(tl.float32) * tl.where(mask_t, tl.exp(cs), 0.0)[:, None]).to(ct.dtype)
+        dyw = (dyt.to(tl.float32) * tl.exp(cs)[:, None]).to(ct.dtype)
         dh = dh * tl.exp(total) + mm(tl.trans(dyw), ct, PREC)
         if (step % steps_per_chunk == 0) & (local > 0):
             _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local - 1, head, nheads, ntokens, t_begin,
