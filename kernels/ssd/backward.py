@@ -353,7 +353,7 @@ def ssd_backward(
                       D_HAS_HDIM=D is not None and D.dim() == 2,
                       ALIGNED=cfg.alignment(table.aligned))
         if cfg.wgmma and gluon and wgmma_tiles(cfg.block_m, cfg.block_n):
-            dx_wgmma(grid, args, consts, cfg.maxnreg)
+            dx_wgmma(grid, args, consts, cfg.register_cap())
         else:
             _dx_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
 

@@ -195,8 +195,7 @@ def _dx_wgmma_kernel(
             gl.atomic_add(dd_ptr + head, gl.sum(dd, 0), sem="relaxed")
 
 
-def dx_wgmma(grid: tuple[int, int], args: tuple, consts: dict, maxnreg: int = 0) -> None:
+def dx_wgmma(grid: tuple[int, int], args: tuple, consts: dict, options: dict[str, int]) -> None:
     """Launches the Gluon dx walk, one warpgroup per program, on `_dx_kernel`'s arguments and constexprs (its
-    PREC left out: the products take the inputs' 16-bit dtype); maxnreg caps its registers per thread (0: no
-    cap)."""
-    _dx_wgmma_kernel[grid](*args, **consts, num_warps=4, **({"maxnreg": maxnreg} if maxnreg else {}))
+    PREC left out: the products take the inputs' 16-bit dtype); options: KernelConfig.register_cap()."""
+    _dx_wgmma_kernel[grid](*args, **consts, num_warps=4, **options)

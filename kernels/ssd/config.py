@@ -57,12 +57,14 @@ class KernelConfig:
         """The ALIGNED constexpr of a launch over a chunk table whose `aligned` is table_aligned."""
         return table_aligned and bool(self.aligned)
 
+    def register_cap(self) -> dict[str, int]:
+        """{"maxnreg": maxnreg} when a cap is set, else {}: the launch option of the Gluon walks, whose warps are
+        fixed."""
+        return {"maxnreg": self.maxnreg} if self.maxnreg else {}
+
     def launch_options(self) -> dict[str, int]:
         """num_warps, num_stages (and maxnreg when set) for a Triton launch."""
-        options = dict(num_warps=self.num_warps, num_stages=self.num_stages)
-        if self.maxnreg:
-            options["maxnreg"] = self.maxnreg
-        return options
+        return dict(num_warps=self.num_warps, num_stages=self.num_stages, **self.register_cap())
 
 
 def _overrides(name: str) -> dict[str, int]:

@@ -259,7 +259,7 @@ def ssd_forward(
                       D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
                       ALIGNED=cfg.alignment(table.aligned))
         if cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n):
-            scan_fwd_wgmma(grid, args, consts, cfg.maxnreg)
+            scan_fwd_wgmma(grid, args, consts, cfg.register_cap())
         else:
             _scan_fwd_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
     return ForwardResult(y, y_pre, final, states, s, dtp, cb)

@@ -166,9 +166,8 @@ def _scan_fwd_wgmma_kernel(
     async_copy.wait_group(0)
 
 
-def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, maxnreg: int = 0) -> None:
+def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, options: dict[str, int]) -> None:
     """Launches the Gluon output walk, one warpgroup per program, on `_scan_fwd_kernel`'s arguments and
-    constexprs (its PREC left out: the products take the inputs' 16-bit dtype); maxnreg caps its registers per
-    thread (0: no cap)."""
-    _scan_fwd_wgmma_kernel[grid](*args, **consts, num_warps=4, **({"maxnreg": maxnreg} if maxnreg else {}))
+    constexprs (its PREC left out: the products take the inputs' 16-bit dtype); options: KernelConfig.register_cap()."""
+    _scan_fwd_wgmma_kernel[grid](*args, **consts, num_warps=4, **options)
 
