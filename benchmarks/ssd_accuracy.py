@@ -20,15 +20,12 @@ import sys
 
 import torch
 
-# the GPU tests' input builder, so that the sweep draws exactly what they draw
+# the GPU tests' input builder and error measure, so that the sweep draws and measures exactly what they do
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "kernels"))
 from conftest import make_ssd_inputs  # noqa: E402
+from errors import rel_err  # noqa: E402
 
 ALL_ROWS = ",".join(f"{h}x{n}" for h in (32, 64, 128, 256) for n in (16, 64, 128, 256))
-
-
-def rel_err(value: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((value.double() - ref).norm() / ref.norm()).item()
 
 
 def errors(headdim: int, dstate: int, seed: int, dtype: torch.dtype, device: str) -> dict[str, float]:
