@@ -1,12 +1,13 @@
 """Forward SSD kernels: the state pass and the chunk output.
 
-Two launches (see benchmarks/NOTES-ssd.md for why this split):
-1. `_state_fwd_kernel`, one program per (sequence, head, head_dim x d_state block): walks the sequence in token tiles,
-   applies the step-size transform, writes dt' and the within-chunk cumulative log-decay s (both float32,
-   (nheads, ntokens)), and carries the state h (float32 in registers), storing it at every chunk start
-   (states, (nchunks, nheads, headdim, dstate), in the dot dtype) and once at the end (final states, float32).
-   The state pass is fused in: chunk states never go to memory on their own.
-2. `_scan_fwd_kernel`, one program per (head and head_dim block, chunk): walks the chunk in token tiles from
+Three launches (see benchmarks/NOTES-ssd.md for why this split):
+1. `_decay_fwd_kernel`, one program per (chunk, block of heads): applies the step-size transform and writes dt' and
+   the within-chunk cumulative log-decay s (both float32, (nheads, ntokens)).
+2. `_state_fwd_kernel`, one program per (sequence, head, head_dim x d_state block): walks the sequence in token tiles,
+   with each tile's s and dt' loaded a tile ahead, and carries the state h (float32 in registers), storing it at
+   every chunk start (states, (nchunks, nheads, headdim, dstate), in the dot dtype) and once at the end (final
+   states, float32). The state pass is fused in: chunk states never go to memory on their own.
+3. `_scan_fwd_kernel`, one program per (head and head_dim block, chunk): walks the chunk in token tiles from
    the state entering it, y_i = exp(s_i - s_prev) C_i h + sum_{j in tile, j<=i} (C_i . B_j) exp(s_i - s_j)
    dt'_j x_j (+ D x_i, * silu(z_i)), then h <- exp(s_last - s_prev) h + sum_j exp(s_last - s_j) dt'_j x_j B_j^T.
    Each x, B, C tile is read once per head, and C B^T is formed only for the tile on the diagonal.
@@ -24,8 +25,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import dot_precision, head_chunk_program, known_multiple, mm, prepare_dt, state_tile
-from .config import scan_config, state_config
+from .common import chunk_extent, dot_precision, head_chunk_program, known_multiple, mm, prepare_dt, state_tile
+from .config import pow2, scan_config, state_config
 from .layout import ChunkTable
 from .segments import carry_forward, state_walk
 from .tiles import chunk_cb, scan_tiles
@@ -40,13 +41,54 @@ __all__ = ["ForwardResult", "dt_limit_flags", "ssd_forward"]
 
 
 @triton.jit
+def _decay_fwd_kernel(
+    dt_ptr, a_ptr, bias_ptr, s_ptr, dtp_ptr, chunk_start_ptr, chunk_len_ptr, stride_dt_t, stride_dt_h, ntokens,
+    nheads, dt_lo, dt_hi,
+    BLOCK: tl.constexpr, BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, ALIGNED: tl.constexpr,
+):
+    """One program per (chunk, block of BLOCK_H heads): dt' from the raw steps (token-major, read as rows of
+    BLOCK_H heads) and s, the cumulative log-decay within the chunk, both written to (nheads, ntokens) arrays."""
+    chunk = tl.program_id(0)
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_h = heads < nheads
+    c0, clen = chunk_extent(chunk_start_ptr, chunk_len_ptr, chunk, ALIGNED)
+    offs = tl.arange(0, BLOCK)
+    mask = mask_h[:, None] & (offs < clen)[None, :]
+    raw = tl.load(dt_ptr + (c0 + offs[None, :]) * stride_dt_t + heads[:, None] * stride_dt_h, mask=mask,
+                  other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + heads, mask=mask_h, other=0.0).to(tl.float32)
+    dt = tl.where(mask, prepare_dt(raw, bias[:, None], dt_lo, dt_hi, SOFTPLUS, HAS_LO, HAS_HI), 0.0)
+    # the chunk kernels take exp(min(s_t - s_j, 0)) for t >= j, exact while no step grows the state: a step that
+    # would (dt' A > 0) makes its log-decay NaN, so the head's outputs are NaN rather than silently wrong
+    da = dt * tl.load(a_ptr + heads, mask=mask_h, other=0.0).to(tl.float32)[:, None]
+    da = tl.where(da > 0.0, float("nan"), da)
+    rows = heads.to(tl.int64)[:, None] * ntokens + c0 + offs[None, :]
+    tl.store(s_ptr + rows, tl.cumsum(da, 1), mask=mask)
+    tl.store(dtp_ptr + rows, dt, mask=mask)
+
+
+@triton.jit
+def _step_vectors(s_ptr, dtp_ptr, head, ntokens, t_begin, t_end, step, offs_t, BLOCK_T: tl.constexpr,
+                  STEPS_PER_CHUNK: tl.constexpr):
+    """s and dt' at the tokens of a sequence's step number `step` (0 past its end), s at the token before it (0 at
+    a chunk's start) and s at its last token."""
+    t0 = (t_begin + step * BLOCK_T).to(tl.int64)
+    row = head.to(tl.int64) * ntokens + t0
+    mask_t = offs_t < t_end - t0
+    s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
+    dt_t = tl.load(dtp_ptr + row + offs_t, mask=mask_t, other=0.0)
+    s_before = tl.load(s_ptr + row - 1, mask=step % STEPS_PER_CHUNK != 0, other=0.0)
+    return s_t, dt_t, s_before, tl.load(s_ptr + row + tl.minimum(BLOCK_T, t_end - t0) - 1)
+
+
+@triton.jit
 def _state_fwd_kernel(
-    x_ptr, dt_ptr, a_ptr, b_ptr, bias_ptr, h0_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr,
-    seq_start_ptr, seq_chunk_ptr,
-    stride_x_t, stride_x_h, stride_dt_t, stride_dt_h, stride_b_t, stride_b_g,
-    ntokens, nheads, headdim, dstate, heads_per_group, dt_lo, dt_hi,
+    x_ptr, b_ptr, h0_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, seq_start_ptr, seq_chunk_ptr,
+    stride_x_t, stride_x_h, stride_b_t, stride_b_g, ntokens, nheads, headdim, dstate, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
     HAS_H0: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     seq = tl.program_id(0)
@@ -60,10 +102,6 @@ def _state_fwd_kernel(
     offs_p, mask_p, offs_n, mask_n, tile, mask_tile = state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
     state_size = headdim * dstate
 
-    a = tl.load(a_ptr + head).to(tl.float32)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + head).to(tl.float32)
     if HAS_H0:
         h = tl.load(h0_ptr + (seq * nheads + head).to(tl.int64) * state_size + tile, mask=mask_tile,
                     other=0.0).to(tl.float32)
@@ -71,12 +109,11 @@ def _state_fwd_kernel(
         h = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
 
     steps_per_chunk: tl.constexpr = CHUNK // BLOCK_T
-    carry = tl.zeros((), dtype=tl.float32)
     nsteps = tl.cdiv(t_end - t_begin, BLOCK_T)
-    dt_base = dt_ptr + head * stride_dt_h + offs_t * stride_dt_t
-    # the raw steps (2-byte, strided by the heads: no asynchronous copy takes them) are loaded a step ahead, so that
-    # the step's chain (dt', cumsum, decays) does not start with a wait
-    dt_next = tl.load(dt_base + t_begin.to(tl.int64) * stride_dt_t, mask=offs_t < t_end - t_begin, other=0.0)
+    # each step's s and dt' (from _decay_fwd_kernel) are loaded an iteration ahead, so that the step's decays do not
+    # start with a wait
+    s_t, dt_t, s_before, s_last = _step_vectors(s_ptr, dtp_ptr, head, ntokens, t_begin, t_end, 0, offs_t, BLOCK_T,
+                                                steps_per_chunk)
     for step in range(0, nsteps):
         t0 = (t_begin + step * BLOCK_T).to(tl.int64)
         mask_t = offs_t < t_end - t0
@@ -84,32 +121,19 @@ def _state_fwd_kernel(
             chunk = (chunk0 + step // steps_per_chunk).to(tl.int64)
             tl.store(states_ptr + (chunk * nheads + head) * state_size + tile,
                      h.to(states_ptr.dtype.element_ty), mask=mask_tile)
-        carry = tl.where(step % steps_per_chunk == 0, 0.0, carry)
-        dt = dt_next.to(tl.float32)
-        dt_next = tl.load(dt_base + (t0 + BLOCK_T) * stride_dt_t, mask=offs_t < t_end - t0 - BLOCK_T, other=0.0)
-        dt = prepare_dt(dt, bias, dt_lo, dt_hi, SOFTPLUS, HAS_LO, HAS_HI)
-        dt = tl.where(mask_t, dt, 0.0)
-        # the chunk kernels take exp(min(s_t - s_j, 0)) for t >= j, exact while no step grows the state: a step
-        # that would (dt' A > 0) makes its log-decay NaN, so the head's outputs are NaN rather than silently wrong
-        da = dt * a
-        da = tl.where(da > 0.0, float("nan"), da)
-        cs = tl.cumsum(da, 0)
-        total = tl.sum(da, 0)
-        row = head.to(tl.int64) * ntokens + t0
-        if tl.program_id(2) == 0:
-            tl.store(s_ptr + row + offs_t, carry + cs, mask=mask_t)
-            tl.store(dtp_ptr + row + offs_t, dt, mask=mask_t)
-        carry += total
-
+        s_t_next, dt_t_next, s_before_next, s_last_next = _step_vectors(
+            s_ptr, dtp_ptr, head, ntokens, t_begin, t_end, tl.minimum(step + 1, nsteps - 1), offs_t, BLOCK_T,
+            steps_per_chunk)
         x_base = x_ptr + t0 * stride_x_t + head * stride_x_h
         b_base = b_ptr + t0 * stride_b_t + group * stride_b_g
         xt = tl.load(x_base + offs_t[:, None] * stride_x_t + offs_p[None, :],
                      mask=mask_t[:, None] & mask_p[None, :], other=0.0)
         bt = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-        w = tl.exp(total - cs) * dt
+        w = tl.where(mask_t, tl.exp(s_last - s_t) * dt_t, 0.0)
         xw = (xt.to(tl.float32) * w[:, None]).to(bt.dtype)
-        h = h * tl.exp(total) + mm(tl.trans(xw), bt, PREC)
+        h = h * tl.exp(s_last - s_before) + mm(tl.trans(xw), bt, PREC)
+        s_t, dt_t, s_before, s_last = s_t_next, dt_t_next, s_before_next, s_last_next
 
     tl.store(final_ptr + (seq * nheads + head).to(tl.int64) * state_size + tile, h, mask=mask_tile)
 
@@ -208,7 +232,7 @@ def ssd_forward(
     D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor], dt_softplus: bool,
     dt_limit: tuple[float, float], initial_states: Optional[Tensor],
 ) -> ForwardResult:
-    """Runs the two forward kernels on flattened inputs.
+    """Runs the forward kernels on flattened inputs.
 
     x, z (T, nheads, headdim); dt (T, nheads); B, C (T, ngroups, dstate), all with a unit last stride and B, C
     in x.dtype; A, dt_bias (nheads,); D (nheads,) or (nheads, headdim); initial_states (nseqs, nheads, headdim,
@@ -228,14 +252,18 @@ def ssd_forward(
     s = torch.empty(nheads, ntokens, device=dev, dtype=torch.float32)
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
+    block_h = min(16, triton.next_power_of_2(nheads))
+    _decay_fwd_kernel[(table.nchunks, triton.cdiv(nheads, block_h))](
+        dt, A, dt_bias, s, dtp, table.chunk_start, table.chunk_len, dt.stride(0), dt.stride(1), ntokens, nheads,
+        lo, hi, BLOCK=pow2(chunk), BLOCK_H=block_h, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
+        HAS_LO=has_lo, HAS_HI=has_hi, ALIGNED=table.aligned, num_warps=8,
+    )
     walk = state_walk(table, state_config(headdim, dstate, chunk), "state", h0, final)
     cfg = walk.cfg
     _state_fwd_kernel[walk.grid](
-        x, dt, A, B, dt_bias, walk.init, states, walk.out, s, dtp, walk.start, walk.chunk,
-        x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1),
-        ntokens, nheads, headdim, dstate, per_group, lo, hi,
+        x, B, walk.init, states, walk.out, s, dtp, walk.start, walk.chunk,
+        x.stride(0), x.stride(1), B.stride(0), B.stride(1), ntokens, nheads, headdim, dstate, per_group,
         CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LO=has_lo, HAS_HI=has_hi,
         HAS_H0=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec,
         **cfg.launch_options(),
     )

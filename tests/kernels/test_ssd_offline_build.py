@@ -10,9 +10,10 @@ import os
 import subprocess
 import sys
 
-KERNELS = ["_state_fwd_kernel", "_scan_fwd_kernel", "_scan_fwd_wgmma_kernel", "_scan_tiles_kernel", "_cb_kernel",
-           "gate_bwd_kernel", "state_bwd_kernel", "_dx_kernel", "_dx_wgmma_kernel", "_dx_tiles_kernel",
-           "_dcb_kernel", "_dbc_kernel", "dt_bwd_kernel", "_step_kernel", "_carry_kernel", "_fix_kernel"]
+KERNELS = ["_decay_fwd_kernel", "_state_fwd_kernel", "_scan_fwd_kernel", "_scan_fwd_wgmma_kernel",
+           "_scan_tiles_kernel", "_cb_kernel", "gate_bwd_kernel", "state_bwd_kernel", "_dx_kernel", "_dx_wgmma_kernel",
+           "_dx_tiles_kernel", "_dcb_kernel", "_dbc_kernel", "dt_bwd_kernel", "_step_kernel", "_carry_kernel",
+           "_fix_kernel"]
 
 
 def test_every_ssd_kernel_builds_for_sm90_from_a_recorded_scan() -> None:
