@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
-from .common import chunk_extent, chunk_tile_pair, dot_precision, head_chunk_program, mm
+from .common import chunk_extent, chunk_tile_pair, dot_precision, exp_ftz, head_chunk_program, mm
 from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, pow2, state_bwd_config
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
@@ -92,13 +92,13 @@ def _dx_kernel(
         xt = tl.load(x_base + offs_t[:, None] * stride_x_t + offs_p[None, :], mask=mask, other=0.0)
         dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :], mask=mask, other=0.0)
         # through the state after this tile (g, before this tile's update), then g moves to the previous tile
-        acc = mm(b, g.to(b.dtype), PREC) * tl.where(mask_t, tl.exp(s_ref - s_t), 0.0)[:, None]
+        acc = mm(b, g.to(b.dtype), PREC) * tl.where(mask_t, exp_ftz(s_ref - s_t), 0.0)[:, None]
         s_prev = tl.load(s_ptr + row + tl.maximum(t0 - 1, 0))
-        dyw = (dyt.to(tl.float32) * tl.where(mask_t, tl.exp(s_t - s_prev), 0.0)[:, None]).to(c.dtype)
-        g = g * tl.exp(s_ref - s_prev) + mm(tl.trans(c), dyw, PREC)
+        dyw = (dyt.to(tl.float32) * tl.where(mask_t, exp_ftz(s_t - s_prev), 0.0)[:, None]).to(c.dtype)
+        g = g * exp_ftz(s_ref - s_prev) + mm(tl.trans(c), dyw, PREC)
         # through the outputs of this tile (t' >= t)
         bc = mm(b, tl.trans(c), PREC)
-        w = bc * tl.exp(tl.minimum(s_t[None, :] - s_t[:, None], 0.0))
+        w = bc * exp_ftz(tl.minimum(s_t[None, :] - s_t[:, None], 0.0))
         w = tl.where(offs_t[None, :] >= offs_t[:, None], w, 0.0)
         acc += mm(w.to(dyt.dtype), dyt, PREC)
         xf = xt.to(tl.float32)
@@ -167,7 +167,7 @@ def _dcb_kernel(
                 xk = tl.load(x_base + offs_k[:, None] * stride_x_t + offs_p[None, :],
                              mask=mask_k[:, None] & mask_p[None, :], other=0.0)
                 g += mm(dym, tl.trans(xk.to(dym.dtype)), PREC)
-            w = tl.where(causal, g * tl.exp(tl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :], 0.0)
+            w = tl.where(causal, g * exp_ftz(tl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :], 0.0)
             acc += w
             # the score term G_tj = dCB_tj CB_tj adds to the log-decay gradient of row t and takes from column j
             score = w * cb
@@ -216,8 +216,8 @@ def _dbc_kernel(
             s_r = tl.load(s_ptr + row + offs_r, mask=mask_r, other=0.0)
             dt_r = tl.load(dtp_ptr + row + offs_r, mask=mask_r, other=0.0)
             s_last = tl.load(s_ptr + row + clen - 1)
-            to_out = tl.exp(s_r)
-            to_end = dt_r * tl.exp(s_last - s_r)
+            to_out = exp_ftz(s_r)
+            to_end = dt_r * exp_ftz(s_last - s_r)
             state = (chunk * nheads + head) * headdim * dstate
             dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
             x_base = x_ptr + c0 * stride_x_t + head * stride_x_h

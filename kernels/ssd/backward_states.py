@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import chunk_extent, known_multiple, mm, prepare_dt_grad, state_tile
+from .common import chunk_extent, exp_ftz, known_multiple, mm, prepare_dt_grad, state_tile
 
 __all__ = ["gate_bwd_kernel", "state_bwd_kernel", "dt_bwd_kernel"]
 
@@ -68,7 +68,7 @@ def _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local, head, nheads
     tl.store(dstates_ptr + ((chunk0 + local).to(tl.int64) * nheads + head) * state_size + tile,
              dh.to(dstates_ptr.dtype.element_ty), mask=mask_tile)
     tl.atomic_add(ds_ptr + _last_token(head, ntokens, t_begin, t_end, local, CHUNK),
-                  tl.exp(s_end) * tl.sum(tl.sum(dh * h_in.to(tl.float32), 1), 0), sem="relaxed")
+                  exp_ftz(s_end) * tl.sum(tl.sum(dh * h_in.to(tl.float32), 1), 0), sem="relaxed")
 
 
 @triton.jit
@@ -127,8 +127,8 @@ def state_bwd_kernel(
                       mask=mask_t[:, None] & mask_p[None, :], other=0.0)
         ct = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-        dyw = (dyt.to(tl.float32) * tl.exp(cs)[:, None]).to(ct.dtype)
-        dh = dh * tl.exp(total) + mm(tl.trans(dyw), ct, PREC)
+        dyw = (dyt.to(tl.float32) * exp_ftz(cs)[:, None]).to(ct.dtype)
+        dh = dh * exp_ftz(total) + mm(tl.trans(dyw), ct, PREC)
         if (step % steps_per_chunk == 0) & (local > 0):
             _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local - 1, head, nheads, ntokens, t_begin,
                        t_end, state_size, tile, mask_tile, CHUNK)

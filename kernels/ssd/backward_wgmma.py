@@ -29,7 +29,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .wgmma import copy_layout, copy_tile, mma_layout, walk_program
+from .wgmma import copy_layout, copy_tile, exp_ftz, mma_layout, walk_program
 
 __all__ = ["dx_wgmma"]
 
@@ -112,7 +112,7 @@ def _dx_wgmma_kernel(
     # g in registers is the gradient update's accumulator, decayed to the step's reference before the step's products
     # are issued: scaled while they ran, it made ptxas wait for them first ("wgmma.wait_group is injected ... to allow
     # use of registers defined by GMMA"); with the dD row sums below, 0.99 -> 0.85 ms at 64 x 64 (H200, 8 x 8192)
-    g = g * gl.exp(s_ref - s_prev)
+    g = g * exp_ftz(s_ref - s_prev)
     for step in range(0, nsteps):
         t0 = t_first - step * BLOCK_T
         buf = step % 2
@@ -143,7 +143,7 @@ def _dx_wgmma_kernel(
                            use_acc=False, is_async=True)
 
         dy_reg = dy_tile.load(mma_p)
-        decay_in = gl.where(mask_r, gl.exp(s_r - s_prev), 0.0)
+        decay_in = gl.where(mask_r, exp_ftz(s_r - s_prev), 0.0)
         dyw_smem.store((dy_reg.to(gl.float32) * decay_in[:, None]).to(dtype))
         fence_async_shared()
         g_next = warpgroup_mma(c_tile.permute((1, 0)), dyw_smem, g, is_async=True)
@@ -151,12 +151,12 @@ def _dx_wgmma_kernel(
         s_i = gl.convert_layout(s_r, rows_t)
         s_j = gl.convert_layout(s_r, cols_t)
         bc = warpgroup_mma_wait(num_outstanding=2, deps=(bc,))
-        w = bc * gl.exp(gl.minimum(s_j[None, :] - s_i[:, None], 0.0))
+        w = bc * exp_ftz(gl.minimum(s_j[None, :] - s_i[:, None], 0.0))
         w = gl.where(offs_j[None, :] >= offs_i[:, None], w, 0.0)
         w = gl.convert_layout(w.to(dtype), w_layout)
 
         bg = warpgroup_mma_wait(num_outstanding=1, deps=(bg,))
-        decay_out = gl.where(mask_r, gl.exp(s_ref - s_r), 0.0)
+        decay_out = gl.where(mask_r, exp_ftz(s_ref - s_r), 0.0)
         acc = warpgroup_mma(w, dy_tile, bg * decay_out[:, None], is_async=True)
 
         g = warpgroup_mma_wait(num_outstanding=1, deps=(g_next,))
@@ -186,7 +186,7 @@ def _dx_wgmma_kernel(
         s_prev = s_prev_next
         s_r = s_r_next
         dt_r = dt_r_next
-        g = g * gl.exp(s_ref - s_prev)
+        g = g * exp_ftz(s_ref - s_prev)
     async_copy.wait_group(0)
     if HAS_D:
         if D_HAS_HDIM:

@@ -1,5 +1,5 @@
-"""Triton helpers shared by the SSD kernels: which head, chunk or state tile a program works on, and the
-step-size transform and its derivative.
+"""Triton helpers shared by the SSD kernels: which head, chunk or state tile a program works on, the exponential of
+the decays, and the step-size transform and its derivative.
 
 dt' = clamp(softplus?(dt + dt_bias), lo, hi). softplus passes inputs above 20 through unchanged (torch's default
 threshold, as mamba_ssm does); log1p is evaluated with Goldberg's correction so that tiny steps stay exact.
@@ -11,21 +11,33 @@ import os
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from .layout import ALIGNMENT
 
-__all__ = ["chunk_extent", "chunk_tile_pair", "dot_precision", "head_chunk_program", "known_multiple", "mm",
+__all__ = ["chunk_extent", "chunk_tile_pair", "dot_precision", "exp_ftz", "head_chunk_program", "known_multiple", "mm",
            "prepare_dt", "prepare_dt_grad", "state_tile"]
 
 # The Triton interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles as their raw uint16 bits; `mm` hands it
 # float32 copies instead (exact: products of bf16 values are exact in float32, as on the tensor cores).
 _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on"))
 _ALIGNMENT = tl.constexpr(ALIGNMENT)
+_LOG2E = tl.constexpr(1.4426950408889634)
 
 
 def dot_precision(dtype_is_fp32: bool) -> str:
     """tl.dot input precision: exact float32 ('ieee') for float32 inputs, the tensor-core default otherwise."""
     return "ieee" if dtype_is_fp32 else "tf32"
+
+
+@triton.jit
+def exp_ftz(x):
+    """e^x as one multiply and ex2.approx.ftz, whose results below 2^-126 are 0 (nothing the kernels' decays would
+    keep): tl.exp's ex2 keeps denormal results at three more instructions per call. The interpreter, which has no
+    libdevice, takes tl.exp."""
+    if _INTERPRET:
+        return tl.exp(x)
+    return libdevice.exp2(x * _LOG2E)
 
 
 @triton.jit

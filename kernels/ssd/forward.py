@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import chunk_extent, dot_precision, head_chunk_program, known_multiple, mm, prepare_dt, state_tile
+from .common import chunk_extent, dot_precision, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt, state_tile
 from .config import pow2, scan_config, state_config
 from .layout import ChunkTable
 from .segments import carry_forward, state_walk
@@ -130,9 +130,9 @@ def _state_fwd_kernel(
                      mask=mask_t[:, None] & mask_p[None, :], other=0.0)
         bt = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-        w = tl.where(mask_t, tl.exp(s_last - s_t) * dt_t, 0.0)
+        w = tl.where(mask_t, exp_ftz(s_last - s_t) * dt_t, 0.0)
         xw = (xt.to(tl.float32) * w[:, None]).to(bt.dtype)
-        h = h * tl.exp(s_last - s_before) + mm(tl.trans(xw), bt, PREC)
+        h = h * exp_ftz(s_last - s_before) + mm(tl.trans(xw), bt, PREC)
         s_t, dt_t, s_before, s_last = s_t_next, dt_t_next, s_before_next, s_last_next
 
     tl.store(final_ptr + (seq * nheads + head).to(tl.int64) * state_size + tile, h, mask=mask_tile)
@@ -174,16 +174,16 @@ def _scan_fwd_kernel(
         mask = mask_t[:, None] & mask_p[None, :]
         xt = tl.load(x_base + offs_t[:, None] * stride_x_t + offs_p[None, :], mask=mask, other=0.0)
 
-        decay_in = tl.where(mask_t, tl.exp(s_t - s_prev), 0.0)
+        decay_in = tl.where(mask_t, exp_ftz(s_t - s_prev), 0.0)
         acc = mm(c, h.to(c.dtype), PREC) * decay_in[:, None]
         cb = mm(c, tl.trans(b), PREC)
-        w = cb * tl.exp(tl.minimum(s_t[:, None] - s_t[None, :], 0.0)) * dt_t[None, :]
+        w = cb * exp_ftz(tl.minimum(s_t[:, None] - s_t[None, :], 0.0)) * dt_t[None, :]
         w = tl.where(offs_t[None, :] <= offs_t[:, None], w, 0.0)
         acc += mm(w.to(xt.dtype), xt, PREC)
 
-        decay_out = tl.where(mask_t, tl.exp(s_last - s_t) * dt_t, 0.0)
+        decay_out = tl.where(mask_t, exp_ftz(s_last - s_t) * dt_t, 0.0)
         xw = (xt.to(tl.float32) * decay_out[:, None]).to(b.dtype)
-        h = h * tl.exp(s_last - s_prev) + mm(tl.trans(b), xw, PREC)
+        h = h * exp_ftz(s_last - s_prev) + mm(tl.trans(b), xw, PREC)
         s_prev = s_last
 
         if HAS_D:

@@ -28,7 +28,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .wgmma import copy_layout, copy_tile, mma_layout, walk_program
+from .wgmma import copy_layout, copy_tile, exp_ftz, mma_layout, walk_program
 
 __all__ = ["scan_fwd_wgmma"]
 
@@ -119,16 +119,16 @@ def _scan_fwd_wgmma_kernel(
 
         mask_r = t0 + offs_r < clen
         x_reg = x_tile.load(mma_p)
-        decay_out = gl.where(mask_r, gl.exp(s_last - s_r) * dt_r, 0.0)
+        decay_out = gl.where(mask_r, exp_ftz(s_last - s_r) * dt_r, 0.0)
         xw_smem.store((x_reg.to(gl.float32) * decay_out[:, None]).to(dtype))
         fence_async_shared()
-        h_next = warpgroup_mma(b_tile.permute((1, 0)), xw_smem, h * gl.exp(s_last - s_prev), is_async=True)
+        h_next = warpgroup_mma(b_tile.permute((1, 0)), xw_smem, h * exp_ftz(s_last - s_prev), is_async=True)
 
         s_i = gl.convert_layout(s_r, rows_t)
         s_j = gl.convert_layout(s_r, cols_t)
         dt_j = gl.convert_layout(dt_r, cols_t)
         cb = warpgroup_mma_wait(num_outstanding=2, deps=(cb,))
-        w = cb * gl.exp(gl.minimum(s_i[:, None] - s_j[None, :], 0.0)) * dt_j[None, :]
+        w = cb * exp_ftz(gl.minimum(s_i[:, None] - s_j[None, :], 0.0)) * dt_j[None, :]
         w = gl.where(offs_j[None, :] <= offs_i[:, None], w, 0.0)
         if HAS_D:
             if not D_HAS_HDIM:  # D x_i as D on the diagonal of the scores (D rounded to the dot dtype)
@@ -136,7 +136,7 @@ def _scan_fwd_wgmma_kernel(
         w = gl.convert_layout(w.to(dtype), w_layout)
 
         ch = warpgroup_mma_wait(num_outstanding=1, deps=(ch,))
-        decay_in = gl.where(mask_r, gl.exp(s_r - s_prev), 0.0)
+        decay_in = gl.where(mask_r, exp_ftz(s_r - s_prev), 0.0)
         acc = warpgroup_mma(w, x_tile, ch * decay_in[:, None], is_async=True)
 
         h = warpgroup_mma_wait(num_outstanding=1, deps=(h_next,))
@@ -161,7 +161,7 @@ def _scan_fwd_wgmma_kernel(
             gl.store(ypre_ptr + offs_y, out, mask=mask)
             zt = gl.load(z_ptr + offs_t[:, None] * stride_z_t + head * stride_z_h + offs_io_p[None, :],
                          mask=mask, other=0.0).to(gl.float32)
-            out = (out.to(gl.float32) * zt * (1.0 / (1.0 + gl.exp(-zt)))).to(dtype)
+            out = (out.to(gl.float32) * zt * (1.0 / (1.0 + exp_ftz(-zt)))).to(dtype)
         gl.store(y_ptr + offs_y, out, mask=mask)
     async_copy.wait_group(0)
 

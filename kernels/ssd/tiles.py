@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import chunk_tile_pair, head_chunk_program, mm
+from .common import chunk_tile_pair, exp_ftz, head_chunk_program, mm
 from .config import bwd_dx_config, cb_config, scan_config
 from .layout import ChunkTable
 
@@ -84,7 +84,7 @@ def _scan_tiles_kernel(
             h_t = tl.load(state_base + offs_p[None, :] * dstate + offs_n[:, None],
                           mask=mask_n[:, None] & mask_p[None, :], other=0.0)
             acc += mm(c, h_t.to(c.dtype), PREC)
-        acc = acc * tl.exp(s_m)[:, None]
+        acc = acc * exp_ftz(s_m)[:, None]
 
         # within-chunk contribution, tiles on or below the diagonal
         cb_base = cb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
@@ -96,7 +96,7 @@ def _scan_tiles_kernel(
                          mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
             s_k = tl.load(s_ptr + row + offs_k, mask=mask_k, other=0.0)
             dt_k = tl.load(dtp_ptr + row + offs_k, mask=mask_k, other=0.0)
-            w = cb * tl.exp(tl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :]
+            w = cb * exp_ftz(tl.minimum(s_m[:, None] - s_k[None, :], 0.0)) * dt_k[None, :]
             w = tl.where(offs_k[None, :] <= offs_m[:, None], w, 0.0)
             xk = tl.load(x_base + offs_k[:, None] * stride_x_t + offs_p[None, :],
                          mask=mask_k[:, None] & mask_p[None, :], other=0.0)
@@ -159,7 +159,7 @@ def _dx_tiles_kernel(
             dh_t = tl.load(dstates_ptr + state_off + offs_p[None, :] * dstate + offs_n[:, None],
                            mask=mask_n[:, None] & mask_p[None, :], other=0.0)
             acc += mm(b, dh_t.to(b.dtype), PREC)
-        acc = acc * tl.exp(s_last - s_j)[:, None]
+        acc = acc * exp_ftz(s_last - s_j)[:, None]
 
         # through the outputs of the same chunk, tiles on or below the diagonal
         cb_base = cb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
@@ -169,7 +169,7 @@ def _dx_tiles_kernel(
             cb_t = tl.load(cb_base + offs_t[None, :] * CHUNK + offs_j[:, None],
                            mask=mask_j[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
             s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
-            w = cb_t * tl.exp(tl.minimum(s_t[None, :] - s_j[:, None], 0.0))
+            w = cb_t * exp_ftz(tl.minimum(s_t[None, :] - s_j[:, None], 0.0))
             w = tl.where((offs_t[None, :] >= offs_j[:, None]) & mask_t[None, :], w, 0.0)
             dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :],
                           mask=mask_t[:, None] & mask_p[None, :], other=0.0)
