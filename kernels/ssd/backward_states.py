@@ -72,8 +72,19 @@ def _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local, head, nheads
 
 
 @triton.jit
+def _step_s(s_ptr, head, ntokens, t_begin, t_end, step, offs_t, BLOCK_T: tl.constexpr, STEPS_PER_CHUNK: tl.constexpr):
+    """s at the tokens of a sequence's step number `step` (0 past its end), at the token before it (0 at a chunk's
+    start) and at its last token."""
+    t0 = (t_begin + step * BLOCK_T).to(tl.int64)
+    row = head.to(tl.int64) * ntokens + t0
+    s_t = tl.load(s_ptr + row + offs_t, mask=offs_t < t_end - t0, other=0.0)
+    s_before = tl.load(s_ptr + row - 1, mask=step % STEPS_PER_CHUNK != 0, other=0.0)
+    return s_t, s_before, tl.load(s_ptr + row + tl.minimum(BLOCK_T, t_end - t0) - 1)
+
+
+@triton.jit
 def state_bwd_kernel(
-    dy_ptr, c_ptr, a_ptr, dtp_ptr, s_ptr, states_ptr, dfinal_ptr, dstates_ptr, dh0_ptr, ds_ptr,
+    dy_ptr, c_ptr, s_ptr, states_ptr, dfinal_ptr, dstates_ptr, dh0_ptr, ds_ptr,
     seq_start_ptr, seq_chunk_ptr,
     stride_dy_t, stride_dy_h, stride_c_t, stride_c_g,
     ntokens, nheads, headdim, dstate, heads_per_group,
@@ -92,7 +103,6 @@ def state_bwd_kernel(
     state_size = headdim * dstate
     seq_state = (seq * nheads + head).to(tl.int64) * state_size
 
-    a = tl.load(a_ptr + head).to(tl.float32)
     if HAS_DFINAL:
         dh = tl.load(dfinal_ptr + seq_state + tile, mask=mask_tile, other=0.0).to(tl.float32)
     else:
@@ -111,6 +121,10 @@ def state_bwd_kernel(
                state_size, tile, mask_tile, CHUNK)
     h_in, s_end = _chunk_entry(states_ptr, s_ptr, chunk0, tl.maximum(last_local - 1, 0), head, nheads, ntokens,
                                t_begin, t_end, state_size, tile, mask_tile, CHUNK)
+    # each step's log-decays are differences of the forward's within-chunk s (to s before the step, 0 at a chunk's
+    # start), loaded an iteration ahead: a cumulative sum and a sum over the step's tokens cost CTA barriers every step
+    s_t, s_before, s_last = _step_s(s_ptr, head, ntokens, t_begin, t_end, nsteps - 1, offs_t, BLOCK_T,
+                                    steps_per_chunk)
     for i in range(0, nsteps):
         step = nsteps - 1 - i
         local = step // steps_per_chunk
@@ -118,21 +132,23 @@ def state_bwd_kernel(
                                       head, nheads, ntokens, t_begin, t_end, state_size, tile, mask_tile, CHUNK)
         t0 = (t_begin + step * BLOCK_T).to(tl.int64)
         mask_t = offs_t < t_end - t0
-        da = tl.load(dtp_ptr + head.to(tl.int64) * ntokens + t0 + offs_t, mask=mask_t, other=0.0) * a
-        cs = tl.cumsum(da, 0)
-        total = tl.sum(da, 0)
+        s_t_next, s_before_next, s_last_next = _step_s(s_ptr, head, ntokens, t_begin, t_end, tl.maximum(step - 1, 0),
+                                                       offs_t, BLOCK_T, steps_per_chunk)
+        cs = s_t - s_before
+        total = s_last - s_before
         dy_base = dy_ptr + t0 * stride_dy_t + head * stride_dy_h
         c_base = c_ptr + t0 * stride_c_t + group * stride_c_g
         dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :],
                       mask=mask_t[:, None] & mask_p[None, :], other=0.0)
         ct = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-        dyw = (dyt.to(tl.float32) * exp_ftz(cs)[:, None]).to(ct.dtype)
+        dyw = (dyt.to(tl.float32) * tl.where(mask_t, exp_ftz(cs), 0.0)[:, None]).to(ct.dtype)
         dh = dh * exp_ftz(total) + mm(tl.trans(dyw), ct, PREC)
         if (step % steps_per_chunk == 0) & (local > 0):
             _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local - 1, head, nheads, ntokens, t_begin,
                        t_end, state_size, tile, mask_tile, CHUNK)
         h_in, s_end = h_next, s_next
+        s_t, s_before, s_last = s_t_next, s_before_next, s_last_next
 
     tl.store(dh0_ptr + seq_state + tile, dh, mask=mask_tile)
 
