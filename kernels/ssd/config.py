@@ -94,19 +94,32 @@ def state_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     8 x 8192 tokens, head_dim 64: 1.52 -> 1.27 ms; head_dim 128: 3.04 -> 2.56). Tiles of 4,096 elements or more
     run in 8 warps capped at 128 registers, two programs per SM (H200 as above: 64 x 64 0.338 -> 0.316 ms against
     4 uncapped warps; 64 x 256 1.28 -> 1.12; 128 x 256 2.58 -> 2.24; no change at 64 x 128, 128 x 64, 128 x 128).
+    With d_state tiles of 128 and head_dim >= 128 the tile takes 128 rows of head_dim (16,384 elements) in 8
+    uncapped warps, so half as many programs read each B tile (H200 as above, state pass ms: 128 x 256 1.769 ->
+    1.494, in 16 warps 1.803; whole forward at 128 x 128 2.594 -> 2.463). Tiles of 4,096 elements prefetch two
+    steps ahead (num_stages 3; 64 x 64: 0.269 -> 0.235 ms), larger ones one (3 stages at 64 x 128: 0.439 -> 0.575;
+    at 128 x 64 the forward 1.62 -> 1.89).
     segment: chosen per call by `auto_segment`; ARCHSPEC_SSD_STATE=segment=N (ARCHSPEC_SSD_STATE_BWD for the
     backward pass) fixes it (0: whole sequences). Per call, `fill_sms` may halve block_p for few programs."""
     steps, bp, bn = _state_tiles(headdim, dstate, chunk_size)
+    if bn == 128 and pow2(headdim) >= 128:
+        return _override("state", KernelConfig(steps, steps, 128, bn, 8, 2))
     wide = bp * bn >= 4096
-    return _override("state", KernelConfig(steps, steps, bp, bn, 8 if wide else 4, 2, maxnreg=128 if wide else 0))
+    stages = 3 if bp * bn == 4096 else 2
+    return _override("state", KernelConfig(steps, steps, bp, bn, 8 if wide else 4, stages,
+                                           maxnreg=128 if wide else 0))
 
 
 def state_bwd_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     """Backward state-gradient pass, as `state_config`, but 4,096-element tiles stay in 4 uncapped warps (64 x 64:
     0.350 ms against 0.364 at 8 warps capped at 128) and d_state 256 runs in 4-warp programs of 64 x 64 tiles
     (H200 as above, head_dim 64: 1.65 -> 1.37 ms; head_dim 128: 3.29 -> 2.75; 64 x 128 tiles 1.58 and 3.13).
-    Larger tiles: 8 warps capped at 128 registers (3-5% faster than uncapped at d_state <= 128)."""
+    Larger tiles: 8 warps capped at 128 registers (3-5% faster than uncapped at d_state <= 128). From head_dim 128
+    with d_state tiles of 128, 128 x 128 tiles in 8 uncapped warps, as in the forward pass (H200, kernel ms:
+    128 x 128 1.019 -> 0.850, 128 x 256 2.194 -> 1.704)."""
     steps, bp, bn = _state_tiles(headdim, dstate, chunk_size)
+    if bn == 128 and pow2(headdim) >= 128:
+        return _override("state_bwd", KernelConfig(steps, steps, 128, bn, 8, 2))
     if pow2(dstate) > 128:
         bp, bn = min(pow2(headdim), 64), 64
     wide = bp * bn > 4096
@@ -183,11 +196,12 @@ def scan_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     """Forward output kernel. H200, 65,536 tokens, 64 heads: the walk wins up to d_state 128 (head_dim 64, d_state
     128: 2.0 vs 3.1 ms for the whole forward; head_dim 128: 3.9 vs 4.7) and loses at 256 (5.1 vs 4.2). There the
     per-row-tile kernel's 4-warp programs run best capped at 128 registers (head_dim 64: 4.20 -> 3.96 ms; the
-    8-warp ones of head_dim 128 gain nothing from it). The walk runs as the Gluon kernel where it can (whole
+    8-warp ones of head_dim 128 gain nothing from it), the 8-warp ones step through d_state in slices of 128
+    (128 x 256: 2.668 -> 2.406 ms for the kernel). The walk runs as the Gluon kernel where it can (whole
     forward at 8K tokens per sequence: 64 x 64 1.43 -> 1.17 ms, 64 x 128 1.92 -> 1.69, 128 x 64 2.61 -> 2.13,
     128 x 128 3.75 -> 3.31)."""
     return _chunk_kernel_config("scan", headdim, dstate, chunk_size, 128 * 128, 64, tiles_maxnreg={4: 128},
-                                walk_wgmma=1)
+                                walk_wgmma=1, tiles_block_n=128 if pow2(headdim) > 64 else 64)
 
 
 def bwd_dx_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False) -> KernelConfig:

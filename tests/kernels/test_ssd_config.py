@@ -22,6 +22,7 @@ def test_register_caps_apply_to_the_per_row_tile_kernels_not_to_the_walks() -> N
     four_warps, eight_warps = bwd_dx_config(64, 128, 256), bwd_dx_config(128, 128, 256)
     assert (four_warps.walk, four_warps.num_warps, four_warps.maxnreg) == (0, 4, 168)
     assert (eight_warps.walk, eight_warps.num_warps, eight_warps.maxnreg) == (0, 8, 128)
+    assert scan_config(64, 256, 256).block_n == 64 and scan_config(128, 256, 256).block_n == 128
     assert scan_config(64, 128, 256).maxnreg == 0
     assert state_config(64, 128, 256).maxnreg == 128
     assert state_config(64, 256, 256).maxnreg == 128
@@ -34,14 +35,26 @@ def test_forward_state_pass_runs_tiles_of_4096_elements_in_capped_8_warp_program
 
 
 def test_state_passes_keep_the_whole_state_up_to_d_state_128_and_split_it_beyond() -> None:
-    """One program per (sequence, head) holds a 64 x 128 state; d_state 256 is split over programs, the forward
-    pass into 64 x 128 tiles, the backward pass into 64 x 64 tiles of 4-warp programs."""
+    """One program per (sequence, head) holds a 64 x 128 state; at head_dim 64, d_state 256 is split over
+    programs, the forward pass into 64 x 128 tiles, the backward pass into 64 x 64 tiles of 4-warp programs."""
     for config in (state_config, state_bwd_config):
         cfg = config(64, 128, 256)
         assert (cfg.block_p, cfg.block_n, cfg.num_warps) == (64, 128, 8)
-    forward, backward = state_config(64, 256, 256), state_bwd_config(128, 256, 256)
+    forward, backward = state_config(64, 256, 256), state_bwd_config(64, 256, 256)
     assert (forward.block_p, forward.block_n, forward.num_warps) == (64, 128, 8)
     assert (backward.block_p, backward.block_n, backward.num_warps) == (64, 64, 4)
+
+
+def test_state_passes_take_128_x_128_tiles_in_8_uncapped_warps_from_head_dim_128_at_d_state_128() -> None:
+    for config in (state_config, state_bwd_config):
+        for dstate in (128, 256):
+            cfg = config(128, dstate, 256)
+            assert (cfg.block_p, cfg.block_n, cfg.num_warps, cfg.maxnreg) == (128, 128, 8, 0)
+        assert config(128, 64, 256).block_p * config(128, 64, 256).block_n == 8192
+
+
+def test_forward_state_pass_prefetches_two_steps_ahead_only_in_tiles_of_4096_elements() -> None:
+    assert [state_config(p, n, 256).num_stages for p, n in [(64, 64), (32, 128), (64, 128), (128, 64)]] == [3, 3, 2, 2]
 
 
 def test_backward_row_tile_kernels_slice_d_state() -> None:
