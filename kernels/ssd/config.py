@@ -98,7 +98,9 @@ def state_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     uncapped warps, so half as many programs read each B tile (H200 as above, state pass ms: 128 x 256 1.769 ->
     1.494, in 16 warps 1.803; whole forward at 128 x 128 2.594 -> 2.463). Tiles of 4,096 elements prefetch two
     steps ahead (num_stages 3; 64 x 64: 0.269 -> 0.235 ms), larger ones one (3 stages at 64 x 128: 0.439 -> 0.575;
-    at 128 x 64 the forward 1.62 -> 1.89).
+    at 128 x 64 the forward 1.62 -> 1.89). Tiles of 8,192 elements take 64-token steps (whole forward: 128 x 64
+    1.620 -> 1.569 ms, 64 x 128 1.329 -> 1.313, 64 x 256 2.409 -> 2.406; at 64 x 64 the pass 0.269 -> 0.360, at
+    128 x 128 in 128 x 128 tiles the forward 2.469 -> 2.652).
     segment: chosen per call by `auto_segment`; ARCHSPEC_SSD_STATE=segment=N (ARCHSPEC_SSD_STATE_BWD for the
     backward pass) fixes it (0: whole sequences). Per call, `fill_sms` may halve block_p for few programs."""
     steps, bp, bn = _state_tiles(headdim, dstate, chunk_size)
@@ -106,6 +108,8 @@ def state_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
         return _override("state", KernelConfig(steps, steps, 128, bn, 8, 2))
     wide = bp * bn >= 4096
     stages = 3 if bp * bn == 4096 else 2
+    if bp * bn == 8192:
+        steps = min(steps, 64)
     return _override("state", KernelConfig(steps, steps, bp, bn, 8 if wide else 4, stages,
                                            maxnreg=128 if wide else 0))
 

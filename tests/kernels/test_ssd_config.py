@@ -57,6 +57,12 @@ def test_forward_state_pass_prefetches_two_steps_ahead_only_in_tiles_of_4096_ele
     assert [state_config(p, n, 256).num_stages for p, n in [(64, 64), (32, 128), (64, 128), (128, 64)]] == [3, 3, 2, 2]
 
 
+def test_forward_state_pass_steps_64_tokens_in_tiles_of_8192_elements_else_128() -> None:
+    assert [state_config(p, n, 256).block_m for p, n in [(64, 64), (64, 128), (128, 64), (64, 256), (128, 128)]] == [
+        128, 64, 64, 64, 128]
+    assert state_config(128, 64, 32).block_m == 32
+
+
 def test_backward_row_tile_kernels_slice_d_state() -> None:
     """dB/dC takes d_state in 4-warp slices of 64 at every size; the per-row-tile dx kernel in slices of 64 up to
     d_state 128 and of 128 beyond."""
