@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
 from .common import chunk_extent, chunk_tile_pair, dot_precision, exp_ftz, head_chunk_program, mm
-from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, pow2, state_bwd_config
+from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, pow2, state_bwd_config
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
 from .segments import carry_backward, state_walk
@@ -392,8 +392,7 @@ def ssd_backward(
     ddt = torch.empty(ntokens, nheads, device=dev, dtype=dt.dtype)
     dA = torch.zeros(nheads, **f32)
     dbias = torch.zeros(nheads, **f32) if dt_bias is not None else None
-    # blocks of 16 heads (H200, 8 x 8192 tokens, 64 heads: dt_bwd_kernel 0.107 -> 0.033 ms against one head per program)
-    block_h = min(16, triton.next_power_of_2(nheads))
+    block_h = dt_head_block(nheads)
     dt_bwd_kernel[(table.nchunks, triton.cdiv(nheads, block_h))](
         dt, A, dt_bias, fwd.dtp, ds, dsend, ddtp, ddt, dA, dbias, table.chunk_start, table.chunk_len,
         dt.stride(0), dt.stride(1), ddt.stride(0), ddt.stride(1), ntokens, nheads, lo, hi,

@@ -13,8 +13,8 @@ import triton
 
 from ..overrides import env_overrides
 
-__all__ = ["KernelConfig", "pow2", "state_config", "state_bwd_config", "scan_config", "cb_config", "bwd_dx_config",
-           "bwd_dcb_config", "bwd_dbc_config", "MIN_CHUNK", "SEGMENT_CHUNKS", "auto_segment",
+__all__ = ["KernelConfig", "pow2", "dt_head_block", "state_config", "state_bwd_config", "scan_config", "cb_config",
+           "bwd_dx_config", "bwd_dcb_config", "bwd_dbc_config", "MIN_CHUNK", "SEGMENT_CHUNKS", "auto_segment",
            "fill_sms"]
 
 MIN_CHUNK = 16
@@ -23,6 +23,13 @@ MIN_CHUNK = 16
 def pow2(n: int) -> int:
     """The next power of two >= max(n, 16)."""
     return max(MIN_CHUNK, triton.next_power_of_2(n))
+
+
+def dt_head_block(nheads: int) -> int:
+    """Heads per program of the per-chunk kernels that read or write the token-major dt (forward.py's
+    `_decay_fwd_kernel`, backward_states.py's `dt_bwd_kernel`): rows of up to 16 heads, not one 2-byte element per
+    32-byte sector (H200, 8 x 8192 tokens, 64 heads: dt backward 0.107 -> 0.033 ms against one head per program)."""
+    return min(16, triton.next_power_of_2(nheads))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import chunk_extent, dot_precision, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt, state_tile
-from .config import pow2, scan_config, state_config
+from .config import dt_head_block, pow2, scan_config, state_config
 from .layout import ChunkTable
 from .segments import carry_forward, state_walk
 from .tiles import chunk_cb, scan_tiles
@@ -252,7 +252,7 @@ def ssd_forward(
     s = torch.empty(nheads, ntokens, device=dev, dtype=torch.float32)
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
-    block_h = min(16, triton.next_power_of_2(nheads))
+    block_h = dt_head_block(nheads)
     _decay_fwd_kernel[(table.nchunks, triton.cdiv(nheads, block_h))](
         dt, A, dt_bias, s, dtp, table.chunk_start, table.chunk_len, dt.stride(0), dt.stride(1), ntokens, nheads,
         lo, hi, BLOCK=pow2(chunk), BLOCK_H=block_h, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config, bwd_dcb_config,
-                                         bwd_dx_config, fill_sms, scan_config, state_bwd_config, state_config)
+                                         bwd_dx_config, dt_head_block, fill_sms, scan_config, state_bwd_config,
+                                         state_config)
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
 
@@ -78,6 +79,10 @@ def test_db_dc_prefetches_two_heads_ahead_up_to_head_dim_64_and_one_beyond() -> 
     """num_stages of dB/dC is the depth of its head loop's copies: 3 while a head's tiles are 64 wide, else 2
     (the shared memory of two 128-wide heads in flight)."""
     assert [bwd_dbc_config(p, 128, 256).num_stages for p in (32, 64, 128, 256)] == [3, 3, 2, 2]
+
+
+def test_dt_kernels_take_rows_of_up_to_16_heads_as_a_power_of_two() -> None:
+    assert [dt_head_block(n) for n in (1, 3, 4, 12, 16, 24, 64)] == [1, 4, 4, 16, 16, 16, 16]
 
 
 def test_launch_options_name_the_register_cap_only_when_one_is_set() -> None:
