@@ -17,7 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import chunk_extent, exp_ftz, known_multiple, mm, prepare_dt_grad, state_tile
+from .common import (chunk_extent, exp_ftz, known_multiple, mm, prepare_dt_grad, state_tile,
+                     step_log_decays)
 
 __all__ = ["gate_bwd_kernel", "state_bwd_kernel", "dt_bwd_kernel"]
 
@@ -72,17 +73,6 @@ def _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local, head, nheads
 
 
 @triton.jit
-def _step_s(s_ptr, head, ntokens, t_begin, t_end, step, offs_t, BLOCK_T: tl.constexpr, STEPS_PER_CHUNK: tl.constexpr):
-    """s at the tokens of a sequence's step number `step` (0 past its end), at the token before it (0 at a chunk's
-    start) and at its last token."""
-    t0 = (t_begin + step * BLOCK_T).to(tl.int64)
-    row = head.to(tl.int64) * ntokens + t0
-    s_t = tl.load(s_ptr + row + offs_t, mask=offs_t < t_end - t0, other=0.0)
-    s_before = tl.load(s_ptr + row - 1, mask=step % STEPS_PER_CHUNK != 0, other=0.0)
-    return s_t, s_before, tl.load(s_ptr + row + tl.minimum(BLOCK_T, t_end - t0) - 1)
-
-
-@triton.jit
 def state_bwd_kernel(
     dy_ptr, c_ptr, s_ptr, states_ptr, dfinal_ptr, dstates_ptr, dh0_ptr, ds_ptr,
     seq_start_ptr, seq_chunk_ptr,
@@ -123,8 +113,8 @@ def state_bwd_kernel(
                                t_begin, t_end, state_size, tile, mask_tile, CHUNK)
     # each step's log-decays are differences of the forward's within-chunk s (to s before the step, 0 at a chunk's
     # start), loaded an iteration ahead: a cumulative sum and a sum over the step's tokens cost CTA barriers every step
-    s_t, s_before, s_last = _step_s(s_ptr, head, ntokens, t_begin, t_end, nsteps - 1, offs_t, BLOCK_T,
-                                    steps_per_chunk)
+    s_t, s_before, s_last = step_log_decays(s_ptr, head, ntokens, t_begin, t_end, nsteps - 1, offs_t, BLOCK_T,
+                                            steps_per_chunk)
     for i in range(0, nsteps):
         step = nsteps - 1 - i
         local = step // steps_per_chunk
@@ -132,8 +122,8 @@ def state_bwd_kernel(
                                       head, nheads, ntokens, t_begin, t_end, state_size, tile, mask_tile, CHUNK)
         t0 = (t_begin + step * BLOCK_T).to(tl.int64)
         mask_t = offs_t < t_end - t0
-        s_t_next, s_before_next, s_last_next = _step_s(s_ptr, head, ntokens, t_begin, t_end, tl.maximum(step - 1, 0),
-                                                       offs_t, BLOCK_T, steps_per_chunk)
+        s_t_next, s_before_next, s_last_next = step_log_decays(
+            s_ptr, head, ntokens, t_begin, t_end, tl.maximum(step - 1, 0), offs_t, BLOCK_T, steps_per_chunk)
         cs = s_t - s_before
         total = s_last - s_before
         dy_base = dy_ptr + t0 * stride_dy_t + head * stride_dy_h

@@ -16,7 +16,7 @@ from triton.language.extra import libdevice
 from .layout import ALIGNMENT
 
 __all__ = ["chunk_extent", "chunk_tile_pair", "dot_precision", "exp_ftz", "head_chunk_program", "known_multiple", "mm",
-           "prepare_dt", "prepare_dt_grad", "state_tile"]
+           "prepare_dt", "prepare_dt_grad", "state_tile", "step_log_decays"]
 
 # The Triton interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles as their raw uint16 bits; `mm` hands it
 # float32 copies instead (exact: products of bf16 values are exact in float32, as on the tensor cores).
@@ -95,6 +95,19 @@ def state_tile(headdim, dstate, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     mask_n = offs_n < dstate
     return (offs_p, mask_p, offs_n, mask_n, offs_p[:, None] * dstate + offs_n[None, :],
             mask_p[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def step_log_decays(s_ptr, head, ntokens, t_begin, t_end, step, offs_t, BLOCK_T: tl.constexpr,
+                    STEPS_PER_CHUNK: tl.constexpr):
+    """For a state pass's walk of a sequence (tokens t_begin..t_end) in BLOCK_T-token steps: s at the tokens of step
+    number `step` (0 past the sequence's end), at the token before them (0 at a chunk's start) and at the step's
+    last token."""
+    t0 = (t_begin + step * BLOCK_T).to(tl.int64)
+    row = head.to(tl.int64) * ntokens + t0
+    s_t = tl.load(s_ptr + row + offs_t, mask=offs_t < t_end - t0, other=0.0)
+    s_before = tl.load(s_ptr + row - 1, mask=step % STEPS_PER_CHUNK != 0, other=0.0)
+    return s_t, s_before, tl.load(s_ptr + row + tl.minimum(BLOCK_T, t_end - t0) - 1)
 
 
 @triton.jit

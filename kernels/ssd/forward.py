@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import chunk_extent, dot_precision, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt, state_tile
+from .common import (chunk_extent, dot_precision, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
+                     state_tile, step_log_decays)
 from .config import dt_head_block, pow2, scan_config, state_config
 from .layout import ChunkTable
 from .segments import carry_forward, state_walk
@@ -73,15 +74,13 @@ def _decay_fwd_kernel(
 @triton.jit
 def _step_vectors(s_ptr, dtp_ptr, head, ntokens, t_begin, t_end, step, offs_t, BLOCK_T: tl.constexpr,
                   STEPS_PER_CHUNK: tl.constexpr):
-    """s and dt' at the tokens of a sequence's step number `step` (0 past its end), s at the token before it (0 at
-    a chunk's start) and s at its last token."""
+    """`step_log_decays`'s s at a step's tokens, with dt' there (0 past the sequence's end), s before the step and
+    s at its last token."""
+    s_t, s_before, s_last = step_log_decays(s_ptr, head, ntokens, t_begin, t_end, step, offs_t, BLOCK_T,
+                                            STEPS_PER_CHUNK)
     t0 = (t_begin + step * BLOCK_T).to(tl.int64)
-    row = head.to(tl.int64) * ntokens + t0
-    mask_t = offs_t < t_end - t0
-    s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
-    dt_t = tl.load(dtp_ptr + row + offs_t, mask=mask_t, other=0.0)
-    s_before = tl.load(s_ptr + row - 1, mask=step % STEPS_PER_CHUNK != 0, other=0.0)
-    return s_t, dt_t, s_before, tl.load(s_ptr + row + tl.minimum(BLOCK_T, t_end - t0) - 1)
+    dt_t = tl.load(dtp_ptr + head.to(tl.int64) * ntokens + t0 + offs_t, mask=offs_t < t_end - t0, other=0.0)
+    return s_t, dt_t, s_before, s_last
 
 
 @triton.jit
