@@ -20,10 +20,10 @@ import sys
 
 import torch
 
-# the GPU tests' input builder and error measure, so that the sweep draws and measures exactly what they do
+# the GPU tests' input builder, error measure and float64 copy, so that the sweep draws and measures exactly what they do
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "kernels"))
 from conftest import make_ssd_inputs  # noqa: E402
-from errors import rel_err  # noqa: E402
+from errors import float64_leaves, rel_err  # noqa: E402
 
 ALL_ROWS = ",".join(f"{h}x{n}" for h in (32, 64, 128, 256) for n in (16, 64, 128, 256))
 
@@ -35,8 +35,7 @@ def errors(headdim: int, dstate: int, seed: int, dtype: torch.dtype, device: str
 
     inputs = make_ssd_inputs(2, 600, 4, headdim, 2, dstate, dtype, device, seed=seed, requires_grad=True,
                              with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True)
-    ref = {k: v.detach().double().requires_grad_(v.requires_grad)
-           if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+    ref = float64_leaves(inputs)
     y, final = ssd_scan_triton(chunk_size=256, return_final_states=True, **inputs)
     y_ref, final_ref = ssd_naive(chunk_size=256, return_final_states=True, **ref)
     gen = torch.Generator(device=device).manual_seed(seed + 1)

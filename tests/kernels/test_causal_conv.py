@@ -22,7 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from archspec.kernels.conv import causal_conv1d, causal_conv1d_reference  # noqa: E402
 from archspec.kernels.conv.triton_conv import ConvTiles, causal_conv1d_triton, default_tiles  # noqa: E402
-from errors import rel_err  # noqa: E402
+from errors import float64_leaves, rel_err  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL_TILES = ConvTiles(block_t=16, block_c=32, tiles_per_prog=2)
@@ -247,8 +247,7 @@ def check_gpu_against_reference(case: Case, dtype: torch.dtype) -> None:
     """causal_conv1d on CUDA (the Triton kernels at default tiles) against the float64 reference."""
     inputs = make_inputs(case, dtype, device="cuda")
     y = causal_conv1d(**inputs, backend="auto")
-    leaves = {k: (v.detach().double().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point()
-                  else v) for k, v in inputs.items()}
+    leaves = float64_leaves(inputs, requires_grad=True)
     ref = causal_conv1d_reference(**leaves)
     assert torch.isfinite(y).all() and rel_err(y, ref) < TOL[dtype]
     dy = torch.randn_like(y)

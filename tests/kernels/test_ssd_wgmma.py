@@ -15,7 +15,7 @@ from archspec.kernels.reference import ssd_naive
 from archspec.kernels.ssd import ssd_scan_triton
 from archspec.kernels.ssd.config import bwd_dx_config, scan_config
 from archspec.kernels.ssd.wgmma import wgmma_supported
-from errors import rel_err
+from errors import float64_leaves, rel_err
 
 sm90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not sm90, reason="needs an sm_90 (Hopper) GPU")]
@@ -93,8 +93,7 @@ def _check_gluon_gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_
     dy, dfinal = torch.randn_like(y), torch.randn_like(final)
     gluon = _gradients(monkeypatch, inputs, chunk_size, kernel, gluon_config, dy, dfinal)
     triton_ = _gradients(monkeypatch, inputs, chunk_size, kernel, triton_config, dy, dfinal)
-    ref_inputs = {k: v.detach().double().requires_grad_(True) if isinstance(v, torch.Tensor)
-                  and v.is_floating_point() else v for k, v in inputs.items()}
+    ref_inputs = float64_leaves(inputs, requires_grad=True)
     y_ref, final_ref = ssd_naive(chunk_size=chunk_size, return_final_states=True, **ref_inputs)
     torch.autograd.backward([y_ref, final_ref], [dy.double(), dfinal.double()])
     for name, grad in gluon.items():

@@ -22,7 +22,7 @@ from archspec.kernels.ssd import ssd_scan_triton  # noqa: E402
 from archspec.kernels.ssd.layout import build_chunk_table  # noqa: E402
 from archspec.kernels.ssd import backward, forward, segments  # noqa: E402
 from archspec.kernels.ssd.segments import build_segment_table  # noqa: E402
-from errors import rel_err  # noqa: E402
+from errors import float64_leaves, rel_err  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -37,16 +37,11 @@ REDUCED = {"A", "D", "dt_bias"}
 
 
 
-def _float64_copy(inputs: dict) -> dict:
-    return {k: v.detach().double().requires_grad_(v.requires_grad)
-            if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
-
-
 def check_scan(inputs: dict, chunk_size: int, dtype: torch.dtype, grads: bool, final_grad: bool = True) -> None:
     """Runs ours and the float64 reference on the same inputs; compares y, final states and all gradients (of a
     loss on y and, with final_grad, on the final states)."""
     tol_out, tol_grad, tol_reduced = TOL[dtype]
-    ref_inputs = _float64_copy(inputs)
+    ref_inputs = float64_leaves(inputs)
     y, final = ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **inputs)
     y_ref, final_ref = ssd_naive(chunk_size=chunk_size, return_final_states=True, **ref_inputs)
     assert y.dtype == inputs["x"].dtype and final.dtype == torch.float32
@@ -336,7 +331,7 @@ def test_a_head_whose_state_grows_comes_out_nan_not_silently_wrong(make_ssd_inpu
     inputs = make_ssd_inputs(1, 80, 2, 32, 1, 16, torch.float32, DEVICE)
     inputs["A"] = torch.tensor([-0.7, 0.3], device=DEVICE)
     y, final = ssd_scan_triton(chunk_size=32, return_final_states=True, **inputs)
-    y_ref, final_ref = ssd_naive(chunk_size=32, return_final_states=True, **_float64_copy(inputs))
+    y_ref, final_ref = ssd_naive(chunk_size=32, return_final_states=True, **float64_leaves(inputs))
     assert torch.isnan(y[:, :, 1]).all() and torch.isnan(final[:, 1]).all()
     assert rel_err(y[:, :, 0], y_ref[:, :, 0]) < TOL[torch.float32][0]
     assert rel_err(final[:, 0], final_ref[:, 0]) < TOL[torch.float32][0]
