@@ -89,9 +89,13 @@ def _token_tile(chunk_size: int) -> int:
 
 def _state_tiles(headdim: int, dstate: int, chunk_size: int) -> tuple[int, int, int]:
     """block_m (= block_k), block_p, block_n of a state pass: 128-token steps (H100 sweep: fewer dependent steps
-    per sequence beat 64) over a head_dim x d_state tile of at most 8,192 elements, d_state in tiles of <= 128."""
+    per sequence beat 64) over a head_dim x d_state tile of at most 8,192 elements, d_state in tiles of <= 128;
+    except 128 x 128 tiles (16,384 elements) with d_state tiles of 128 and head_dim >= 128, so that half as many
+    programs read each B (C) tile (the passes run them in 8 uncapped warps)."""
     steps = min(chunk_size, 128)
     bn = min(pow2(dstate), 128)
+    if bn == 128 and pow2(headdim) >= 128:
+        return steps, 128, bn
     return steps, min(pow2(headdim), max(16, 8192 // bn)), bn
 
 
@@ -111,8 +115,8 @@ def state_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     segment: chosen per call by `auto_segment`; ARCHSPEC_SSD_STATE=segment=N (ARCHSPEC_SSD_STATE_BWD for the
     backward pass) fixes it (0: whole sequences). Per call, `fill_sms` may halve block_p for few programs."""
     steps, bp, bn = _state_tiles(headdim, dstate, chunk_size)
-    if bn == 128 and pow2(headdim) >= 128:
-        return _override("state", KernelConfig(steps, steps, 128, bn, 8, 2))
+    if bp * bn > 8192:
+        return _override("state", KernelConfig(steps, steps, bp, bn, 8, 2))
     wide = bp * bn >= 4096
     stages = 3 if bp * bn == 4096 else 2
     if bp * bn == 8192:
@@ -129,8 +133,8 @@ def state_bwd_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig
     with d_state tiles of 128, 128 x 128 tiles in 8 uncapped warps, as in the forward pass (H200, kernel ms:
     128 x 128 1.019 -> 0.850, 128 x 256 2.194 -> 1.704)."""
     steps, bp, bn = _state_tiles(headdim, dstate, chunk_size)
-    if bn == 128 and pow2(headdim) >= 128:
-        return _override("state_bwd", KernelConfig(steps, steps, 128, bn, 8, 2))
+    if bp * bn > 8192:
+        return _override("state_bwd", KernelConfig(steps, steps, bp, bn, 8, 2))
     if pow2(dstate) > 128:
         bp, bn = min(pow2(headdim), 64), 64
     wide = bp * bn > 4096
