@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (chunk_extent, exp_ftz, known_multiple, mm, prepare_dt_grad, state_tile,
+from .common import (dt_head_rows, exp_ftz, known_multiple, mm, prepare_dt_grad, raw_dt_rows, state_tile,
                      step_log_decays)
 
 __all__ = ["gate_bwd_kernel", "state_bwd_kernel", "dt_bwd_kernel"]
@@ -153,14 +153,8 @@ def dt_bwd_kernel(
     """One program per (chunk, block of BLOCK_H heads): the (heads, tokens) tiles of the (nheads, ntokens) arrays
     and of the (tokens, heads) raw steps and their gradient are each read or written whole, so the strided
     2-byte steps of the token-major dt travel as rows of BLOCK_H heads instead of one element per 32-byte sector."""
-    chunk = tl.program_id(0)
-    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask_h = heads < nheads
-    c0, clen = chunk_extent(chunk_start_ptr, chunk_len_ptr, chunk, ALIGNED)
-    offs = tl.arange(0, BLOCK)
-    mask_t = offs < clen
-    mask = mask_h[:, None] & mask_t[None, :]
-    rows = heads.to(tl.int64)[:, None] * ntokens + c0 + offs[None, :]
+    heads, mask_h, c0, offs, mask, rows = dt_head_rows(chunk_start_ptr, chunk_len_ptr, ntokens, nheads, BLOCK, BLOCK_H,
+                                                       ALIGNED)
     ds = tl.load(ds_ptr + rows, mask=mask, other=0.0)
     # dL/da_k for the log-decay a_k = dt'_k A: every s_t with t >= k in the chunk contains a_k, and the decay
     # from token j to the chunk end contains a_k for every j < k
@@ -170,11 +164,8 @@ def dt_bwd_kernel(
     a = tl.load(a_ptr + heads, mask=mask_h, other=0.0).to(tl.float32)
     grad = tl.load(ddtp_ptr + rows, mask=mask, other=0.0) + a[:, None] * dlog
     tl.atomic_add(da_ptr + heads, tl.sum(tl.where(mask, dtp * dlog, 0.0), 1), mask=mask_h, sem="relaxed")
-    bias = tl.zeros((BLOCK_H,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + heads, mask=mask_h, other=0.0).to(tl.float32)
-    steps = (c0 + offs[None, :]) * stride_dt_t + heads[:, None] * stride_dt_h
-    raw = tl.load(dt_ptr + steps, mask=mask, other=0.0).to(tl.float32)
+    raw, bias = raw_dt_rows(dt_ptr, bias_ptr, stride_dt_t, stride_dt_h, heads, mask_h, c0, offs, mask, BLOCK_H,
+                            HAS_BIAS)
     grad = tl.where(mask, prepare_dt_grad(raw, bias[:, None], grad, dt_lo, dt_hi, SOFTPLUS, HAS_LO, HAS_HI), 0.0)
     tl.store(ddt_ptr + (c0 + offs[None, :]) * stride_ddt_t + heads[:, None] * stride_ddt_h,
              grad.to(ddt_ptr.dtype.element_ty), mask=mask)

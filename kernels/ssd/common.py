@@ -15,8 +15,8 @@ from triton.language.extra import libdevice
 
 from .layout import ALIGNMENT
 
-__all__ = ["chunk_extent", "chunk_tile_pair", "dot_precision", "exp_ftz", "head_chunk_program", "known_multiple", "mm",
-           "prepare_dt", "prepare_dt_grad", "state_tile", "step_log_decays"]
+__all__ = ["chunk_extent", "chunk_tile_pair", "dot_precision", "dt_head_rows", "exp_ftz", "head_chunk_program",
+           "known_multiple", "mm", "prepare_dt", "prepare_dt_grad", "raw_dt_rows", "state_tile", "step_log_decays"]
 
 # The Triton interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles as their raw uint16 bits; `mm` hands it
 # float32 copies instead (exact: products of bf16 values are exact in float32, as on the tensor cores).
@@ -126,6 +126,33 @@ def chunk_tile_pair(chunk_start_ptr, chunk_len_ptr, CHUNK: tl.constexpr, BLOCK_M
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     return tl.program_id(1).to(tl.int64), chunk, c0, clen, active, offs_m, offs_m < clen, offs_k, offs_k < clen
+
+
+@triton.jit
+def dt_head_rows(chunk_start_ptr, chunk_len_ptr, ntokens, nheads, BLOCK: tl.constexpr, BLOCK_H: tl.constexpr,
+                 ALIGNED: tl.constexpr):
+    """A program of a kernel per (chunk, block of BLOCK_H heads) (grid axes 0, 1) over per-token step arrays: its
+    heads and mask_h, the chunk's first token c0 (int64), the chunk's tokens offs (BLOCK), the (heads, tokens) mask
+    and the offsets rows of that tile in the (nheads, ntokens) arrays."""
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_h = heads < nheads
+    c0, clen = chunk_extent(chunk_start_ptr, chunk_len_ptr, tl.program_id(0), ALIGNED)
+    offs = tl.arange(0, BLOCK)
+    mask = mask_h[:, None] & (offs < clen)[None, :]
+    return heads, mask_h, c0, offs, mask, heads.to(tl.int64)[:, None] * ntokens + c0 + offs[None, :]
+
+
+@triton.jit
+def raw_dt_rows(dt_ptr, bias_ptr, stride_dt_t, stride_dt_h, heads, mask_h, c0, offs, mask, BLOCK_H: tl.constexpr,
+                HAS_BIAS: tl.constexpr):
+    """On `dt_head_rows`'s tile: the raw steps of the token-major dt (float32, read as rows of BLOCK_H heads, not
+    one 2-byte element per 32-byte sector) and the heads' dt_bias (0 without)."""
+    raw = tl.load(dt_ptr + (c0 + offs[None, :]) * stride_dt_t + heads[:, None] * stride_dt_h, mask=mask,
+                  other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + heads, mask=mask_h, other=0.0).to(tl.float32)
+    return raw, bias
 
 
 @triton.jit

@@ -25,8 +25,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (chunk_extent, dot_precision, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
-                     state_tile, step_log_decays)
+from .common import (dot_precision, dt_head_rows, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
+                     raw_dt_rows, state_tile, step_log_decays)
 from .config import dt_head_block, pow2, scan_config, state_config
 from .layout import ChunkTable
 from .segments import carry_forward, state_walk
@@ -50,23 +50,15 @@ def _decay_fwd_kernel(
 ):
     """One program per (chunk, block of BLOCK_H heads): dt' from the raw steps (token-major, read as rows of
     BLOCK_H heads) and s, the cumulative log-decay within the chunk, both written to (nheads, ntokens) arrays."""
-    chunk = tl.program_id(0)
-    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask_h = heads < nheads
-    c0, clen = chunk_extent(chunk_start_ptr, chunk_len_ptr, chunk, ALIGNED)
-    offs = tl.arange(0, BLOCK)
-    mask = mask_h[:, None] & (offs < clen)[None, :]
-    raw = tl.load(dt_ptr + (c0 + offs[None, :]) * stride_dt_t + heads[:, None] * stride_dt_h, mask=mask,
-                  other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_H,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + heads, mask=mask_h, other=0.0).to(tl.float32)
+    heads, mask_h, c0, offs, mask, rows = dt_head_rows(chunk_start_ptr, chunk_len_ptr, ntokens, nheads, BLOCK, BLOCK_H,
+                                                       ALIGNED)
+    raw, bias = raw_dt_rows(dt_ptr, bias_ptr, stride_dt_t, stride_dt_h, heads, mask_h, c0, offs, mask, BLOCK_H,
+                            HAS_BIAS)
     dt = tl.where(mask, prepare_dt(raw, bias[:, None], dt_lo, dt_hi, SOFTPLUS, HAS_LO, HAS_HI), 0.0)
     # the chunk kernels take exp(min(s_t - s_j, 0)) for t >= j, exact while no step grows the state: a step that
     # would (dt' A > 0) makes its log-decay NaN, so the head's outputs are NaN rather than silently wrong
     da = dt * tl.load(a_ptr + heads, mask=mask_h, other=0.0).to(tl.float32)[:, None]
     da = tl.where(da > 0.0, float("nan"), da)
-    rows = heads.to(tl.int64)[:, None] * ntokens + c0 + offs[None, :]
     tl.store(s_ptr + rows, tl.cumsum(da, 1), mask=mask)
     tl.store(dtp_ptr + rows, dt, mask=mask)
 
