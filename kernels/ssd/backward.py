@@ -333,12 +333,13 @@ def ssd_backward(
     dstates = torch.empty_like(fwd.states)
     dh0 = torch.empty(table.nseqs, nheads, headdim, dstate, **f32)
     dfinal = dfinal.contiguous() if dfinal is not None else None
-    walk = state_walk(table, state_bwd_config(headdim, dstate, chunk), "state_bwd", dfinal, dh0)
+    walk = state_walk(table, state_bwd_config(headdim, dstate, chunk, per_group), "state_bwd", dfinal,
+                      dh0)
     cfg = walk.cfg
     state_bwd_kernel[walk.grid](
         dy, C, fwd.s, fwd.states, walk.init, dstates, walk.out, ds, walk.start, walk.chunk,
         dy.stride(0), dy.stride(1), C.stride(0), C.stride(1), ntokens, nheads, headdim, dstate, per_group,
-        CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
+        CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HEADS=cfg.heads,
         HAS_DFINAL=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec,
         **cfg.launch_options(),
     )

@@ -17,8 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (dt_head_rows, exp_ftz, known_multiple, mm, prepare_dt_grad, raw_dt_rows, state_tile,
-                     step_log_decays)
+from .common import (dt_head_rows, exp_ftz, head_columns, head_rows, known_multiple, mm, prepare_dt_grad, raw_dt_rows,
+                     state_tile, step_log_decays, tile_heads)
 
 __all__ = ["gate_bwd_kernel", "state_bwd_kernel", "dt_bwd_kernel"]
 
@@ -46,30 +46,35 @@ def gate_bwd_kernel(
 
 
 @triton.jit
-def _last_token(head, ntokens, t_begin, t_end, local, CHUNK: tl.constexpr):
-    """Index in the (nheads, ntokens) arrays of the last token of a sequence's chunk number `local`."""
-    return head.to(tl.int64) * ntokens + tl.minimum(t_begin + (local + 1) * CHUNK, t_end) - 1
+def _last_token(rows, t_begin, t_end, local, CHUNK: tl.constexpr):
+    """Index in the (nheads, ntokens) arrays of the last token of a sequence's chunk number `local`, for the head(s)
+    at `rows` (common.tile_heads)."""
+    return rows + tl.minimum(t_begin + (local + 1) * CHUNK, t_end) - 1
 
 
 @triton.jit
-def _chunk_entry(states_ptr, s_ptr, chunk0, local, head, nheads, ntokens, t_begin, t_end, state_size, tile,
+def _chunk_entry(states_ptr, s_ptr, chunk0, local, head, rows, nheads, t_begin, t_end, state_size, tile,
                  mask_tile, CHUNK: tl.constexpr):
     """The (forward) state entering a sequence's chunk number `local`, and s at the chunk's last token."""
     h_in = tl.load(states_ptr + ((chunk0 + local).to(tl.int64) * nheads + head) * state_size + tile, mask=mask_tile,
                    other=0.0)
-    return h_in, tl.load(s_ptr + _last_token(head, ntokens, t_begin, t_end, local, CHUNK))
+    return h_in, tl.load(s_ptr + _last_token(rows, t_begin, t_end, local, CHUNK))
 
 
 @triton.jit
-def _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local, head, nheads, ntokens, t_begin, t_end,
-               state_size, tile, mask_tile, CHUNK: tl.constexpr):
+def _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local, head, rows, nheads, t_begin, t_end,
+               state_size, tile, mask_tile, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, HEADS: tl.constexpr):
     """At the end of a sequence's chunk number `local`, whose end gradient is dh: stores dh, and adds to ds at the
     chunk's last token the log-decay term of the chunk's entering state h_in, which reaches the chunk's end decayed
-    by exp(s_end): <dh, exp(s_end) h_in>."""
+    by exp(s_end): <dh, exp(s_end) h_in>, per head."""
     tl.store(dstates_ptr + ((chunk0 + local).to(tl.int64) * nheads + head) * state_size + tile,
              dh.to(dstates_ptr.dtype.element_ty), mask=mask_tile)
-    tl.atomic_add(ds_ptr + _last_token(head, ntokens, t_begin, t_end, local, CHUNK),
-                  exp_ftz(s_end) * tl.sum(tl.sum(dh * h_in.to(tl.float32), 1), 0), sem="relaxed")
+    per_row = tl.sum(dh * h_in.to(tl.float32), 1)
+    if HEADS == 1:
+        dot = tl.sum(per_row, 0)
+    else:
+        dot = tl.sum(tl.reshape(per_row, (2, BLOCK_P // 2)), 1)
+    tl.atomic_add(ds_ptr + _last_token(rows, t_begin, t_end, local, CHUNK), exp_ftz(s_end) * dot, sem="relaxed")
 
 
 @triton.jit
@@ -79,17 +84,18 @@ def state_bwd_kernel(
     stride_dy_t, stride_dy_h, stride_c_t, stride_c_g,
     ntokens, nheads, headdim, dstate, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
+    HEADS: tl.constexpr, HAS_DFINAL: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     seq = tl.program_id(0)
-    head = tl.program_id(1).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64) * HEADS
     group = head // heads_per_group
     t_begin = known_multiple(tl.load(seq_start_ptr + seq), ALIGNED)
     t_end = known_multiple(tl.load(seq_start_ptr + seq + 1), ALIGNED)
     chunk0 = tl.load(seq_chunk_ptr + seq)
 
     offs_t = tl.arange(0, BLOCK_T)
-    offs_p, mask_p, offs_n, mask_n, tile, mask_tile = state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
+    offs_p, mask_p, offs_n, mask_n, tile, mask_tile = state_tile(headdim * HEADS, dstate, BLOCK_P, BLOCK_N)
+    cols, rows = tile_heads(head, offs_p, ntokens, stride_dy_h, HEADS, BLOCK_P)
     state_size = headdim * dstate
     seq_state = (seq * nheads + head).to(tl.int64) * state_size
 
@@ -105,38 +111,42 @@ def state_bwd_kernel(
     # and last s are loaded one iteration earlier (loaded at the chunk end, the walk waited for them: H200, 8 x 8192,
     # 0.347 -> 0.314 ms at 64 x 64, 2.757 -> 2.476 at 128 x 256)
     last_local = (nsteps - 1) // steps_per_chunk
-    h_in, s_end = _chunk_entry(states_ptr, s_ptr, chunk0, last_local, head, nheads, ntokens, t_begin, t_end,
+    h_in, s_end = _chunk_entry(states_ptr, s_ptr, chunk0, last_local, head, rows, nheads, t_begin, t_end,
                                state_size, tile, mask_tile, CHUNK)
-    _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, last_local, head, nheads, ntokens, t_begin, t_end,
-               state_size, tile, mask_tile, CHUNK)
-    h_in, s_end = _chunk_entry(states_ptr, s_ptr, chunk0, tl.maximum(last_local - 1, 0), head, nheads, ntokens,
+    _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, last_local, head, rows, nheads, t_begin, t_end,
+               state_size, tile, mask_tile, CHUNK, BLOCK_P, HEADS)
+    h_in, s_end = _chunk_entry(states_ptr, s_ptr, chunk0, tl.maximum(last_local - 1, 0), head, rows, nheads,
                                t_begin, t_end, state_size, tile, mask_tile, CHUNK)
     # each step's log-decays are differences of the forward's within-chunk s (to s before the step, 0 at a chunk's
     # start), loaded an iteration ahead: a cumulative sum and a sum over the step's tokens cost CTA barriers every step
-    s_t, s_before, s_last = step_log_decays(s_ptr, head, ntokens, t_begin, t_end, nsteps - 1, offs_t, BLOCK_T,
-                                            steps_per_chunk)
+    s_t, s_before, s_last = step_log_decays(s_ptr, rows, t_begin, t_end, nsteps - 1, offs_t, BLOCK_T,
+                                            steps_per_chunk, HEADS)
     for i in range(0, nsteps):
         step = nsteps - 1 - i
         local = step // steps_per_chunk
         h_next, s_next = _chunk_entry(states_ptr, s_ptr, chunk0, tl.maximum((step - 1) // steps_per_chunk - 1, 0),
-                                      head, nheads, ntokens, t_begin, t_end, state_size, tile, mask_tile, CHUNK)
+                                      head, rows, nheads, t_begin, t_end, state_size, tile, mask_tile, CHUNK)
         t0 = (t_begin + step * BLOCK_T).to(tl.int64)
         mask_t = offs_t < t_end - t0
         s_t_next, s_before_next, s_last_next = step_log_decays(
-            s_ptr, head, ntokens, t_begin, t_end, tl.maximum(step - 1, 0), offs_t, BLOCK_T, steps_per_chunk)
-        cs = s_t - s_before
-        total = s_last - s_before
+            s_ptr, rows, t_begin, t_end, tl.maximum(step - 1, 0), offs_t, BLOCK_T, steps_per_chunk, HEADS)
         dy_base = dy_ptr + t0 * stride_dy_t + head * stride_dy_h
         c_base = c_ptr + t0 * stride_c_t + group * stride_c_g
-        dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :],
+        dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + cols[None, :],
                       mask=mask_t[:, None] & mask_p[None, :], other=0.0)
         ct = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-        dyw = (dyt.to(tl.float32) * tl.where(mask_t, exp_ftz(cs), 0.0)[:, None]).to(ct.dtype)
-        dh = dh * exp_ftz(total) + mm(tl.trans(dyw), ct, PREC)
+        if HEADS == 1:
+            w = tl.where(mask_t, exp_ftz(s_t - s_before), 0.0)[:, None]
+            decay = exp_ftz(s_last - s_before)
+        else:
+            w = tl.where(mask_t[:, None], head_columns(exp_ftz(s_t - s_before[None, :]), BLOCK_P), 0.0)
+            decay = head_rows(exp_ftz(s_last - s_before), BLOCK_P)[:, None]
+        dyw = (dyt.to(tl.float32) * w).to(ct.dtype)
+        dh = dh * decay + mm(tl.trans(dyw), ct, PREC)
         if (step % steps_per_chunk == 0) & (local > 0):
-            _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local - 1, head, nheads, ntokens, t_begin,
-                       t_end, state_size, tile, mask_tile, CHUNK)
+            _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local - 1, head, rows, nheads, t_begin,
+                       t_end, state_size, tile, mask_tile, CHUNK, BLOCK_P, HEADS)
         h_in, s_end = h_next, s_next
         s_t, s_before, s_last = s_t_next, s_before_next, s_last_next
 

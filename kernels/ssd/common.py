@@ -16,7 +16,8 @@ from triton.language.extra import libdevice
 from .layout import ALIGNMENT
 
 __all__ = ["chunk_extent", "chunk_tile_pair", "dot_precision", "dt_head_rows", "exp_ftz", "head_chunk_program",
-           "known_multiple", "mm", "prepare_dt", "prepare_dt_grad", "raw_dt_rows", "state_tile", "step_log_decays"]
+           "known_multiple", "mm", "prepare_dt", "prepare_dt_grad", "raw_dt_rows", "state_tile", "step_log_decays",
+           "tile_heads", "head_columns", "head_rows"]
 
 # The Triton interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles as their raw uint16 bits; `mm` hands it
 # float32 copies instead (exact: products of bf16 values are exact in float32, as on the tensor cores).
@@ -98,15 +99,51 @@ def state_tile(headdim, dstate, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def step_log_decays(s_ptr, head, ntokens, t_begin, t_end, step, offs_t, BLOCK_T: tl.constexpr,
-                    STEPS_PER_CHUNK: tl.constexpr):
-    """For a state pass's walk of a sequence (tokens t_begin..t_end) in BLOCK_T-token steps: s at the tokens of step
-    number `step` (0 past the sequence's end), at the token before them (0 at a chunk's start) and at the step's
-    last token."""
+def tile_heads(head, offs_p, ntokens, stride_h, HEADS: tl.constexpr, BLOCK_P: tl.constexpr):
+    """For a state pass's tile whose rows offs_p are one head's head_dim columns (HEADS 1) or the whole head_dim of
+    `head` and the head after it (HEADS 2, BLOCK_P // 2 rows each): each row's offset from `head`'s first column
+    in a (T, nheads, headdim) tensor of head stride stride_h, and the offset of the tile's head(s) in the
+    (nheads, ntokens) arrays (a scalar for one head, (2,) for two)."""
+    if HEADS == 1:
+        cols = offs_p
+        rows = head * ntokens
+    else:
+        cols = offs_p // (BLOCK_P // 2) * stride_h + offs_p % (BLOCK_P // 2)
+        rows = (head + tl.arange(0, 2)) * ntokens
+    return cols, rows
+
+
+@triton.jit
+def head_rows(v, BLOCK_P: tl.constexpr):
+    """(2,) values of a pair of heads (`tile_heads`) as (BLOCK_P,): the first head's on the first half of the tile's
+    rows, the second head's on the other half."""
+    first, second = tl.split(v)
+    return tl.where(tl.arange(0, BLOCK_P) < BLOCK_P // 2, first, second)
+
+
+@triton.jit
+def head_columns(v, BLOCK_P: tl.constexpr):
+    """(tokens, 2) values of a pair of heads as (tokens, BLOCK_P), split between the halves as `head_rows`."""
+    first, second = tl.split(v)
+    return tl.where((tl.arange(0, BLOCK_P) < BLOCK_P // 2)[None, :], first[:, None], second[:, None])
+
+
+@triton.jit
+def step_log_decays(s_ptr, rows, t_begin, t_end, step, offs_t, BLOCK_T: tl.constexpr,
+                    STEPS_PER_CHUNK: tl.constexpr, HEADS: tl.constexpr):
+    """For a state pass's walk of a sequence (tokens t_begin..t_end) in BLOCK_T-token steps, for the head(s) at
+    `rows` of the (nheads, ntokens) array s (`tile_heads`): s at the tokens of step number `step` (0 past the
+    sequence's end; (BLOCK_T,), or (BLOCK_T, 2) for two heads), at the token before them (0 at a chunk's start)
+    and at the step's last token (scalars, or (2,))."""
     t0 = (t_begin + step * BLOCK_T).to(tl.int64)
-    row = head.to(tl.int64) * ntokens + t0
-    s_t = tl.load(s_ptr + row + offs_t, mask=offs_t < t_end - t0, other=0.0)
-    s_before = tl.load(s_ptr + row - 1, mask=step % STEPS_PER_CHUNK != 0, other=0.0)
+    row = rows + t0
+    inside = step % STEPS_PER_CHUNK != 0
+    if HEADS == 1:
+        s_t = tl.load(s_ptr + row + offs_t, mask=offs_t < t_end - t0, other=0.0)
+        s_before = tl.load(s_ptr + row - 1, mask=inside, other=0.0)
+    else:
+        s_t = tl.load(s_ptr + row[None, :] + offs_t[:, None], mask=(offs_t < t_end - t0)[:, None], other=0.0)
+        s_before = tl.where(inside, tl.load(s_ptr + tl.maximum(row - 1, rows)), 0.0)
     return s_t, s_before, tl.load(s_ptr + row + tl.minimum(BLOCK_T, t_end - t0) - 1)
 
 

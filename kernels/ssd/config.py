@@ -46,6 +46,8 @@ class KernelConfig:
     each whole sequence in one program; -1 lets `auto_segment` choose per call.
     aligned: 1 passes ChunkTable.aligned on to the kernel (common.known_multiple: vectorised per-token loads), 0
     hides it.
+    heads (state passes): 2 makes a tile the whole head_dim of two heads of one group (block_p = 2 x head_dim, a
+    power of two), so that one program's B (C) tile serves both; 1 a block of one head's head_dim.
     """
 
     block_m: int
@@ -59,6 +61,7 @@ class KernelConfig:
     wgmma: int = 0
     segment: int = -1
     aligned: int = 1
+    heads: int = 1
 
     def alignment(self, table_aligned: bool) -> bool:
         """The ALIGNED constexpr of a launch over a chunk table whose `aligned` is table_aligned."""
@@ -87,59 +90,84 @@ def _token_tile(chunk_size: int) -> int:
     return min(chunk_size, 64)
 
 
-def _state_tiles(headdim: int, dstate: int, chunk_size: int) -> tuple[int, int, int]:
-    """block_m (= block_k), block_p, block_n of a state pass: 128-token steps (H100 sweep: fewer dependent steps
-    per sequence beat 64) over a head_dim x d_state tile of at most 8,192 elements, d_state in tiles of <= 128;
-    except 128 x 128 tiles (16,384 elements) with d_state tiles of 128 and head_dim >= 128, so that half as many
-    programs read each B (C) tile (the passes run them in 8 uncapped warps)."""
+def _state_tiles(headdim: int, dstate: int, chunk_size: int, heads_per_group: int) -> tuple[int, int, int, int]:
+    """block_m (= block_k), block_p, block_n and heads of a state pass: 128-token steps (H100 sweep: fewer dependent
+    steps per sequence beat 64) over a head_dim x d_state tile of at most 8,192 elements, d_state in tiles of <=
+    128; except 128 x 128 tiles (16,384 elements) with d_state tiles of 128 and head_dim >= 128, so that half as
+    many programs read each B (C) tile (the passes run them in 8 uncapped warps), and for the same reason, with
+    d_state tiles of 128 and head_dim 64, 128 x 128 tiles of two heads' whole head_dim where a group holds pairs
+    of heads (H200, 8 x 8192 tokens, 64 heads in one group, kernel ms forward / backward pass: 64 x 256 0.845 /
+    1.095 -> 0.768 / 0.840; 64 x 128 0.422 / 0.509 -> 0.383 / 0.419; at 64 x 64, 128 x 64 tiles of two heads
+    lose: 0.234 / 0.275 -> 0.308 / 0.334)."""
     steps = min(chunk_size, 128)
     bn = min(pow2(dstate), 128)
     if bn == 128 and pow2(headdim) >= 128:
-        return steps, 128, bn
-    return steps, min(pow2(headdim), max(16, 8192 // bn)), bn
+        return steps, 128, bn, 1
+    if bn == 128 and headdim == 64 and heads_per_group % 2 == 0:
+        return steps, 128, bn, 2
+    return steps, min(pow2(headdim), max(16, 8192 // bn)), bn, 1
 
 
-def state_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
+def _state_override(name: str, cfg: KernelConfig, headdim: int, heads_per_group: int) -> KernelConfig:
+    """cfg with ARCHSPEC_SSD_<NAME>'s fields: a block_p of one head's rows (not 2 x head_dim) without heads sets
+    heads to 1; then a check that heads is one the state passes can run."""
+    fields = _overrides(name)
+    if "block_p" in fields and "heads" not in fields and fields["block_p"] != 2 * headdim:
+        fields["heads"] = 1
+    cfg = replace(cfg, **fields)
+    if cfg.heads == 1:
+        return cfg
+    if cfg.heads != 2 or headdim != pow2(headdim) or heads_per_group % 2 or cfg.block_p != 2 * headdim:
+        raise ValueError(
+            f"ARCHSPEC_SSD_{name.upper()}: heads={cfg.heads} with block_p={cfg.block_p} cannot run at head_dim "
+            f"{headdim} with {heads_per_group} heads per group; expected heads 1, or heads 2 with block_p = "
+            f"2 x head_dim, a power of two, and an even number of heads per group")
+    return cfg
+
+
+def state_config(headdim: int, dstate: int, chunk_size: int, heads_per_group: int = 1) -> KernelConfig:
     """Forward state pass: one program walks one sequence for a block_p x block_n tile of a head's state (kept in
-    registers), block_m tokens per step (divides chunk_size). d_state 256 splits into two tiles of 128 (H200,
-    8 x 8192 tokens, head_dim 64: 1.52 -> 1.27 ms; head_dim 128: 3.04 -> 2.56). Tiles of 4,096 elements or more
-    run in 8 warps capped at 128 registers, two programs per SM (H200 as above: 64 x 64 0.338 -> 0.316 ms against
-    4 uncapped warps; 64 x 256 1.28 -> 1.12; 128 x 256 2.58 -> 2.24; no change at 64 x 128, 128 x 64, 128 x 128).
-    With d_state tiles of 128 and head_dim >= 128 the tile takes 128 rows of head_dim (16,384 elements) in 8
-    uncapped warps, so half as many programs read each B tile (H200 as above, state pass ms: 128 x 256 1.769 ->
-    1.494, in 16 warps 1.803; whole forward at 128 x 128 2.594 -> 2.463). Tiles of 4,096 elements prefetch two
-    steps ahead (num_stages 3; 64 x 64: 0.269 -> 0.235 ms), larger ones one (3 stages at 64 x 128: 0.439 -> 0.575;
-    at 128 x 64 the forward 1.62 -> 1.89). Tiles of 8,192 elements take 64-token steps (whole forward: 128 x 64
-    1.620 -> 1.569 ms, 64 x 128 1.329 -> 1.313, 64 x 256 2.409 -> 2.406; at 64 x 64 the pass 0.269 -> 0.360, at
-    128 x 128 in 128 x 128 tiles the forward 2.469 -> 2.652).
+    registers), or of two heads' (`_state_tiles`), block_m tokens per step (divides chunk_size). d_state 256 splits
+    into two tiles of 128 (H200, 8 x 8192 tokens, head_dim 64: 1.52 -> 1.27 ms; head_dim 128: 3.04 -> 2.56). Tiles
+    of 4,096 elements or more run in 8 warps capped at 128 registers, two programs per SM (H200 as above: 64 x 64
+    0.338 -> 0.316 ms against 4 uncapped warps; 64 x 256 1.28 -> 1.12; 128 x 256 2.58 -> 2.24; no change at
+    64 x 128, 128 x 64, 128 x 128). With d_state tiles of 128 and head_dim >= 128 the tile takes 128 rows of
+    head_dim (16,384 elements) in 8 uncapped warps, so half as many programs read each B tile (H200 as above,
+    state pass ms: 128 x 256 1.769 -> 1.494, in 16 warps 1.803; whole forward at 128 x 128 2.594 -> 2.463). Tiles
+    of 4,096 elements prefetch two steps ahead (num_stages 3; 64 x 64: 0.269 -> 0.235 ms), larger ones one (3
+    stages at 64 x 128: 0.439 -> 0.575; at 128 x 64 the forward 1.62 -> 1.89). Tiles of 8,192 elements take
+    64-token steps (whole forward: 128 x 64 1.620 -> 1.569 ms, 64 x 128 1.329 -> 1.313, 64 x 256 2.409 -> 2.406;
+    at 64 x 64 the pass 0.269 -> 0.360, at 128 x 128 in 128 x 128 tiles the forward 2.469 -> 2.652).
     segment: chosen per call by `auto_segment`; ARCHSPEC_SSD_STATE=segment=N (ARCHSPEC_SSD_STATE_BWD for the
     backward pass) fixes it (0: whole sequences). Per call, `fill_sms` may halve block_p for few programs."""
-    steps, bp, bn = _state_tiles(headdim, dstate, chunk_size)
+    steps, bp, bn, heads = _state_tiles(headdim, dstate, chunk_size, heads_per_group)
     if bp * bn > 8192:
-        return _override("state", KernelConfig(steps, steps, bp, bn, 8, 2))
-    wide = bp * bn >= 4096
-    stages = 3 if bp * bn == 4096 else 2
-    if bp * bn == 8192:
-        steps = min(steps, 64)
-    return _override("state", KernelConfig(steps, steps, bp, bn, 8 if wide else 4, stages,
-                                           maxnreg=128 if wide else 0))
+        cfg = KernelConfig(steps, steps, bp, bn, 8, 2, heads=heads)
+    else:
+        wide = bp * bn >= 4096
+        stages = 3 if bp * bn == 4096 else 2
+        if bp * bn == 8192:
+            steps = min(steps, 64)
+        cfg = KernelConfig(steps, steps, bp, bn, 8 if wide else 4, stages, maxnreg=128 if wide else 0)
+    return _state_override("state", cfg, headdim, heads_per_group)
 
 
-def state_bwd_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
+def state_bwd_config(headdim: int, dstate: int, chunk_size: int, heads_per_group: int = 1) -> KernelConfig:
     """Backward state-gradient pass, as `state_config`, but 4,096-element tiles stay in 4 uncapped warps (64 x 64:
     0.350 ms against 0.364 at 8 warps capped at 128) and d_state 256 runs in 4-warp programs of 64 x 64 tiles
-    (H200 as above, head_dim 64: 1.65 -> 1.37 ms; head_dim 128: 3.29 -> 2.75; 64 x 128 tiles 1.58 and 3.13).
+    (H200, as above, head_dim 64: 1.65 -> 1.37 ms; head_dim 128: 3.29 -> 2.75; 64 x 128 tiles 1.58 and 3.13).
     Larger tiles: 8 warps capped at 128 registers (3-5% faster than uncapped at d_state <= 128). From head_dim 128
     with d_state tiles of 128, 128 x 128 tiles in 8 uncapped warps, as in the forward pass (H200, kernel ms:
-    128 x 128 1.019 -> 0.850, 128 x 256 2.194 -> 1.704)."""
-    steps, bp, bn = _state_tiles(headdim, dstate, chunk_size)
+    128 x 128 1.019 -> 0.850, 128 x 256 2.194 -> 1.704), and so the tiles of two heads."""
+    steps, bp, bn, heads = _state_tiles(headdim, dstate, chunk_size, heads_per_group)
     if bp * bn > 8192:
-        return _override("state_bwd", KernelConfig(steps, steps, bp, bn, 8, 2))
-    if pow2(dstate) > 128:
-        bp, bn = min(pow2(headdim), 64), 64
-    wide = bp * bn > 4096
-    return _override("state_bwd", KernelConfig(steps, steps, bp, bn, 8 if wide else 4, 2,
-                                               maxnreg=128 if wide else 0))
+        cfg = KernelConfig(steps, steps, bp, bn, 8, 2, heads=heads)
+    else:
+        if pow2(dstate) > 128:
+            bp, bn = min(pow2(headdim), 64), 64
+        wide = bp * bn > 4096
+        cfg = KernelConfig(steps, steps, bp, bn, 8 if wide else 4, 2, maxnreg=128 if wide else 0)
+    return _state_override("state_bwd", cfg, headdim, heads_per_group)
 
 
 SEGMENT_CHUNKS = 64
@@ -176,7 +204,7 @@ def fill_sms(name: str, cfg: KernelConfig, programs: int, sm_count: int) -> Kern
         return cfg
     smallest = _FILL_MIN_TILE[name]
     while sm_count and programs < sm_count and cfg.block_p > 16 and cfg.block_p * cfg.block_n >= 2 * smallest:
-        cfg = replace(cfg, block_p=cfg.block_p // 2, num_warps=4, maxnreg=0)
+        cfg = replace(cfg, block_p=cfg.block_p // 2, num_warps=4, maxnreg=0, heads=max(1, cfg.heads // 2))
         programs *= 2
     return cfg
 

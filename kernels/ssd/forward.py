@@ -26,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (dot_precision, dt_head_rows, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
-                     raw_dt_rows, state_tile, step_log_decays)
+                     raw_dt_rows, head_columns, head_rows, state_tile, step_log_decays, tile_heads)
 from .config import dt_head_block, pow2, scan_config, state_config
 from .layout import ChunkTable
 from .segments import carry_forward, state_walk
@@ -64,14 +64,18 @@ def _decay_fwd_kernel(
 
 
 @triton.jit
-def _step_vectors(s_ptr, dtp_ptr, head, ntokens, t_begin, t_end, step, offs_t, BLOCK_T: tl.constexpr,
-                  STEPS_PER_CHUNK: tl.constexpr):
-    """`step_log_decays`'s s at a step's tokens, with dt' there (0 past the sequence's end), s before the step and
-    s at its last token."""
-    s_t, s_before, s_last = step_log_decays(s_ptr, head, ntokens, t_begin, t_end, step, offs_t, BLOCK_T,
-                                            STEPS_PER_CHUNK)
+def _step_vectors(s_ptr, dtp_ptr, rows, t_begin, t_end, step, offs_t, BLOCK_T: tl.constexpr,
+                  STEPS_PER_CHUNK: tl.constexpr, HEADS: tl.constexpr):
+    """`step_log_decays`'s s at a step's tokens, with dt' there (0 past the sequence's end; same shape), s before
+    the step and s at its last token."""
+    s_t, s_before, s_last = step_log_decays(s_ptr, rows, t_begin, t_end, step, offs_t, BLOCK_T, STEPS_PER_CHUNK,
+                                            HEADS)
     t0 = (t_begin + step * BLOCK_T).to(tl.int64)
-    dt_t = tl.load(dtp_ptr + head.to(tl.int64) * ntokens + t0 + offs_t, mask=offs_t < t_end - t0, other=0.0)
+    if HEADS == 1:
+        dt_t = tl.load(dtp_ptr + rows + t0 + offs_t, mask=offs_t < t_end - t0, other=0.0)
+    else:
+        dt_t = tl.load(dtp_ptr + rows[None, :] + t0 + offs_t[:, None], mask=(offs_t < t_end - t0)[:, None],
+                       other=0.0)
     return s_t, dt_t, s_before, s_last
 
 
@@ -80,17 +84,19 @@ def _state_fwd_kernel(
     x_ptr, b_ptr, h0_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, seq_start_ptr, seq_chunk_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, ntokens, nheads, headdim, dstate, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_H0: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
+    HEADS: tl.constexpr, HAS_H0: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     seq = tl.program_id(0)
-    head = tl.program_id(1).to(tl.int64)  # head * stride_x_h passes 2^31 for head-major x of 1M tokens
+    head = tl.program_id(1).to(tl.int64) * HEADS  # head * stride_x_h passes 2^31 for head-major x of 1M tokens
     group = head // heads_per_group
     t_begin = known_multiple(tl.load(seq_start_ptr + seq), ALIGNED)
     t_end = known_multiple(tl.load(seq_start_ptr + seq + 1), ALIGNED)
     chunk0 = tl.load(seq_chunk_ptr + seq)
 
     offs_t = tl.arange(0, BLOCK_T)
-    offs_p, mask_p, offs_n, mask_n, tile, mask_tile = state_tile(headdim, dstate, BLOCK_P, BLOCK_N)
+    # with two heads per tile, their states are consecutive rows of the (.., nheads, headdim, dstate) arrays
+    offs_p, mask_p, offs_n, mask_n, tile, mask_tile = state_tile(headdim * HEADS, dstate, BLOCK_P, BLOCK_N)
+    cols, rows = tile_heads(head, offs_p, ntokens, stride_x_h, HEADS, BLOCK_P)
     state_size = headdim * dstate
 
     if HAS_H0:
@@ -103,8 +109,8 @@ def _state_fwd_kernel(
     nsteps = tl.cdiv(t_end - t_begin, BLOCK_T)
     # each step's s and dt' (from _decay_fwd_kernel) are loaded an iteration ahead, so that the step's decays do not
     # start with a wait
-    s_t, dt_t, s_before, s_last = _step_vectors(s_ptr, dtp_ptr, head, ntokens, t_begin, t_end, 0, offs_t, BLOCK_T,
-                                                steps_per_chunk)
+    s_t, dt_t, s_before, s_last = _step_vectors(s_ptr, dtp_ptr, rows, t_begin, t_end, 0, offs_t, BLOCK_T,
+                                                steps_per_chunk, HEADS)
     for step in range(0, nsteps):
         t0 = (t_begin + step * BLOCK_T).to(tl.int64)
         mask_t = offs_t < t_end - t0
@@ -113,17 +119,22 @@ def _state_fwd_kernel(
             tl.store(states_ptr + (chunk * nheads + head) * state_size + tile,
                      h.to(states_ptr.dtype.element_ty), mask=mask_tile)
         s_t_next, dt_t_next, s_before_next, s_last_next = _step_vectors(
-            s_ptr, dtp_ptr, head, ntokens, t_begin, t_end, tl.minimum(step + 1, nsteps - 1), offs_t, BLOCK_T,
-            steps_per_chunk)
+            s_ptr, dtp_ptr, rows, t_begin, t_end, tl.minimum(step + 1, nsteps - 1), offs_t, BLOCK_T,
+            steps_per_chunk, HEADS)
         x_base = x_ptr + t0 * stride_x_t + head * stride_x_h
         b_base = b_ptr + t0 * stride_b_t + group * stride_b_g
-        xt = tl.load(x_base + offs_t[:, None] * stride_x_t + offs_p[None, :],
+        xt = tl.load(x_base + offs_t[:, None] * stride_x_t + cols[None, :],
                      mask=mask_t[:, None] & mask_p[None, :], other=0.0)
         bt = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-        w = tl.where(mask_t, exp_ftz(s_last - s_t) * dt_t, 0.0)
-        xw = (xt.to(tl.float32) * w[:, None]).to(bt.dtype)
-        h = h * exp_ftz(s_last - s_before) + mm(tl.trans(xw), bt, PREC)
+        if HEADS == 1:
+            w = tl.where(mask_t, exp_ftz(s_last - s_t) * dt_t, 0.0)[:, None]
+            decay = exp_ftz(s_last - s_before)
+        else:
+            w = tl.where(mask_t[:, None], head_columns(exp_ftz(s_last[None, :] - s_t) * dt_t, BLOCK_P), 0.0)
+            decay = head_rows(exp_ftz(s_last - s_before), BLOCK_P)[:, None]
+        xw = (xt.to(tl.float32) * w).to(bt.dtype)
+        h = h * decay + mm(tl.trans(xw), bt, PREC)
         s_t, dt_t, s_before, s_last = s_t_next, dt_t_next, s_before_next, s_last_next
 
     tl.store(final_ptr + (seq * nheads + head).to(tl.int64) * state_size + tile, h, mask=mask_tile)
@@ -249,12 +260,12 @@ def ssd_forward(
         lo, hi, BLOCK=pow2(chunk), BLOCK_H=block_h, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
         HAS_LO=has_lo, HAS_HI=has_hi, ALIGNED=table.aligned, num_warps=8,
     )
-    walk = state_walk(table, state_config(headdim, dstate, chunk), "state", h0, final)
+    walk = state_walk(table, state_config(headdim, dstate, chunk, per_group), "state", h0, final)
     cfg = walk.cfg
     _state_fwd_kernel[walk.grid](
         x, B, walk.init, states, walk.out, s, dtp, walk.start, walk.chunk,
         x.stride(0), x.stride(1), B.stride(0), B.stride(1), ntokens, nheads, headdim, dstate, per_group,
-        CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
+        CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HEADS=cfg.heads,
         HAS_H0=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec,
         **cfg.launch_options(),
     )

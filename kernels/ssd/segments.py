@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Optional
 
 import torch
@@ -199,7 +199,14 @@ def _all_chunks(table: ChunkTable) -> Tensor:
 
 
 def _grid(nprograms: int, nheads: int, headdim: int, dstate: int, cfg: KernelConfig) -> tuple[int, int, int]:
-    return nprograms, nheads, triton.cdiv(headdim, cfg.block_p) * triton.cdiv(dstate, cfg.block_n)
+    return (nprograms, nheads // cfg.heads,
+            triton.cdiv(headdim * cfg.heads, cfg.block_p) * triton.cdiv(dstate, cfg.block_n))
+
+
+def _per_head(cfg: KernelConfig) -> KernelConfig:
+    """The state passes' tiles as tiles of one head (a tile of two heads' head_dim split in two), for the carry
+    and fix kernels."""
+    return replace(cfg, block_p=cfg.block_p // cfg.heads, heads=1)
 
 
 def _options(cfg: KernelConfig, seg: SegmentTable) -> dict[str, int]:
@@ -212,6 +219,7 @@ def _carry(init: Optional[Tensor], local: Tensor, out: Tensor, s: Tensor, table:
     each segment (nsegs, nheads, headdim, dstate) float32."""
     nheads, headdim, dstate = local.shape[1:]
     entering = torch.empty_like(local)
+    cfg = _per_head(cfg)
     _carry_kernel[_grid(table.nseqs, nheads, headdim, dstate, cfg)](
         init, local, entering, out, s, table.chunk_start, table.chunk_len, seg.seq_seg, seg.seg_chunk,
         table.ntokens, nheads, headdim, dstate, HAS_INIT=init is not None, REVERSE=reverse, **_options(cfg, seg))
@@ -224,6 +232,7 @@ def _fix(target: Tensor, entering: Tensor, states: Optional[Tensor], s: Tensor, 
     if not chunks.numel():
         return
     _, nheads, headdim, dstate = target.shape
+    cfg = _per_head(cfg)
     _fix_kernel[_grid(chunks.numel(), nheads, headdim, dstate, cfg)](
         target, entering, states, s, ds, table.chunk_start, table.chunk_len, seg.chunk_seg, seg.seg_chunk, chunks,
         table.ntokens, nheads, headdim, dstate, BACKWARD=ds is not None, **_options(cfg, seg))

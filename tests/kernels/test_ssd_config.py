@@ -54,6 +54,39 @@ def test_state_passes_take_128_x_128_tiles_in_8_uncapped_warps_from_head_dim_128
         assert config(128, 64, 256).block_p * config(128, 64, 256).block_n == 8192
 
 
+def test_state_passes_take_two_heads_per_tile_at_head_dim_64_and_d_state_tiles_of_128() -> None:
+    """With pairs of heads in a group, head_dim 64 and d_state 128 or 256 take 128 x 128 tiles of two heads' whole
+    head_dim in 8 uncapped warps, 128-token steps; not with an odd number of heads per group, nor at d_state 64
+    or another head_dim."""
+    for config in (state_config, state_bwd_config):
+        for dstate in (128, 256):
+            cfg = config(64, dstate, 256, heads_per_group=64)
+            assert (cfg.heads, cfg.block_p, cfg.block_n, cfg.num_warps, cfg.maxnreg, cfg.block_m) == (
+                2, 128, 128, 8, 0, 128)
+            assert config(64, dstate, 256, heads_per_group=3).heads == 1
+        assert config(64, 64, 256, heads_per_group=64).heads == 1
+        assert config(32, 256, 256, heads_per_group=64).heads == 1
+        assert config(128, 256, 256, heads_per_group=64).heads == 1
+
+
+def test_tiles_of_two_heads_halve_to_one_head_for_few_programs_or_a_block_p_of_one_head_and_bad_overrides_are_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pairs = state_config(64, 256, 256, heads_per_group=2)
+    split = fill_sms("state", pairs, programs=16, sm_count=132)
+    assert (split.heads, split.block_p, split.block_n, split.num_warps) == (1, 16, 128, 4), "down to 2,048 elements"
+    assert fill_sms("state", pairs, programs=100, sm_count=132).heads == 1
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "block_p=32")
+    assert (state_config(64, 256, 256, heads_per_group=2).heads, state_config(64, 256, 256).block_p) == (1, 32)
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "heads=2")
+    with pytest.raises(ValueError, match="ARCHSPEC_SSD_STATE: heads=2 with block_p=64 .*head_dim 64"):
+        state_config(64, 64, 256, heads_per_group=2)
+    with pytest.raises(ValueError, match="ARCHSPEC_SSD_STATE: heads=2 .* 1 heads per group"):
+        state_config(64, 128, 256, heads_per_group=1)
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "heads=2,block_p=160")
+    with pytest.raises(ValueError, match="head_dim 80"):
+        state_config(80, 128, 256, heads_per_group=2)
+
+
 def test_forward_state_pass_prefetches_two_steps_ahead_only_in_tiles_of_4096_elements() -> None:
     assert [state_config(p, n, 256).num_stages for p, n in [(64, 64), (32, 128), (64, 128), (128, 64)]] == [3, 3, 2, 2]
 

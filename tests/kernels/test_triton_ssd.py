@@ -215,6 +215,25 @@ def test_state_passes_split_over_head_dim_and_state_blocks_match_naive(make_ssd_
     check_scan(inputs, 32, torch.float32, grads=True)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "head_major"])
+@pytest.mark.parametrize("segment", [0, 2])
+def test_state_tiles_of_two_heads_match_naive(make_ssd_inputs, monkeypatch, layout: str, segment: int) -> None:
+    """heads=2: each program of the state passes walks the whole head_dim of two heads of a group (their own
+    decays per tile row, one B / C tile for both), here 2 x 16 rows by d_state tiles of 16, on packed sequences
+    with initial states, D and z; x and z as given or as views of head-major storage (head stride above
+    head_dim); whole sequences, or segments of 2 chunks, whose carry and fix kernels work per head."""
+    fields = f"heads=2,block_p=32,block_n=16,segment={segment}"
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", fields)
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", fields)
+    inputs = make_ssd_inputs(1, 100, 4, 16, 2, 32, torch.float32, DEVICE, seqlens=[37, 63], requires_grad=True,
+                             with_initial_states=True, with_D=True, with_z=True)
+    if layout == "head_major":
+        for k in ("x", "z"):
+            inputs[k] = inputs[k].transpose(1, 2).contiguous().transpose(1, 2).detach().requires_grad_(True)
+        assert inputs["x"].reshape(100, 4, 16).stride(1) == 100 * 16
+    check_scan(inputs, 16, torch.float32, grads=True)
+
+
 @pytest.mark.parametrize("initial, final_grad, dtype",
                          [(False, False, torch.float32), (True, True, torch.float32), (True, True, torch.bfloat16)],
                          ids=["zero_start_and_end", "initial_states_final_grad", "bf16"])
@@ -314,6 +333,17 @@ def test_d_state_256_with_its_default_tiles_matches_naive(make_ssd_inputs) -> No
     check_scan(inputs, 16, torch.float32, grads=True)
 
 
+def test_d_state_256_at_head_dim_64_walks_two_heads_per_state_tile(make_ssd_inputs, monkeypatch) -> None:
+    """The default tiles of head_dim 64, d_state 256 with two heads per group: both state passes take 128 x 128
+    tiles of two heads, and stay exact; with one head per group, one head's 64 rows."""
+    walks = record_state_walks(monkeypatch, 0)
+    inputs = make_ssd_inputs(1, 32, 2, 64, 1, 256, torch.float32, DEVICE, requires_grad=True,
+                             with_initial_states=True)
+    check_scan(inputs, 16, torch.float32, grads=True)
+    assert [(w.cfg.heads, w.cfg.block_p, w.cfg.block_n) for w in walks] == [(2, 128, 128), (2, 128, 128)]
+    assert [w.grid[1] for w in walks] == [1, 1]
+
+
 def test_bfloat16_matches_naive_with_gradients(make_ssd_inputs) -> None:
     inputs = make_ssd_inputs(2, 48, 4, 32, 1, 32, torch.bfloat16, DEVICE, requires_grad=True, with_D=True,
                              with_z=True, with_dt_bias=True, dt_softplus=True)
@@ -381,6 +411,21 @@ def test_gpu_bfloat16_state_passes_in_segments(make_ssd_inputs, monkeypatch, dst
     """Long packed sequences with the state passes cut into segments of 3 chunks (segments.py), bf16 sizes."""
     monkeypatch.setenv("ARCHSPEC_SSD_STATE", "segment=3")
     monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", "segment=3")
+    inputs = make_ssd_inputs(1, 4000, 4, 64, 2, dstate, torch.bfloat16, "cuda", seqlens=[2900, 1, 1099],
+                             requires_grad=True, with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True,
+                             with_initial_states=True)
+    check_scan(inputs, 256, torch.bfloat16, grads=True)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dstate, segment", [(128, 0), (256, 0), (256, 3)])
+def test_gpu_bfloat16_state_tiles_of_two_heads(make_ssd_inputs, monkeypatch, dstate: int, segment: int) -> None:
+    """The state passes' tiles of two heads natively, bf16 sizes, whole sequences or segments of 3 chunks; block_p
+    is set, so that config.fill_sms keeps the pairs on a GPU whose SMs these few programs leave idle."""
+    fields = f"heads=2,block_p=128,segment={segment}"
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", fields)
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", fields)
     inputs = make_ssd_inputs(1, 4000, 4, 64, 2, dstate, torch.bfloat16, "cuda", seqlens=[2900, 1, 1099],
                              requires_grad=True, with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True,
                              with_initial_states=True)
