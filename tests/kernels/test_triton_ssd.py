@@ -21,6 +21,7 @@ from archspec.kernels.reference import ssd_naive  # noqa: E402
 from archspec.kernels.ssd import ssd_scan_triton  # noqa: E402
 from archspec.kernels.ssd.layout import build_chunk_table  # noqa: E402
 from archspec.kernels.ssd import backward, forward, segments  # noqa: E402
+from archspec.kernels.ssd.config import state_config  # noqa: E402
 from archspec.kernels.ssd.segments import build_segment_table  # noqa: E402
 from errors import float64_leaves, rel_err  # noqa: E402
 
@@ -276,6 +277,19 @@ def test_one_long_sequence_on_a_gpu_with_idle_sms_walks_segments_of_64_chunks(ma
                              with_initial_states=True)
     check_scan(inputs, 16, torch.float32, grads=True)
     assert [(w.seg.seg_chunks, w.seg.nsegs) for w in walks] == [(64, 2), (64, 2)]
+
+
+@pytest.mark.parametrize("sm_count, cut", [(3, False), (4, True)])
+def test_segment_choice_counts_a_tile_of_two_heads_as_two_programs(monkeypatch, sm_count: int, cut: bool) -> None:
+    """One sequence of 65 chunks, two heads at 64 x 128: their one program of a two-head tile is cut into
+    segments exactly when two one-head programs would be (config.auto_segment: at most half the SMs busy)."""
+    monkeypatch.setattr(segments, "_sm_count", lambda device: sm_count)
+    table = build_chunk_table(1, 16 * 65, 16, None, torch.device("cpu"))
+    out = torch.empty(1, 2, 64, 128)
+    pairs = segments.state_walk(table, state_config(64, 128, 16, heads_per_group=2), "state", None, out)
+    single = segments.state_walk(table, state_config(64, 128, 16), "state", None, out)
+    assert state_config(64, 128, 16, heads_per_group=2).heads == 2
+    assert (pairs.seg is not None) == (single.seg is not None) == cut
 
 
 def test_packed_sequences_of_mixed_lengths_with_segments_and_split_tiles_match_naive(make_ssd_inputs,
