@@ -193,13 +193,14 @@ _FILL_MIN_TILE = {"state": 2048, "state_bwd": 4096}
 
 def fill_sms(name: str, cfg: KernelConfig, programs: int, sm_count: int) -> KernelConfig:
     """A state pass's tiles (name: "state" or "state_bwd") when its `programs` programs (walked sequences or
-    segments x heads x tiles of cfg) would not fill the sm_count SMs once: block_p halved (4 uncapped warps) while
-    that holds and the tile keeps at least 2,048 elements (forward) or 4,096 (backward); unchanged when
-    ARCHSPEC_SSD_<NAME> sets block_p or the SM count is unknown (0). H200, 2 x 32,768 tokens, 64 heads (128
-    programs), fwd / fwd+bwd ms: 64 x 128 2.050 / 8.091 -> 1.733 / 7.585 (32 x 128 tiles), 128 x 64 2.414 / 9.447
-    -> 2.103 / 8.642 (64 x 64); 64 x 64 in 32 x 64 tiles: forward pass 0.583 -> 0.513 ms, backward pass 0.574 ->
-    0.602 (in 16 x 64: 0.530 and 1.067). More programs than SMs lose: 128 x 64 in 32 x 64 tiles 2.544 / 9.482;
-    64 x 128 in 32 x 128 tiles at 8 x 8192 (512 programs) 7.423 -> 7.696."""
+    segments x heads x tiles of cfg) would not fill the sm_count SMs once: block_p halved (4 uncapped warps; a tile
+    of two heads first becomes one head's) while that holds and the tile keeps at least 2,048 elements (forward)
+    or 4,096 (backward); unchanged when ARCHSPEC_SSD_<NAME> sets block_p or the SM count is unknown (0). H200,
+    2 x 32,768 tokens, 64 heads (128 programs), fwd / fwd+bwd ms: 64 x 128 2.050 / 8.091 -> 1.733 / 7.585
+    (32 x 128 tiles), 128 x 64 2.414 / 9.447 -> 2.103 / 8.642 (64 x 64); 64 x 64 in 32 x 64 tiles: forward pass
+    0.583 -> 0.513 ms, backward pass 0.574 -> 0.602 (in 16 x 64: 0.530 and 1.067). More programs than SMs lose:
+    128 x 64 in 32 x 64 tiles 2.544 / 9.482; 64 x 128 in 32 x 128 tiles at 8 x 8192 (512 programs) 7.423 ->
+    7.696."""
     if "block_p" in _overrides(name):
         return cfg
     smallest = _FILL_MIN_TILE[name]
