@@ -17,8 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (dt_head_rows, exp_ftz, head_columns, head_rows, known_multiple, mm, prepare_dt_grad, raw_dt_rows,
-                     state_tile, step_log_decays, tile_heads)
+from .common import (dt_head_rows, exp_ftz, known_multiple, mm, prepare_dt_grad, raw_dt_rows, state_tile, step_factors,
+                     step_log_decays, tile_heads)
 
 __all__ = ["gate_bwd_kernel", "state_bwd_kernel", "dt_bwd_kernel"]
 
@@ -136,12 +136,7 @@ def state_bwd_kernel(
                       mask=mask_t[:, None] & mask_p[None, :], other=0.0)
         ct = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-        if HEADS == 1:
-            w = tl.where(mask_t, exp_ftz(s_t - s_before), 0.0)[:, None]
-            decay = exp_ftz(s_last - s_before)
-        else:
-            w = tl.where(mask_t[:, None], head_columns(exp_ftz(s_t - s_before[None, :]), BLOCK_P), 0.0)
-            decay = head_rows(exp_ftz(s_last - s_before), BLOCK_P)[:, None]
+        w, decay = step_factors(exp_ftz(s_t - s_before), exp_ftz(s_last - s_before), mask_t, BLOCK_P, HEADS)
         dyw = (dyt.to(tl.float32) * w).to(ct.dtype)
         dh = dh * decay + mm(tl.trans(dyw), ct, PREC)
         if (step % steps_per_chunk == 0) & (local > 0):

@@ -16,8 +16,8 @@ from triton.language.extra import libdevice
 from .layout import ALIGNMENT
 
 __all__ = ["chunk_extent", "chunk_tile_pair", "dot_precision", "dt_head_rows", "exp_ftz", "head_chunk_program",
-           "known_multiple", "mm", "prepare_dt", "prepare_dt_grad", "raw_dt_rows", "state_tile", "step_log_decays",
-           "tile_heads", "head_columns", "head_rows"]
+           "known_multiple", "mm", "prepare_dt", "prepare_dt_grad", "raw_dt_rows", "state_tile", "step_factors",
+           "step_log_decays", "tile_heads"]
 
 # The Triton interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles as their raw uint16 bits; `mm` hands it
 # float32 copies instead (exact: products of bf16 values are exact in float32, as on the tensor cores).
@@ -114,7 +114,7 @@ def tile_heads(head, offs_p, ntokens, stride_h, HEADS: tl.constexpr, BLOCK_P: tl
 
 
 @triton.jit
-def head_rows(v, BLOCK_P: tl.constexpr):
+def _head_rows(v, BLOCK_P: tl.constexpr):
     """(2,) values of a pair of heads (`tile_heads`) as (BLOCK_P,): the first head's on the first half of the tile's
     rows, the second head's on the other half."""
     first, second = tl.split(v)
@@ -122,10 +122,24 @@ def head_rows(v, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
-def head_columns(v, BLOCK_P: tl.constexpr):
-    """(tokens, 2) values of a pair of heads as (tokens, BLOCK_P), split between the halves as `head_rows`."""
+def _head_columns(v, BLOCK_P: tl.constexpr):
+    """(tokens, 2) values of a pair of heads as (tokens, BLOCK_P), split between the halves as `_head_rows`."""
     first, second = tl.split(v)
     return tl.where((tl.arange(0, BLOCK_P) < BLOCK_P // 2)[None, :], first[:, None], second[:, None])
+
+
+@triton.jit
+def step_factors(w, decay, mask_t, BLOCK_P: tl.constexpr, HEADS: tl.constexpr):
+    """A state pass's step: per-token weights w ((BLOCK_T,), or (BLOCK_T, 2) for two heads) as the factor of its
+    (BLOCK_T, BLOCK_P) tile of x or dy, 0 past the sequence's end (mask_t), and the state's decay over the step
+    (a scalar, or (2,)) as the factor of its (BLOCK_P, BLOCK_N) tile."""
+    if HEADS == 1:
+        w_tile = tl.where(mask_t, w, 0.0)[:, None]
+        decay_tile = decay
+    else:
+        w_tile = tl.where(mask_t[:, None], _head_columns(w, BLOCK_P), 0.0)
+        decay_tile = _head_rows(decay, BLOCK_P)[:, None]
+    return w_tile, decay_tile
 
 
 @triton.jit

@@ -26,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (dot_precision, dt_head_rows, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
-                     raw_dt_rows, head_columns, head_rows, state_tile, step_log_decays, tile_heads)
+                     raw_dt_rows, state_tile, step_factors, step_log_decays, tile_heads)
 from .config import dt_head_block, pow2, scan_config, state_config
 from .layout import ChunkTable
 from .segments import carry_forward, state_walk
@@ -127,12 +127,7 @@ def _state_fwd_kernel(
                      mask=mask_t[:, None] & mask_p[None, :], other=0.0)
         bt = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-        if HEADS == 1:
-            w = tl.where(mask_t, exp_ftz(s_last - s_t) * dt_t, 0.0)[:, None]
-            decay = exp_ftz(s_last - s_before)
-        else:
-            w = tl.where(mask_t[:, None], head_columns(exp_ftz(s_last[None, :] - s_t) * dt_t, BLOCK_P), 0.0)
-            decay = head_rows(exp_ftz(s_last - s_before), BLOCK_P)[:, None]
+        w, decay = step_factors(exp_ftz(s_last - s_t) * dt_t, exp_ftz(s_last - s_before), mask_t, BLOCK_P, HEADS)
         xw = (xt.to(tl.float32) * w).to(bt.dtype)
         h = h * decay + mm(tl.trans(xw), bt, PREC)
         s_t, dt_t, s_before, s_last = s_t_next, dt_t_next, s_before_next, s_last_next
