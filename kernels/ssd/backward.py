@@ -333,8 +333,7 @@ def ssd_backward(
     dstates = torch.empty_like(fwd.states)
     dh0 = torch.empty(table.nseqs, nheads, headdim, dstate, **f32)
     dfinal = dfinal.contiguous() if dfinal is not None else None
-    walk = state_walk(table, state_bwd_config(headdim, dstate, chunk, per_group), "state_bwd", dfinal,
-                      dh0)
+    walk = state_walk(table, state_bwd_config(headdim, dstate, chunk, per_group), "state_bwd", dfinal, dh0)
     cfg = walk.cfg
     state_bwd_kernel[walk.grid](
         dy, C, fwd.s, fwd.states, walk.init, dstates, walk.out, ds, walk.start, walk.chunk,

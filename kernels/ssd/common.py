@@ -17,7 +17,7 @@ from .layout import ALIGNMENT
 
 __all__ = ["chunk_extent", "chunk_tile_pair", "dot_precision", "dt_head_rows", "exp_ftz", "head_chunk_program",
            "known_multiple", "mm", "prepare_dt", "prepare_dt_grad", "raw_dt_rows", "state_tile", "step_factors",
-           "step_log_decays", "tile_heads"]
+           "step_log_decays", "step_tokens", "tile_heads"]
 
 # The Triton interpreter (TRITON_INTERPRET=1) multiplies bfloat16 tiles as their raw uint16 bits; `mm` hands it
 # float32 copies instead (exact: products of bf16 values are exact in float32, as on the tensor cores).
@@ -143,6 +143,17 @@ def step_factors(w, decay, mask_t, BLOCK_P: tl.constexpr, HEADS: tl.constexpr):
 
 
 @triton.jit
+def step_tokens(ptr, row, offs_t, left, HEADS: tl.constexpr):
+    """A (nheads, ntokens) array at a step's tokens offs_t from offset row (`tile_heads`' rows plus the step's first
+    token): (BLOCK_T,) for one head, (BLOCK_T, 2) for two, 0 from token `left` on (past the sequence's end)."""
+    if HEADS == 1:
+        v = tl.load(ptr + row + offs_t, mask=offs_t < left, other=0.0)
+    else:
+        v = tl.load(ptr + row[None, :] + offs_t[:, None], mask=(offs_t < left)[:, None], other=0.0)
+    return v
+
+
+@triton.jit
 def step_log_decays(s_ptr, rows, t_begin, t_end, step, offs_t, BLOCK_T: tl.constexpr,
                     STEPS_PER_CHUNK: tl.constexpr, HEADS: tl.constexpr):
     """For a state pass's walk of a sequence (tokens t_begin..t_end) in BLOCK_T-token steps, for the head(s) at
@@ -152,11 +163,10 @@ def step_log_decays(s_ptr, rows, t_begin, t_end, step, offs_t, BLOCK_T: tl.const
     t0 = (t_begin + step * BLOCK_T).to(tl.int64)
     row = rows + t0
     inside = step % STEPS_PER_CHUNK != 0
+    s_t = step_tokens(s_ptr, row, offs_t, t_end - t0, HEADS)
     if HEADS == 1:
-        s_t = tl.load(s_ptr + row + offs_t, mask=offs_t < t_end - t0, other=0.0)
         s_before = tl.load(s_ptr + row - 1, mask=inside, other=0.0)
     else:
-        s_t = tl.load(s_ptr + row[None, :] + offs_t[:, None], mask=(offs_t < t_end - t0)[:, None], other=0.0)
         s_before = tl.where(inside, tl.load(s_ptr + tl.maximum(row - 1, rows)), 0.0)
     return s_t, s_before, tl.load(s_ptr + row + tl.minimum(BLOCK_T, t_end - t0) - 1)
 

@@ -26,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (dot_precision, dt_head_rows, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
-                     raw_dt_rows, state_tile, step_factors, step_log_decays, tile_heads)
+                     raw_dt_rows, state_tile, step_factors, step_log_decays, step_tokens, tile_heads)
 from .config import dt_head_block, pow2, scan_config, state_config
 from .layout import ChunkTable
 from .segments import carry_forward, state_walk
@@ -71,12 +71,7 @@ def _step_vectors(s_ptr, dtp_ptr, rows, t_begin, t_end, step, offs_t, BLOCK_T: t
     s_t, s_before, s_last = step_log_decays(s_ptr, rows, t_begin, t_end, step, offs_t, BLOCK_T, STEPS_PER_CHUNK,
                                             HEADS)
     t0 = (t_begin + step * BLOCK_T).to(tl.int64)
-    if HEADS == 1:
-        dt_t = tl.load(dtp_ptr + rows + t0 + offs_t, mask=offs_t < t_end - t0, other=0.0)
-    else:
-        dt_t = tl.load(dtp_ptr + rows[None, :] + t0 + offs_t[:, None], mask=(offs_t < t_end - t0)[:, None],
-                       other=0.0)
-    return s_t, dt_t, s_before, s_last
+    return s_t, step_tokens(dtp_ptr, rows + t0, offs_t, t_end - t0, HEADS), s_before, s_last
 
 
 @triton.jit
