@@ -26,10 +26,12 @@ from torch import Tensor
 
 from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
 from .common import chunk_extent, chunk_tile_pair, dot_precision, exp_ftz, head_chunk_program, mm
-from .config import bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, pow2, state_bwd_config
+from .config import (bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, overlap_backward, pow2,
+                     state_bwd_config)
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
 from .segments import carry_backward, state_walk
+from .streams import Fork
 from .tiles import chunk_cb, dx_tiles
 
 try:
@@ -296,6 +298,31 @@ class Gradients(NamedTuple):
     dinitial_states: Tensor
 
 
+def _dx(x: Tensor, dy: Tensor, B: Tensor, C: Tensor, cb: Tensor, dstates: Tensor, fwd: ForwardResult,
+        D: Optional[Tensor], dx: Tensor, ddtp: Tensor, dD: Optional[Tensor], table: ChunkTable, prec: str) -> None:
+    """Launches the dx kernel config.py picks (the Gluon walk, the Triton walk or the kernel per row tile): writes
+    dx and adds to ddtp (dL/d dt') and dD."""
+    ntokens, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[1:]
+    chunk = table.chunk_size
+    gluon = dx_wgmma is not None and wgmma_supported(x, min(chunk, 64), pow2(dstate))
+    cfg = bwd_dx_config(headdim, dstate, chunk, wgmma=gluon)
+    if not cfg.walk:
+        dx_tiles(x, dy, B, cb, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table, prec)
+        return
+    grid = (nheads * triton.cdiv(headdim, cfg.block_p), table.nchunks)
+    args = (x, dy, B, C, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table.chunk_start, table.chunk_len,
+            x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
+            C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate,
+            nheads // ngroups)
+    consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=D is not None,
+                  D_HAS_HDIM=D is not None and D.dim() == 2, ALIGNED=cfg.alignment(table.aligned))
+    if cfg.wgmma and gluon and wgmma_tiles(cfg.block_m, cfg.block_n):
+        dx_wgmma(grid, args, consts, cfg.register_cap())
+    else:
+        _dx_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
+
+
 def ssd_backward(
     dout: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     table: ChunkTable, fwd: ForwardResult, *, D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
@@ -334,38 +361,26 @@ def ssd_backward(
     dh0 = torch.empty(table.nseqs, nheads, headdim, dstate, **f32)
     dfinal = dfinal.contiguous() if dfinal is not None else None
     walk = state_walk(table, state_bwd_config(headdim, dstate, chunk, per_group), "state_bwd", dfinal, dh0)
-    cfg = walk.cfg
-    state_bwd_kernel[walk.grid](
-        dy, C, fwd.s, fwd.states, walk.init, dstates, walk.out, ds, walk.start, walk.chunk,
-        dy.stride(0), dy.stride(1), C.stride(0), C.stride(1), ntokens, nheads, headdim, dstate, per_group,
-        CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HEADS=cfg.heads,
-        HAS_DFINAL=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec,
-        **cfg.launch_options(),
-    )
-    if walk.seg is not None:
-        carry_backward(dstates, walk.out, dh0, dfinal, fwd.states, fwd.s, ds, table, walk.seg, cfg)
-
     cb = fwd.cb if fwd.cb is not None else chunk_cb(B, C, table, prec)
     dx = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)
     dD = torch.zeros(D.shape, **f32) if D is not None else None
-    gluon = dx_wgmma is not None and wgmma_supported(x, min(chunk, 64), pow2(dstate))
-    cfg = bwd_dx_config(headdim, dstate, chunk, wgmma=gluon)
-    if not cfg.walk:
-        dx_tiles(x, dy, B, cb, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table, prec)
-    else:
-        grid = (nheads * triton.cdiv(headdim, cfg.block_p), table.nchunks)
-        args = (x, dy, B, C, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table.chunk_start, table.chunk_len,
-                x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
-                C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, per_group)
-        consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=D is not None,
-                      D_HAS_HDIM=D is not None and D.dim() == 2,
-                      ALIGNED=cfg.alignment(table.aligned))
-        if cfg.wgmma and gluon and wgmma_tiles(cfg.block_m, cfg.block_n):
-            dx_wgmma(grid, args, consts, cfg.register_cap())
-        else:
-            _dx_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
-
     dcb = torch.empty(table.nchunks, ngroups, chunk, chunk, **f32)
+
+    # the state-gradient pass and the dx kernel that reads its dstates, alongside dCB, which needs neither
+    fork = Fork(dev, overlap_backward())
+    with fork.side():
+        cfg = walk.cfg
+        state_bwd_kernel[walk.grid](
+            dy, C, fwd.s, fwd.states, walk.init, dstates, walk.out, ds, walk.start, walk.chunk,
+            dy.stride(0), dy.stride(1), C.stride(0), C.stride(1), ntokens, nheads, headdim, dstate, per_group,
+            CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HEADS=cfg.heads,
+            HAS_DFINAL=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec,
+            **cfg.launch_options(),
+        )
+        if walk.seg is not None:
+            carry_backward(dstates, walk.out, dh0, dfinal, fwd.states, fwd.s, ds, table, walk.seg, cfg)
+        _dx(x, dy, B, C, cb, dstates, fwd, D, dx, ddtp, dD, table, prec)
+
     cfg = bwd_dcb_config(headdim, chunk)
     grid = ((chunk // cfg.block_m) * (chunk // cfg.block_k), ngroups, table.nchunks)
     args = (x, dy, fwd.s, fwd.dtp, cb, dcb, ds, table.chunk_start, table.chunk_len,
@@ -374,6 +389,7 @@ def ssd_backward(
                   ALIGNED=cfg.alignment(table.aligned))
     _dcb_kernel[grid](*args, **consts, BLOCK_P=cfg.block_p, BLOCKS_P=triton.cdiv(headdim, cfg.block_p), PREC=prec,
                       **cfg.launch_options())
+    fork.join()
 
     dB = torch.empty(ntokens, ngroups, dstate, device=dev, dtype=B.dtype)
     dC = torch.empty_like(dB)

@@ -296,3 +296,11 @@ def bwd_dbc_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     # H200: uncapped since it also takes the log-decay terms of C h and x dh (a 128-register cap, which had cut
     # fwd+bwd by 1-4% before, now spills 500-650 bytes: 64 x 64 5.59 -> 5.13 ms without it, 128 x 128 13.74 -> 13.19)
     return _override("dbc", KernelConfig(t, t, min(pow2(headdim), 64), bn, 4, stages))
+
+
+def overlap_backward() -> bool:
+    """Whether the backward runs the state-gradient pass and the dx kernel on a second stream, alongside dCB
+    (streams.Fork); ARCHSPEC_SSD_OVERLAP=backward=0 keeps them on one stream. H200, 8 x 8192 tokens, fwd+bwd ms
+    one stream -> two: 64 x 64 3.357 -> 3.362, 64 x 128 4.667 -> 4.599, 64 x 256 7.624 -> 7.417, 128 x 64 5.868 ->
+    5.710, 128 x 128 8.586 -> 8.522, 128 x 256 13.118 -> 12.881."""
+    return bool(_overrides("overlap").get("backward", 1))

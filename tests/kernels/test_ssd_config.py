@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config, bwd_dcb_config,
-                                         bwd_dx_config, dt_head_block, fill_sms, scan_config, state_bwd_config,
-                                         state_config)
+                                         bwd_dx_config, dt_head_block, fill_sms, overlap_backward, scan_config,
+                                         state_bwd_config, state_config)
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
 
@@ -133,6 +133,13 @@ def test_environment_overrides_replace_the_named_fields(monkeypatch: pytest.Monk
     assert state_bwd_config(64, 64, 256).block_m == 128, "ARCHSPEC_SSD_STATE must not reach the backward pass"
     scan = scan_config(64, 64, 256)
     assert (scan.walk, scan.maxnreg) == (1, 0), "ARCHSPEC_SSD_DX must not reach the output kernel"
+
+
+def test_backward_overlaps_its_state_gradient_pass_with_dcb_unless_switched_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert overlap_backward()
+    monkeypatch.setenv("ARCHSPEC_SSD_OVERLAP", "backward=0")
+    assert not overlap_backward()
 
 
 def test_output_walk_runs_as_the_gluon_kernel_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
