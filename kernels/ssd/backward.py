@@ -12,7 +12,9 @@ With dh_c = dL/d(state at the end of chunk c) (from backward_states), per chunk 
   first sums, two log-decay gradients: C_t . exp(s_t) dy_t h_c = dy_t . exp(s_t) C_t h_c (the entering state's
   output) and B_j . dt'_j exp(s_last - s_j) x_j dh_c (the path to the chunk's end state). The dx kernels would
   need a product per term for them (C_t h_c, B_j dh_c) where here they cost a row sum.
-Sums shared between programs are accumulated with relaxed atomics: only later launches read them.
+Sums shared between programs are accumulated with relaxed atomics: only later launches read them. The
+state-gradient pass and the dx kernel run on a second stream (streams.py) alongside `_dcb_kernel`, which needs
+neither.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import Tensor
 
 from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
 from .common import chunk_extent, chunk_tile_pair, dot_precision, exp_ftz, head_chunk_program, mm
-from .config import (bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, overlap_backward, pow2,
+from .config import (bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, overlap, pow2,
                      state_bwd_config)
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
@@ -367,7 +369,7 @@ def ssd_backward(
     dcb = torch.empty(table.nchunks, ngroups, chunk, chunk, **f32)
 
     # the state-gradient pass and the dx kernel that reads its dstates, alongside dCB, which needs neither
-    fork = Fork(dev, overlap_backward())
+    fork = Fork(dev, overlap("backward"))
     with fork.side():
         cfg = walk.cfg
         state_bwd_kernel[walk.grid](

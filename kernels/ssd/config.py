@@ -298,9 +298,11 @@ def bwd_dbc_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     return _override("dbc", KernelConfig(t, t, min(pow2(headdim), 64), bn, 4, stages))
 
 
-def overlap_backward() -> bool:
-    """Whether the backward runs the state-gradient pass and the dx kernel on a second stream, alongside dCB
-    (streams.Fork); ARCHSPEC_SSD_OVERLAP=backward=0 keeps them on one stream. H200, 8 x 8192 tokens, fwd+bwd ms
-    one stream -> two: 64 x 64 3.357 -> 3.362, 64 x 128 4.667 -> 4.599, 64 x 256 7.624 -> 7.417, 128 x 64 5.868 ->
-    5.710, 128 x 128 8.586 -> 8.522, 128 x 256 13.118 -> 12.881."""
-    return bool(_overrides("overlap").get("backward", 1))
+def overlap(pass_name: str) -> bool:
+    """Whether the "forward" or "backward" pass runs launches that do not depend on each other on two streams
+    (streams.Fork): the backward its state-gradient pass and dx kernel alongside dCB, the forward (d_state 256, the
+    output kernel per row tile) the chunks' C B^T alongside the state pass. ARCHSPEC_SSD_OVERLAP=backward=0 (or
+    forward=0) keeps a pass on one stream. H200, 8 x 8192 tokens, fwd+bwd ms one stream -> two (backward): 64 x 64
+    3.357 -> 3.362, 64 x 128 4.667 -> 4.599, 64 x 256 7.624 -> 7.417, 128 x 64 5.868 -> 5.710, 128 x 128 8.586 ->
+    8.522, 128 x 256 13.118 -> 12.881."""
+    return bool(_overrides("overlap").get(pass_name, 1))

@@ -12,8 +12,8 @@ Three launches (see benchmarks/NOTES-ssd.md for why this split):
    dt'_j x_j (+ D x_i, * silu(z_i)), then h <- exp(s_last - s_prev) h + sum_j exp(s_last - s_j) dt'_j x_j B_j^T.
    Each x, B, C tile is read once per head, and C B^T is formed only for the tile on the diagonal.
    Where the state tile would not fit the registers (config.py), tiles.py's kernel per row tile runs instead,
-   on C B^T from its `_cb_kernel`; for bf16 / fp16 on Hopper, forward_wgmma.py's Gluon version of this walk,
-   whose products overlap.
+   on C B^T from its `_cb_kernel` (launched on a second stream, streams.py, alongside the state pass); for
+   bf16 / fp16 on Hopper, forward_wgmma.py's Gluon version of this walk, whose products overlap.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from torch import Tensor
 
 from .common import (dot_precision, dt_head_rows, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
                      raw_dt_rows, state_tile, step_factors, step_log_decays, step_tokens, tile_heads)
-from .config import dt_head_block, pow2, scan_config, state_config
+from .config import dt_head_block, overlap, pow2, scan_config, state_config
 from .layout import ChunkTable
 from .segments import carry_forward, state_walk
+from .streams import Fork
 from .tiles import chunk_cb, scan_tiles
 
 try:
@@ -244,6 +245,10 @@ def ssd_forward(
     s = torch.empty(nheads, ntokens, device=dev, dtype=torch.float32)
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
+    out_cfg = scan_config(headdim, dstate, chunk)
+    # the output kernel per row tile reads the chunks' C B^T: formed on a second stream alongside the state pass
+    fork = Fork(dev, overlap("forward") and not out_cfg.walk)
+    cb = None if out_cfg.walk else torch.empty(table.nchunks, ngroups, chunk, chunk, device=dev, dtype=torch.float32)
     block_h = dt_head_block(nheads)
     _decay_fwd_kernel[(table.nchunks, triton.cdiv(nheads, block_h))](
         dt, A, dt_bias, s, dtp, table.chunk_start, table.chunk_len, dt.stride(0), dt.stride(1), ntokens, nheads,
@@ -261,13 +266,15 @@ def ssd_forward(
     )
     if walk.seg is not None:
         carry_forward(states, walk.out, final, h0, s, table, walk.seg, cfg)
+    if cb is not None:
+        with fork.side():
+            chunk_cb(B, C, table, prec, out=cb)
+    fork.join()
 
     y = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)
     y_pre = torch.empty_like(y) if z is not None else None
-    cfg = scan_config(headdim, dstate, chunk)
-    cb = None
+    cfg = out_cfg
     if not cfg.walk:
-        cb = chunk_cb(B, C, table, prec)
         scan_tiles(x, C, cb, states, s, dtp, D, z, y, y_pre, table, prec)
     else:
         grid = (nheads * triton.cdiv(headdim, cfg.block_p), table.nchunks)

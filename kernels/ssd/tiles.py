@@ -193,11 +193,13 @@ def _dx_tiles_kernel(
         tl.atomic_add(ddtp_ptr + row + offs_j, ddt, mask=mask_j, sem="relaxed")
 
 
-def chunk_cb(B: Tensor, C: Tensor, table: ChunkTable, prec: str) -> Tensor:
-    """C B^T per chunk and group, (nchunks, ngroups, chunk, chunk) float32; tiles above the diagonal unset."""
+def chunk_cb(B: Tensor, C: Tensor, table: ChunkTable, prec: str, out: Optional[Tensor] = None) -> Tensor:
+    """C B^T per chunk and group, (nchunks, ngroups, chunk, chunk) float32; tiles above the diagonal unset. Written
+    into `out` when given (that shape and dtype)."""
     ngroups, dstate = B.shape[1:]
     chunk = table.chunk_size
-    cb = torch.empty(table.nchunks, ngroups, chunk, chunk, device=B.device, dtype=torch.float32)
+    cb = out if out is not None else torch.empty(table.nchunks, ngroups, chunk, chunk, device=B.device,
+                                                 dtype=torch.float32)
     cfg = cb_config(dstate, chunk)
     grid = ((chunk // cfg.block_m) * (chunk // cfg.block_k), ngroups, table.nchunks)
     _cb_kernel[grid](

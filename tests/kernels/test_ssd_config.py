@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config, bwd_dcb_config,
-                                         bwd_dx_config, dt_head_block, fill_sms, overlap_backward, scan_config,
+                                         bwd_dx_config, dt_head_block, fill_sms, overlap, scan_config,
                                          state_bwd_config, state_config)
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
@@ -135,11 +135,11 @@ def test_environment_overrides_replace_the_named_fields(monkeypatch: pytest.Monk
     assert (scan.walk, scan.maxnreg) == (1, 0), "ARCHSPEC_SSD_DX must not reach the output kernel"
 
 
-def test_backward_overlaps_its_state_gradient_pass_with_dcb_unless_switched_off(
+def test_passes_run_independent_launches_on_two_streams_unless_switched_off(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    assert overlap_backward()
+    assert overlap("forward") and overlap("backward")
     monkeypatch.setenv("ARCHSPEC_SSD_OVERLAP", "backward=0")
-    assert not overlap_backward()
+    assert overlap("forward") and not overlap("backward")
 
 
 def test_output_walk_runs_as_the_gluon_kernel_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
