@@ -304,5 +304,6 @@ def overlap(pass_name: str) -> bool:
     output kernel per row tile) the chunks' C B^T alongside the state pass. ARCHSPEC_SSD_OVERLAP=backward=0 (or
     forward=0) keeps a pass on one stream. H200, 8 x 8192 tokens, fwd+bwd ms one stream -> two (backward): 64 x 64
     3.357 -> 3.362, 64 x 128 4.667 -> 4.599, 64 x 256 7.624 -> 7.417, 128 x 64 5.868 -> 5.710, 128 x 128 8.586 ->
-    8.522, 128 x 256 13.118 -> 12.881."""
+    8.522, 128 x 256 13.118 -> 12.881; forward ms (two runs each): 64 x 256 2.302 / 2.299 -> 2.278 / 2.275, 128 x 256
+    3.942 / 3.946 -> 3.884 / 3.910."""
     return bool(_overrides("overlap").get(pass_name, 1))
