@@ -12,9 +12,9 @@ With dh_c = dL/d(state at the end of chunk c) (from backward_states), per chunk 
   first sums, two log-decay gradients: C_t . exp(s_t) dy_t h_c = dy_t . exp(s_t) C_t h_c (the entering state's
   output) and B_j . dt'_j exp(s_last - s_j) x_j dh_c (the path to the chunk's end state). The dx kernels would
   need a product per term for them (C_t h_c, B_j dh_c) where here they cost a row sum.
-Sums shared between programs are accumulated with relaxed atomics: only later launches read them. The
-state-gradient pass and the dx kernel run on a second stream (streams.py) alongside `_dcb_kernel`, which needs
-neither.
+Sums shared between programs are accumulated with relaxed atomics: only later launches read them (or launches
+on the other stream: the backward runs the state-gradient pass alongside `_dcb_kernel`, then `_dbc_kernel`
+alongside the dx kernel, on two streams, streams.py).
 """
 
 from __future__ import annotations
@@ -368,7 +368,10 @@ def ssd_backward(
     dD = torch.zeros(D.shape, **f32) if D is not None else None
     dcb = torch.empty(table.nchunks, ngroups, chunk, chunk, **f32)
 
-    # the state-gradient pass and the dx kernel that reads its dstates, alongside dCB, which needs neither
+    dB = torch.empty(ntokens, ngroups, dstate, device=dev, dtype=B.dtype)
+    dC = torch.empty_like(dB)
+    # two streams: the state-gradient pass alongside dCB, which does not need its dstates; then the dx kernel
+    # alongside dB/dC, which need both
     fork = Fork(dev, overlap("backward"))
     with fork.side():
         cfg = walk.cfg
@@ -381,7 +384,6 @@ def ssd_backward(
         )
         if walk.seg is not None:
             carry_backward(dstates, walk.out, dh0, dfinal, fwd.states, fwd.s, ds, table, walk.seg, cfg)
-        _dx(x, dy, B, C, cb, dstates, fwd, D, dx, ddtp, dD, table, prec)
 
     cfg = bwd_dcb_config(headdim, chunk)
     grid = ((chunk // cfg.block_m) * (chunk // cfg.block_k), ngroups, table.nchunks)
@@ -392,20 +394,21 @@ def ssd_backward(
     _dcb_kernel[grid](*args, **consts, BLOCK_P=cfg.block_p, BLOCKS_P=triton.cdiv(headdim, cfg.block_p), PREC=prec,
                       **cfg.launch_options())
     fork.join()
-
-    dB = torch.empty(ntokens, ngroups, dstate, device=dev, dtype=B.dtype)
-    dC = torch.empty_like(dB)
-    cfg = bwd_dbc_config(headdim, dstate, chunk)
-    grid = ((chunk // cfg.block_m) * triton.cdiv(dstate, cfg.block_n), ngroups, table.nchunks)
-    _dbc_kernel[grid](
-        x, dy, B, C, fwd.states, dstates, dcb, fwd.s, fwd.dtp, dB, dC, ds, dsend, table.chunk_start,
-        table.chunk_len,
-        x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-        dB.stride(0), dB.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
-        CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-        BLOCKS_P=triton.cdiv(headdim, cfg.block_p), ALIGNED=cfg.alignment(table.aligned), PREC=prec,
-        **cfg.launch_options(),
-    )
+    fork.follow()
+    _dx(x, dy, B, C, cb, dstates, fwd, D, dx, ddtp, dD, table, prec)
+    with fork.side():
+        cfg = bwd_dbc_config(headdim, dstate, chunk)
+        grid = ((chunk // cfg.block_m) * triton.cdiv(dstate, cfg.block_n), ngroups, table.nchunks)
+        _dbc_kernel[grid](
+            x, dy, B, C, fwd.states, dstates, dcb, fwd.s, fwd.dtp, dB, dC, ds, dsend, table.chunk_start,
+            table.chunk_len,
+            x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
+            C.stride(1), dB.stride(0), dB.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
+            CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
+            BLOCKS_P=triton.cdiv(headdim, cfg.block_p), ALIGNED=cfg.alignment(table.aligned), PREC=prec,
+            **cfg.launch_options(),
+        )
+    fork.join()
 
     ddt = torch.empty(ntokens, nheads, device=dev, dtype=dt.dtype)
     dA = torch.zeros(nheads, **f32)

@@ -20,9 +20,9 @@ _SIDE: dict[int, torch.cuda.Stream] = {}
 class Fork:
     """Launches inside `with fork.side():` go to a second stream of `device` (CUDA only; elsewhere, and while
     `enabled` is False, they stay on the current stream) and start after everything launched on the current stream
-    before the Fork was made; `join()` makes the current stream wait for them. Tensors the side launches use must
-    be allocated before the fork and kept referenced until the join (the caching allocator reuses a block freed
-    on one stream only in that stream's order)."""
+    before the Fork was made (or before the last `follow()`); `join()` makes the current stream wait for them.
+    Tensors the side launches use must be allocated before the fork and kept referenced until the join (the
+    caching allocator reuses a block freed on one stream only in that stream's order)."""
 
     def __init__(self, device: torch.device, enabled: bool = True) -> None:
         self._stream: Optional[torch.cuda.Stream] = None
@@ -31,7 +31,12 @@ class Fork:
             if index not in _SIDE:
                 _SIDE[index] = torch.cuda.Stream(index)
             self._stream = _SIDE[index]
-            self._stream.wait_stream(torch.cuda.current_stream(index))
+            self.follow()
+
+    def follow(self) -> None:
+        """Makes later side launches start after everything launched on the current stream so far."""
+        if self._stream is not None:
+            self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))
 
     @contextlib.contextmanager
     def side(self) -> Iterator[None]:

@@ -30,6 +30,19 @@ def test_side_launches_see_the_current_streams_earlier_work_and_the_join_waits_f
     assert torch.equal(z, torch.full_like(x, 3.0))
 
 
+def test_follow_orders_later_side_launches_after_the_current_streams_work_since_the_fork() -> None:
+    x = torch.zeros(1 << 20, device="cuda")
+    torch.cuda.synchronize()
+    fork = Fork(x.device)
+    torch.cuda._sleep(_SLEEP)
+    x.fill_(1.0)
+    fork.follow()
+    with fork.side():
+        y = x * 2.0
+    fork.join()
+    assert torch.equal(y, torch.full_like(x, 2.0))
+
+
 def test_a_switched_off_fork_launches_on_the_current_stream() -> None:
     fork = Fork(torch.device("cuda"), enabled=False)
     with fork.side():
