@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archspec.kernels.ssd import ssd_scan_triton
 from archspec.kernels.ssd.streams import Fork
-from errors import rel_err
+from errors import rel_err, scan_gradients
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -49,30 +48,22 @@ def test_a_switched_off_fork_launches_on_the_current_stream() -> None:
         assert torch.cuda.current_stream() == torch.cuda.default_stream()
 
 
-def _gradients(inputs: dict, dy: torch.Tensor) -> dict[str, torch.Tensor]:
-    leaves = {k: v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point()
-              else v for k, v in inputs.items()}
-    y = ssd_scan_triton(chunk_size=256, **leaves)
-    torch.autograd.backward(y, dy)
-    return {k: v.grad for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
-
-
 @pytest.mark.parametrize("dstate", [64, 256])
 def test_backward_on_a_callers_stream_matches_the_single_stream_backward(make_ssd_inputs, monkeypatch,
                                                                          dstate: int) -> None:
     """bf16 sizes, packed sequences, D, z and initial states; the caller's stream is busy when the scan starts."""
     inputs = make_ssd_inputs(1, 3000, 4, 64, 2, dstate, torch.bfloat16, "cuda", seqlens=[2100, 900], with_D=True,
                              with_z=True, with_dt_bias=True, dt_softplus=True, with_initial_states=True)
-    dy = torch.randn_like(inputs["x"])
+    dy, dfinal = torch.randn_like(inputs["x"]), torch.randn_like(inputs["initial_states"])
     monkeypatch.setenv("ARCHSPEC_SSD_OVERLAP", "backward=0")
-    expected = _gradients(inputs, dy)
+    expected = scan_gradients(inputs, 256, dy, dfinal)
     monkeypatch.delenv("ARCHSPEC_SSD_OVERLAP")
     torch.cuda.synchronize()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         torch.cuda._sleep(_SLEEP)
-        got = _gradients(inputs, dy)
+        got = scan_gradients(inputs, 256, dy, dfinal)
     torch.cuda.current_stream().wait_stream(stream)
     for name, grad in expected.items():
         assert torch.isfinite(got[name]).all(), name

@@ -15,7 +15,7 @@ from archspec.kernels.reference import ssd_naive
 from archspec.kernels.ssd import ssd_scan_triton
 from archspec.kernels.ssd.config import bwd_dx_config, scan_config
 from archspec.kernels.ssd.wgmma import wgmma_supported
-from errors import float64_leaves, rel_err
+from errors import float64_leaves, rel_err, scan_gradients
 
 sm90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not sm90, reason="needs an sm_90 (Hopper) GPU")]
@@ -77,11 +77,7 @@ def _gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, k
                dy: torch.Tensor, dfinal: torch.Tensor) -> dict:
     """The gradients of every floating input under ARCHSPEC_SSD_<kernel>=config."""
     monkeypatch.setenv(f"ARCHSPEC_SSD_{kernel}", config)
-    leaves = {k: v.detach().clone().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point()
-              else v for k, v in inputs.items()}
-    y, final = ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **leaves)
-    torch.autograd.backward([y, final], [dy, dfinal])
-    return {k: v.grad for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    return scan_gradients(inputs, chunk_size, dy, dfinal)
 
 
 def _check_gluon_gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, kernel: str,
