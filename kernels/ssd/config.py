@@ -8,6 +8,7 @@ two are padded up to the next one inside a tile and masked. `KernelConfig` holds
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import triton
 
@@ -15,7 +16,7 @@ from ..overrides import env_overrides
 
 __all__ = ["KernelConfig", "pow2", "dt_head_block", "state_config", "state_bwd_config", "scan_config", "cb_config",
            "bwd_dx_config", "bwd_dcb_config", "bwd_dbc_config", "MIN_CHUNK", "SEGMENT_CHUNKS", "auto_segment",
-           "fill_sms"]
+           "fill_sms", "walk_span"]
 
 MIN_CHUNK = 16
 
@@ -46,6 +47,7 @@ class KernelConfig:
     each whole sequence in one program; -1 lets `auto_segment` choose per call.
     aligned: 1 passes ChunkTable.aligned on to the kernel (common.known_multiple: vectorised per-token loads), 0
     hides it.
+    span (output walk): chunks per walk program (layout.WalkTable); 0 lets `walk_span` choose per call.
     heads (state passes): 2 makes a tile the whole head_dim of two heads of one group (block_p = 2 x head_dim, a
     power of two), so that one program's B (C) tile serves both; 1 a block of one head's head_dim.
     """
@@ -62,6 +64,7 @@ class KernelConfig:
     segment: int = -1
     aligned: int = 1
     heads: int = 1
+    span: int = 0
 
     def alignment(self, table_aligned: bool) -> bool:
         """The ALIGNED constexpr of a launch over a chunk table whose `aligned` is table_aligned."""
@@ -246,6 +249,28 @@ def scan_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     128 x 128 3.75 -> 3.31)."""
     return _chunk_kernel_config("scan", headdim, dstate, chunk_size, 128 * 128, 64, tiles_maxnreg={4: 128},
                                 walk_wgmma=1, tiles_block_n=128 if pow2(headdim) > 64 else 64)
+
+
+WALK_TOKENS = 1024
+
+
+def walk_span(cfg: KernelConfig, chunk_size: int, programs: Callable[[int], int], sm_count: int) -> int:
+    """Chunks per program of the output walk (cfg.span when set): the most, up to WALK_TOKENS tokens, whose
+    programs(span) still fill the sm_count SMs with two each (all of them when the SM count is unknown, 0), when
+    steps of cfg.block_m tokens divide the chunk; else 1. A walk carries its float32 state from one chunk into the
+    next, so a program's start (loads of the chunk state, x, B, C before the first product) and end are paid once
+    per walk. H200, 64 heads, chunk 256, walk kernel ms for walks of 1 / 2 / 4 chunks: 8 x 8192 tokens 64 x 64
+    0.641 / 0.582 / 0.558, 64 x 128 0.842 / 0.757 / 0.723, 128 x 64 1.014 / 0.941 / 0.913, 128 x 128 1.666 /
+    1.490 / 1.437 (the same at 2 x 32768 and 32 x 2048); 1 x 8192 (512 programs of 4 chunks) 64 x 64 0.086 / 0.078
+    / 0.074, 128 x 128 0.221 / 0.201 / 0.192."""
+    if cfg.span:
+        return cfg.span
+    if chunk_size % cfg.block_m:
+        return 1
+    span = max(1, WALK_TOKENS // chunk_size)
+    while span > 1 and sm_count and programs(span) < 2 * sm_count:
+        span //= 2
+    return span
 
 
 def bwd_dx_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False) -> KernelConfig:

@@ -27,9 +27,9 @@ from torch import Tensor
 
 from .common import (dot_precision, dt_head_rows, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
                      raw_dt_rows, state_tile, step_factors, step_log_decays, step_tokens, tile_heads)
-from .config import dt_head_block, overlap, pow2, scan_config, state_config
+from .config import dt_head_block, overlap, pow2, scan_config, state_config, walk_span
 from .layout import ChunkTable
-from .segments import carry_forward, state_walk
+from .segments import carry_forward, sm_count, state_walk
 from .streams import Fork
 from .tiles import chunk_cb, scan_tiles
 
@@ -134,14 +134,18 @@ def _state_fwd_kernel(
 @triton.jit
 def _scan_fwd_kernel(
     x_ptr, b_ptr, c_ptr, states_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
-    chunk_start_ptr, chunk_len_ptr,
+    walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
     stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, heads_per_group,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, STEPS_PER_CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
-    head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
-                                                                       heads_per_group, BLOCK_P, 1, ALIGNED)
+    """One program per (head and head_dim block, walk of layout.WalkTable): from the state entering the walk's first
+    chunk, through its chunks in BLOCK_T-token steps (STEPS_PER_CHUNK to a chunk), carrying h in float32 from one
+    chunk into the next; s, the log-decay, restarts from 0 at each chunk."""
+    head, group, offs_p, mask_p, walk, c0, clen = head_chunk_program(walk_start_ptr, walk_len_ptr, headdim,
+                                                                      heads_per_group, BLOCK_P, 1, ALIGNED)
+    chunk = tl.load(walk_chunk_ptr + walk).to(tl.int64)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < dstate
     row = head * ntokens + c0
@@ -177,7 +181,7 @@ def _scan_fwd_kernel(
         decay_out = tl.where(mask_t, exp_ftz(s_last - s_t) * dt_t, 0.0)
         xw = (xt.to(tl.float32) * decay_out[:, None]).to(b.dtype)
         h = h * exp_ftz(s_last - s_prev) + mm(tl.trans(b), xw, PREC)
-        s_prev = s_last
+        s_prev = tl.where((t0 // BLOCK_T + 1) % STEPS_PER_CHUNK == 0, 0.0, s_last)
 
         if HAS_D:
             if D_HAS_HDIM:
@@ -277,12 +281,16 @@ def ssd_forward(
     if not cfg.walk:
         scan_tiles(x, C, cb, states, s, dtp, D, z, y, y_pre, table, prec)
     else:
-        grid = (nheads * triton.cdiv(headdim, cfg.block_p), table.nchunks)
-        args = (x, B, C, states, s, dtp, D, z, y, y_pre, table.chunk_start, table.chunk_len,
+        blocks_p = triton.cdiv(headdim, cfg.block_p)
+        walks = table.walks(walk_span(cfg, chunk, lambda span: blocks_p * nheads * table.walk_count(span),
+                                      sm_count(dev)))
+        grid = (blocks_p * nheads, walks.count)
+        args = (x, B, C, states, s, dtp, D, z, y, y_pre, walks.chunk, walks.start, walks.length,
                 x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
                 z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),
                 ntokens, nheads, headdim, dstate, per_group)
-        consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=D is not None,
+        consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
+                      STEPS_PER_CHUNK=triton.cdiv(chunk, cfg.block_m), HAS_D=D is not None,
                       D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
                       ALIGNED=cfg.alignment(table.aligned))
         if cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n):

@@ -1,7 +1,8 @@
 """The forward output walk with asynchronous warpgroup MMA (Gluon, Hopper only).
 
-Same program and arithmetic as forward.py's `_scan_fwd_kernel` (one program per head and head_dim block, chunk;
-a walk through the chunk in 64-token tiles carrying the state h^T, d_state x head_dim block, in float32), written
+Same program and arithmetic as forward.py's `_scan_fwd_kernel` (one program per head and head_dim block, walk of
+one or more chunks; a walk through them in 64-token tiles carrying the state h^T, d_state x head_dim block, in
+float32), written
 in Gluon so that the four products of a tile are in flight together instead of one after another (Triton waits
 for each wgmma right after issuing it, benchmarks/NOTES-ssd.md):
 
@@ -36,10 +37,10 @@ __all__ = ["scan_fwd_wgmma"]
 @gluon.jit
 def _scan_fwd_wgmma_kernel(
     x_ptr, b_ptr, c_ptr, states_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
-    chunk_start_ptr, chunk_len_ptr,
+    walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
     stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, heads_per_group,
-    BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr,
+    BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr, STEPS_PER_CHUNK: gl.constexpr,
     HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr, HAS_Z: gl.constexpr, ALIGNED: gl.constexpr,
 ):
     dtype: gl.constexpr = x_ptr.dtype.element_ty
@@ -54,8 +55,9 @@ def _scan_fwd_wgmma_kernel(
     tp_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_T, BLOCK_P], dtype)
     np_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_P], dtype)
 
-    head, p0, group, chunk, c0, clen, row = walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim,
-                                                         heads_per_group, BLOCK_P, ALIGNED)
+    head, p0, group, walk, c0, clen, row = walk_program(walk_start_ptr, walk_len_ptr, ntokens, headdim,
+                                                        heads_per_group, BLOCK_P, ALIGNED)
+    chunk = gl.load(walk_chunk_ptr + walk).to(gl.int64)
     x_base = x_ptr + c0 * stride_x_t + head * stride_x_h + p0
     b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
     c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
@@ -142,7 +144,7 @@ def _scan_fwd_wgmma_kernel(
         h = warpgroup_mma_wait(num_outstanding=1, deps=(h_next,))
         h_smem.store(h.to(dtype))
         fence_async_shared()
-        s_prev = s_last
+        s_prev = gl.where((step + 1) % STEPS_PER_CHUNK == 0, 0.0, s_last)
         s_r = s_r_next
         dt_r = dt_r_next
         s_last = s_last_next

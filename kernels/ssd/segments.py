@@ -33,7 +33,7 @@ from .common import state_tile
 from .config import KernelConfig, auto_segment, fill_sms
 from .layout import ChunkTable
 
-__all__ = ["SegmentTable", "StateWalk", "build_segment_table", "carry_backward", "carry_forward", "state_walk"]
+__all__ = ["SegmentTable", "StateWalk", "build_segment_table", "carry_backward", "carry_forward", "sm_count", "state_walk"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class StateWalk(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
+def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
@@ -105,7 +105,7 @@ def state_walk(table: ChunkTable, cfg: KernelConfig, name: str, init: Optional[T
     over segments from zero into a per-segment float32 buffer, which carry_forward / carry_backward then turn into
     out. Tiles are split further (config.fill_sms) while the walks would not fill the SMs."""
     nheads, headdim, dstate = out.shape[1:]
-    sms = _sm_count(out.device)
+    sms = sm_count(out.device)
     seg_chunks = cfg.segment
     if seg_chunks < 0:
         # in programs of one head's tiles, which auto_segment's thresholds were measured on (a tile of two heads

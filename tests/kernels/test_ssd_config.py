@@ -3,12 +3,14 @@ ARCHSPEC_SSD_<KERNEL> variables override any field (a tuning hook for benchmarks
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 import torch
 
 from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config, bwd_dcb_config,
                                          bwd_dx_config, dt_head_block, fill_sms, overlap, scan_config,
-                                         state_bwd_config, state_config)
+                                         state_bwd_config, state_config, walk_span)
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
 
@@ -173,6 +175,26 @@ def test_gluon_walk_needs_a_hopper_gpu_and_16_bit_inputs() -> None:
     """Under the interpreter or on the CPU the Triton walk runs (the Gluon kernel cannot)."""
     x = torch.zeros(64, 2, 64, dtype=torch.bfloat16)
     assert not wgmma_supported(x, 64, 64)
+
+
+def test_output_walk_spans_up_to_1024_tokens_while_its_programs_fill_the_sms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Walks of 4 chunks of 256 (16 of 64) unless fewer programs than two per SM would run; one chunk when the
+    walk's steps do not divide it; ARCHSPEC_SSD_SCAN=span=N sets it."""
+    cfg = scan_config(64, 64, 256)
+
+    def programs(chunks: int) -> Callable[[int], int]:
+        return lambda span: 64 * -(-chunks // span)
+
+    assert walk_span(cfg, 256, programs(256), sm_count=132) == 4
+    assert walk_span(cfg, 256, programs(32), sm_count=132) == 4, "8 x 64 programs: two per SM"
+    assert walk_span(cfg, 256, programs(16), sm_count=132) == 2
+    assert walk_span(cfg, 256, programs(8), sm_count=132) == 1
+    assert walk_span(cfg, 256, programs(8), sm_count=0) == 4, "unknown GPU (the interpreter)"
+    assert walk_span(scan_config(64, 64, 64), 64, programs(256), sm_count=132) == 16
+    assert walk_span(scan_config(64, 64, 2048), 2048, programs(256), sm_count=132) == 1
+    assert walk_span(scan_config(64, 64, 96), 96, programs(256), sm_count=132) == 1, "64-token steps and 32 left"
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "span=3")
+    assert walk_span(scan_config(64, 64, 96), 96, programs(8), sm_count=132) == 3
 
 
 def test_state_passes_walk_segments_of_64_chunks_only_when_programs_leave_most_sms_idle() -> None:

@@ -21,24 +21,25 @@ sm90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not sm90, reason="needs an sm_90 (Hopper) GPU")]
 
 
-def _forward(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, wgmma: int) -> tuple:
-    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"wgmma={wgmma}")
+def _forward(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, wgmma: int, span: int = 0) -> tuple:
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"wgmma={wgmma},span={span}")
     with torch.no_grad():
         return ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **inputs)
 
 
 @pytest.mark.parametrize("headdim,dstate", [(64, 64), (64, 128), (128, 64), (128, 128), (96, 80), (256, 64)])
-@pytest.mark.parametrize("chunk_size", [64, 256])
+@pytest.mark.parametrize("chunk_size,span", [(64, 3), (256, 1), (256, 4)])
 def test_gluon_walk_matches_triton_walk_and_reference(make_ssd_inputs, monkeypatch, headdim: int, dstate: int,
-                                                      chunk_size: int) -> None:
-    """Packed sequences with ragged chunks, D per channel, z gating, initial states; 4 heads in 2 groups."""
+                                                      chunk_size: int, span: int) -> None:
+    """Packed sequences with ragged chunks, D per channel, z gating, initial states; 4 heads in 2 groups; walks of
+    one chunk and of several (the state carried from chunk to chunk)."""
     inputs = make_ssd_inputs(1, 900, 4, headdim, 2, dstate, torch.bfloat16, "cuda", seqlens=[70, 1, 600, 229],
                              with_D=True, D_has_hdim=True, with_z=True, with_dt_bias=True, dt_softplus=True,
                              with_initial_states=True)
     cfg = scan_config(headdim, dstate, chunk_size)
     assert wgmma_supported(inputs["x"], cfg.block_m, cfg.block_n)
-    y_gluon, final_gluon = _forward(monkeypatch, inputs, chunk_size, 1)
-    y_triton, final_triton = _forward(monkeypatch, inputs, chunk_size, 0)
+    y_gluon, final_gluon = _forward(monkeypatch, inputs, chunk_size, 1, span)
+    y_triton, final_triton = _forward(monkeypatch, inputs, chunk_size, 0, span)
     ref = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
     y_ref = ssd_naive(chunk_size=chunk_size, **ref)
     assert torch.isfinite(y_gluon).all()

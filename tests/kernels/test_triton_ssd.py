@@ -263,7 +263,7 @@ def record_state_walks(monkeypatch, sm_count: int) -> list[segments.StateWalk]:
         walks.append(state_walk(*args))
         return walks[-1]
 
-    monkeypatch.setattr(segments, "_sm_count", lambda device: sm_count)
+    monkeypatch.setattr(segments, "sm_count", lambda device: sm_count)
     monkeypatch.setattr(forward, "state_walk", spy)
     monkeypatch.setattr(backward, "state_walk", spy)
     return walks
@@ -283,7 +283,7 @@ def test_one_long_sequence_on_a_gpu_with_idle_sms_walks_segments_of_64_chunks(ma
 def test_segment_choice_counts_a_tile_of_two_heads_as_two_programs(monkeypatch, sm_count: int, cut: bool) -> None:
     """One sequence of 65 chunks, two heads at 64 x 128: their one program of a two-head tile is cut into
     segments exactly when two one-head programs would be (config.auto_segment: at most half the SMs busy)."""
-    monkeypatch.setattr(segments, "_sm_count", lambda device: sm_count)
+    monkeypatch.setattr(segments, "sm_count", lambda device: sm_count)
     table = build_chunk_table(1, 16 * 65, 16, None, torch.device("cpu"))
     out = torch.empty(1, 2, 64, 128)
     pairs = segments.state_walk(table, state_config(64, 128, 16, heads_per_group=2), "state", None, out)
@@ -324,6 +324,38 @@ def test_chunk_table_is_aligned_only_when_every_chunk_starts_and_ends_at_a_multi
     assert not build_chunk_table(2, 96, 24, None, cpu).aligned
     assert build_chunk_table(1, 192, 64, torch.tensor([0, 32, 192]), cpu).aligned
     assert not build_chunk_table(1, 192, 64, torch.tensor([0, 40, 192]), cpu).aligned
+
+
+def test_walk_table_covers_each_sequence_in_walks_of_whole_chunks() -> None:
+    """Walks of up to `span` chunks start at a sequence's chunk and end at the span or at the sequence's end, for
+    batch rows and for packed sequences (one shorter than a chunk, one empty)."""
+    rows = build_chunk_table(3, 100, 16, None, torch.device("cpu"))
+    walks = rows.walks(3)
+    assert walks.count == rows.walk_count(3) == 3 * 3
+    assert walks.chunk.tolist() == [0, 3, 6, 7, 10, 13, 14, 17, 20]
+    assert walks.start.tolist() == [0, 48, 96, 100, 148, 196, 200, 248, 296]
+    assert walks.length.tolist() == [48, 48, 4] * 3
+    assert rows.walks(3) is walks
+    packed = build_chunk_table(1, 175, 16, torch.tensor([0, 9, 109, 109, 175]), torch.device("cpu"))
+    assert packed.seq_nchunks == (1, 7, 0, 5)
+    walks = packed.walks(4)
+    assert walks.chunk.tolist() == [0, 1, 5, 8, 12]
+    assert walks.start.tolist() == [0, 9, 73, 109, 173]
+    assert walks.length.tolist() == [9, 64, 36, 64, 2]
+    one = packed.walks(1)
+    assert one.chunk.tolist() == list(range(packed.nchunks))
+    assert torch.equal(one.start, packed.chunk_start) and torch.equal(one.length, packed.chunk_len)
+
+
+@pytest.mark.parametrize("span", [1, 2, 5])
+def test_output_walks_over_several_chunks_match_naive(make_ssd_inputs, monkeypatch, span: int) -> None:
+    """The output walk carries its state from one chunk into the next (s restarts at each chunk): walks of 1, 2 and
+    5 chunks give the reference's y, with packed sequences that end mid-chunk, after one token and at a walk's
+    end, D, z and initial states; the gradients (which do not walk across chunks) stay exact too."""
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"walk=1,span={span}")
+    inputs = make_ssd_inputs(1, 400, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=[150, 1, 89, 160],
+                             requires_grad=True, with_initial_states=True, with_D=True, with_z=True)
+    check_scan(inputs, 32, torch.float32, grads=True)
 
 
 def test_segment_table_cuts_each_sequence_at_whole_chunks() -> None:
