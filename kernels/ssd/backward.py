@@ -29,10 +29,10 @@ from torch import Tensor
 from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
 from .common import chunk_extent, chunk_tile_pair, dot_precision, exp_ftz, head_chunk_program, mm
 from .config import (bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, overlap, pow2,
-                     state_bwd_config)
+                     state_bwd_config, walk_span)
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
-from .segments import carry_backward, state_walk
+from .segments import carry_backward, sm_count, state_walk
 from .streams import Fork
 from .tiles import chunk_cb, dx_tiles
 
@@ -48,14 +48,18 @@ __all__ = ["Gradients", "ssd_backward"]
 @triton.jit
 def _dx_kernel(
     x_ptr, dy_ptr, b_ptr, c_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
-    dx_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
+    dx_ptr, ddtp_ptr, dd_ptr, walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
     stride_dx_t, stride_dx_h, ntokens, nheads, headdim, dstate, heads_per_group,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, STEPS_PER_CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
-    head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
-                                                                       heads_per_group, BLOCK_P, 1, ALIGNED)
+    """One program per (head and head_dim block, walk of layout.WalkTable), walking the walk's chunks backwards in
+    BLOCK_T-token tiles (STEPS_PER_CHUNK to a chunk) from the gradient of the state at the end of its last chunk."""
+    head, group, offs_p, mask_p, walk, c0, clen = head_chunk_program(walk_start_ptr, walk_len_ptr, headdim,
+                                                                      heads_per_group, BLOCK_P, 1, ALIGNED)
+    chunk_tokens: tl.constexpr = STEPS_PER_CHUNK * BLOCK_T
+    chunk = tl.load(walk_chunk_ptr + walk).to(tl.int64) + (clen - 1) // chunk_tokens  # the walk's last chunk
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < dstate
     row = head * ntokens + c0
@@ -77,8 +81,10 @@ def _dx_kernel(
         dd = tl.zeros((BLOCK_T,), dtype=tl.float32)
 
     # g^T (d_state x head_dim block): the gradient of the state after the tile being walked, decayed to the last
-    # token of that tile (ref): the chunk-end state's gradient dh decayed from the chunk's last token, plus the
-    # sum over the chunk's later tokens t of exp(s_t - s_ref) C_t^T dy_t
+    # token of that tile (ref): the walk-end state's gradient dh decayed from the walk's last token, plus the
+    # sum over the walk's later tokens t of exp(s_t - s_ref) C_t^T dy_t. s restarts at each chunk: g, referred to
+    # the first token of the chunk after the tile, decays into the state between the chunks by that token's s
+    # (carried), then as the tile's chunk's s says
     g = tl.load(dstates_ptr + (chunk * nheads + head) * headdim * dstate + offs_p[None, :] * dstate
                 + offs_n[:, None], mask=mask_n[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
     ntiles = tl.cdiv(clen, BLOCK_T)
@@ -88,7 +94,9 @@ def _dx_kernel(
         mask_t = offs_t < clen
         s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
         dt_t = tl.load(dtp_ptr + row + offs_t, mask=mask_t, other=0.0)
-        s_ref = tl.load(s_ptr + row + tl.minimum(t0 + BLOCK_T, clen) - 1)
+        t_after = t0 + BLOCK_T
+        carried = tl.load(s_ptr + row + t_after, mask=(t_after % chunk_tokens == 0) & (t_after < clen), other=0.0)
+        s_ref = tl.load(s_ptr + row + tl.minimum(t_after, clen) - 1) + carried
         mask_tn = mask_t[:, None] & mask_n[None, :]
         b = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :], mask=mask_tn, other=0.0)
         c = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :], mask=mask_tn, other=0.0)
@@ -97,7 +105,7 @@ def _dx_kernel(
         dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :], mask=mask, other=0.0)
         # through the state after this tile (g, before this tile's update), then g moves to the previous tile
         acc = mm(b, g.to(b.dtype), PREC) * tl.where(mask_t, exp_ftz(s_ref - s_t), 0.0)[:, None]
-        s_prev = tl.load(s_ptr + row + tl.maximum(t0 - 1, 0))
+        s_prev = tl.load(s_ptr + row + t0 - 1 + (t0 % chunk_tokens == 0).to(tl.int32))
         dyw = (dyt.to(tl.float32) * tl.where(mask_t, exp_ftz(s_t - s_prev), 0.0)[:, None]).to(c.dtype)
         g = g * exp_ftz(s_ref - s_prev) + mm(tl.trans(c), dyw, PREC)
         # through the outputs of this tile (t' >= t)
@@ -312,12 +320,16 @@ def _dx(x: Tensor, dy: Tensor, B: Tensor, C: Tensor, cb: Tensor, dstates: Tensor
     if not cfg.walk:
         dx_tiles(x, dy, B, cb, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table, prec)
         return
-    grid = (nheads * triton.cdiv(headdim, cfg.block_p), table.nchunks)
-    args = (x, dy, B, C, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table.chunk_start, table.chunk_len,
+    blocks_p = triton.cdiv(headdim, cfg.block_p)
+    walks = table.walks(walk_span(cfg, chunk, lambda span: blocks_p * nheads * table.walk_count(span),
+                                  sm_count(x.device)))
+    grid = (blocks_p * nheads, walks.count)
+    args = (x, dy, B, C, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, walks.chunk, walks.start, walks.length,
             x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
             C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate,
             nheads // ngroups)
-    consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=D is not None,
+    consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
+                  STEPS_PER_CHUNK=triton.cdiv(chunk, cfg.block_m), HAS_D=D is not None,
                   D_HAS_HDIM=D is not None and D.dim() == 2, ALIGNED=cfg.alignment(table.aligned))
     if cfg.wgmma and gluon and wgmma_tiles(cfg.block_m, cfg.block_n):
         dx_wgmma(grid, args, consts, cfg.register_cap())

@@ -37,10 +37,10 @@ __all__ = ["dx_wgmma"]
 @gluon.jit
 def _dx_wgmma_kernel(
     x_ptr, dy_ptr, b_ptr, c_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
-    dx_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
+    dx_ptr, ddtp_ptr, dd_ptr, walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
     stride_dx_t, stride_dx_h, ntokens, nheads, headdim, dstate, heads_per_group,
-    BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr,
+    BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr, STEPS_PER_CHUNK: gl.constexpr,
     HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr, ALIGNED: gl.constexpr,
 ):
     dtype: gl.constexpr = dy_ptr.dtype.element_ty
@@ -55,8 +55,10 @@ def _dx_wgmma_kernel(
     tp_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_T, BLOCK_P], dtype)
     np_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_P], dtype)
 
-    head, p0, group, chunk, c0, clen, row = walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim,
-                                                         heads_per_group, BLOCK_P, ALIGNED)
+    head, p0, group, walk, c0, clen, row = walk_program(walk_start_ptr, walk_len_ptr, ntokens, headdim,
+                                                        heads_per_group, BLOCK_P, ALIGNED)
+    chunk_tokens: gl.constexpr = STEPS_PER_CHUNK * BLOCK_T
+    chunk = gl.load(walk_chunk_ptr + walk).to(gl.int64) + (clen - 1) // chunk_tokens  # the walk's last chunk
     dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h + p0
     b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
     c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
@@ -74,7 +76,8 @@ def _dx_wgmma_kernel(
     copy_tile(dy_smem.index(0), dy_base, stride_dy_t, t_first, clen, headdim - p0, BLOCK_T, BLOCK_P)
     async_copy.commit_group()
 
-    # g^T starts as the chunk-end state's gradient, at the chunk's last token (the reference of the last tile)
+    # g^T starts as the gradient of the state at the end of the walk's last chunk, at its last token (the reference
+    # of the last tile)
     offs_gn = gl.arange(0, BLOCK_N, layout=rows_p)
     offs_p = p0 + gl.arange(0, BLOCK_P, layout=cols_p)
     mask_p = offs_p < headdim
@@ -108,7 +111,7 @@ def _dx_wgmma_kernel(
     s_r = gl.load(s_ptr + row + t_first + offs_r, mask=mask_first, other=0.0)
     dt_r = gl.load(dtp_ptr + row + t_first + offs_r, mask=mask_first, other=0.0)
     s_ref = gl.load(s_ptr + row + clen - 1)
-    s_prev = gl.load(s_ptr + row + gl.maximum(t_first - 1, 0))
+    s_prev, s_tail = _step_before(s_ptr, row, t_first, chunk_tokens)
     # g in registers is the gradient update's accumulator, decayed to the step's reference before the step's products
     # are issued: scaled while they ran, it made ptxas wait for them first ("wgmma.wait_group is injected ... to allow
     # use of registers defined by GMMA"); with the dD row sums below, 0.99 -> 0.85 ms at 64 x 64 (H200, 8 x 8192)
@@ -127,7 +130,7 @@ def _dx_wgmma_kernel(
         mask_next = t_next + offs_r < rows_next
         s_r_next = gl.load(s_ptr + row + t_next + offs_r, mask=mask_next, other=0.0)
         dt_r_next = gl.load(dtp_ptr + row + t_next + offs_r, mask=mask_next, other=0.0)
-        s_prev_next = gl.load(s_ptr + row + gl.maximum(t_next - 1, 0))
+        s_prev_next, s_tail_next = _step_before(s_ptr, row, t_next, chunk_tokens)
         mask_r = t0 + offs_r < clen
         offs_x = (c0 + t0 + offs_r)[:, None] * stride_x_t + head * stride_x_h + offs_p[None, :]
         x_tile = gl.load(x_ptr + offs_x, mask=mask_r[:, None] & mask_p[None, :], other=0.0)
@@ -182,8 +185,9 @@ def _dx_wgmma_kernel(
         mask = (offs_io_t < clen - t0)[:, None] & (offs_io_p < headdim)[None, :]
         gl.store(dx_ptr + offs_t[:, None] * stride_dx_t + head * stride_dx_h + offs_io_p[None, :],
                  out.to(dx_ptr.dtype.element_ty), mask=mask)
-        s_ref = s_prev
+        s_ref = s_prev + s_tail
         s_prev = s_prev_next
+        s_tail = s_tail_next
         s_r = s_r_next
         dt_r = dt_r_next
         g = g * exp_ftz(s_ref - s_prev)
@@ -193,6 +197,19 @@ def _dx_wgmma_kernel(
             gl.atomic_add(dd_ptr + head * headdim + offs_p, dd, mask=mask_p, sem="relaxed")
         else:
             gl.atomic_add(dd_ptr + head, gl.sum(dd, 0), sem="relaxed")
+
+
+@gluon.jit
+def _step_before(s_ptr, row, t0, chunk_tokens: gl.constexpr):
+    """For the step from token t0 of a walk: the log-decay s_prev that its g update is referred to (s at the token
+    before the step; at a chunk's first token, at that token), and s_tail, the previous chunk's s at its last token
+    when t0 starts a chunk after the walk's first (else 0). A chunk's last step then takes s_prev + s_tail of the
+    step after it as its reference: the state-gradient g (at the later chunk's first token) decays into the state
+    between the chunks by that token's step, and from there as the earlier chunk's s says."""
+    starts = t0 % chunk_tokens == 0
+    s_prev = gl.load(s_ptr + row + t0 - 1 + starts.to(gl.int32))
+    s_tail = gl.load(s_ptr + row + gl.maximum(t0 - 1, 0), mask=starts & (t0 > 0), other=0.0)
+    return s_prev, s_tail
 
 
 def dx_wgmma(grid: tuple[int, int], args: tuple, consts: dict, options: dict[str, int]) -> None:

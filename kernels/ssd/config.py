@@ -47,7 +47,7 @@ class KernelConfig:
     each whole sequence in one program; -1 lets `auto_segment` choose per call.
     aligned: 1 passes ChunkTable.aligned on to the kernel (common.known_multiple: vectorised per-token loads), 0
     hides it.
-    span (output walk): chunks per walk program (layout.WalkTable); 0 lets `walk_span` choose per call.
+    span (output and dx walks): chunks per walk program (layout.WalkTable); 0 lets `walk_span` choose per call.
     heads (state passes): 2 makes a tile the whole head_dim of two heads of one group (block_p = 2 x head_dim, a
     power of two), so that one program's B (C) tile serves both; 1 a block of one head's head_dim.
     """
@@ -255,11 +255,11 @@ WALK_TOKENS = 1024
 
 
 def walk_span(cfg: KernelConfig, chunk_size: int, programs: Callable[[int], int], sm_count: int) -> int:
-    """Chunks per program of the output walk (cfg.span when set): the most, up to WALK_TOKENS tokens, whose
+    """Chunks per program of the output or dx walk (cfg.span when set): the most, up to WALK_TOKENS tokens, whose
     programs(span) still fill the sm_count SMs with two each (all of them when the SM count is unknown, 0), when
-    steps of cfg.block_m tokens divide the chunk; else 1. A walk carries its float32 state from one chunk into the
-    next, so a program's start (loads of the chunk state, x, B, C before the first product) and end are paid once
-    per walk. H200, 64 heads, chunk 256, walk kernel ms for walks of 1 / 2 / 4 chunks: 8 x 8192 tokens 64 x 64
+    steps of cfg.block_m tokens divide the chunk; else 1. A walk carries its float32 state (or state gradient)
+    from one chunk into the next, so a program's start (loads of the chunk state, x, B, C before the first product)
+    and end are paid once per walk. H200, 64 heads, chunk 256, walk kernel ms for walks of 1 / 2 / 4 chunks: 8 x 8192 tokens 64 x 64
     0.641 / 0.582 / 0.558, 64 x 128 0.842 / 0.757 / 0.723, 128 x 64 1.014 / 0.941 / 0.913, 128 x 128 1.666 /
     1.490 / 1.437 (the same at 2 x 32768 and 32 x 2048); 1 x 8192 (512 programs of 4 chunks) 64 x 64 0.086 / 0.078
     / 0.074, 128 x 128 0.221 / 0.201 / 0.192."""

@@ -104,25 +104,28 @@ def _check_gluon_gradients(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_
         assert torch.equal(gluon[name], triton_[name]), name
 
 
-def _check_dx_walk(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int) -> None:
+def _check_dx_walk(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, span: int = 0) -> None:
+    """The Gluon dx walk (in walks of `span` chunks; 0: as config.walk_span picks) against the Triton kernels."""
     x = inputs["x"]
     monkeypatch.setenv("ARCHSPEC_SSD_DX", GLUON_DX)
     cfg = bwd_dx_config(x.shape[-1], inputs["B"].shape[-1], chunk_size, wgmma=True)
     assert cfg.walk and cfg.wgmma and wgmma_supported(x, cfg.block_m, cfg.block_n)
     # dB, dC: not the dx kernel's, the same kernels compute them either way
-    _check_gluon_gradients(monkeypatch, inputs, chunk_size, "DX", GLUON_DX, TRITON_DX, ("B", "C"))
+    _check_gluon_gradients(monkeypatch, inputs, chunk_size, "DX", f"{GLUON_DX},span={span}",
+                           f"{TRITON_DX},span={span}", ("B", "C"))
 
 
 @pytest.mark.parametrize("headdim,dstate", [(64, 64), (64, 128), (128, 64), (128, 128), (96, 80), (32, 64)])
-@pytest.mark.parametrize("chunk_size", [64, 256])
+@pytest.mark.parametrize("chunk_size,span", [(64, 3), (256, 1), (256, 4)])
 def test_gluon_dx_walk_matches_triton_and_reference_gradients(make_ssd_inputs, monkeypatch, headdim: int,
-                                                             dstate: int, chunk_size: int) -> None:
+                                                             dstate: int, chunk_size: int, span: int) -> None:
     """Packed sequences with ragged chunks, D per channel, z gating, dt bias and softplus, initial states; 4 heads
-    in 2 groups. The walk is forced where config.py would pick the row-tile kernel (128 x 128, 96 x 80)."""
+    in 2 groups; walks of one chunk and of several (the state gradient carried back from chunk to chunk). The walk
+    is forced where config.py would pick the row-tile kernel (128 x 128, 96 x 80)."""
     inputs = make_ssd_inputs(1, 900, 4, headdim, 2, dstate, torch.bfloat16, "cuda", seqlens=[70, 1, 600, 229],
                              with_D=True, D_has_hdim=True, with_z=True, with_dt_bias=True, dt_softplus=True,
                              with_initial_states=True)
-    _check_dx_walk(monkeypatch, inputs, chunk_size)
+    _check_dx_walk(monkeypatch, inputs, chunk_size, span)
 
 
 @pytest.mark.parametrize("options", [{}, dict(with_D=True)], ids=["no_D", "D_per_head"])
