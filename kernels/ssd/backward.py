@@ -391,7 +391,8 @@ def ssd_backward(
             dy, C, fwd.s, fwd.states, walk.init, dstates, walk.out, ds, walk.start, walk.chunk,
             dy.stride(0), dy.stride(1), C.stride(0), C.stride(1), ntokens, nheads, headdim, dstate, per_group,
             CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HEADS=cfg.heads,
-            HAS_DFINAL=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec,
+            HAS_DFINAL=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), SCALE_B=bool(cfg.scale_b),
+            PREC=prec,
             **cfg.launch_options(),
         )
         if walk.seg is not None:

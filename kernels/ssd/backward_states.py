@@ -84,7 +84,8 @@ def state_bwd_kernel(
     stride_dy_t, stride_dy_h, stride_c_t, stride_c_g,
     ntokens, nheads, headdim, dstate, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HEADS: tl.constexpr, HAS_DFINAL: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
+    HEADS: tl.constexpr, HAS_DFINAL: tl.constexpr, ALIGNED: tl.constexpr, SCALE_B: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64) * HEADS
@@ -137,8 +138,10 @@ def state_bwd_kernel(
         ct = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
         w, decay = step_factors(exp_ftz(s_t - s_before), exp_ftz(s_last - s_before), mask_t, BLOCK_P, HEADS)
-        dyw = (dyt.to(tl.float32) * w).to(ct.dtype)
-        dh = dh * decay + mm(tl.trans(dyw), ct, PREC)
+        if SCALE_B:  # C^T diag(w) dy with w on the C tile: the dy tile goes to the product as loaded
+            dh = dh * decay + mm(tl.trans(dyt), (ct.to(tl.float32) * w).to(ct.dtype), PREC)
+        else:
+            dh = dh * decay + mm(tl.trans((dyt.to(tl.float32) * w).to(ct.dtype)), ct, PREC)
         if (step % steps_per_chunk == 0) & (local > 0):
             _chunk_end(dh, h_in, s_end, dstates_ptr, ds_ptr, chunk0, local - 1, head, rows, nheads, t_begin,
                        t_end, state_size, tile, mask_tile, CHUNK, BLOCK_P, HEADS)

@@ -47,6 +47,10 @@ class KernelConfig:
     each whole sequence in one program; -1 lets `auto_segment` choose per call.
     aligned: 1 passes ChunkTable.aligned on to the kernel (common.known_multiple: vectorised per-token loads), 0
     hides it.
+    scale_b (state passes, one head per tile): 1 multiplies each step's B (backward: C) tile by the per-token
+    weights instead of its x (dy) tile, the smaller of the two when d_state < head_dim. Not timed yet, so off by
+    default: triton 3.6 sm_90 builds at 128 x 64 cut the step loop from 485 to 387 instructions per thread
+    (forward) and from 961 to 758 (backward, spills 168 -> 128 bytes); at 64 x 64 and 128 x 128 it grows.
     span (output and dx walks): chunks per walk program (layout.WalkTable); 0 lets `walk_span` choose per call.
     heads (state passes): 2 makes a tile the whole head_dim of two heads of one group (block_p = 2 x head_dim, a
     power of two), so that one program's B (C) tile serves both; 1 a block of one head's head_dim.
@@ -65,6 +69,7 @@ class KernelConfig:
     aligned: int = 1
     heads: int = 1
     span: int = 0
+    scale_b: int = 0
 
     def alignment(self, table_aligned: bool) -> bool:
         """The ALIGNED constexpr of a launch over a chunk table whose `aligned` is table_aligned."""
@@ -118,6 +123,8 @@ def _state_override(name: str, cfg: KernelConfig, headdim: int, heads_per_group:
     if "block_p" in fields and "heads" not in fields and fields["block_p"] != 2 * headdim:
         fields["heads"] = 1
     cfg = replace(cfg, **fields)
+    if cfg.scale_b and cfg.heads != 1:
+        raise ValueError(f"ARCHSPEC_SSD_{name.upper()}: scale_b=1 needs tiles of one head (heads=1), not {cfg.heads}")
     if cfg.heads == 1:
         return cfg
     if cfg.heads != 2 or headdim != pow2(headdim) or heads_per_group % 2 or cfg.block_p != 2 * headdim:

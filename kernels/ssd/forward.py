@@ -80,7 +80,7 @@ def _state_fwd_kernel(
     x_ptr, b_ptr, h0_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, seq_start_ptr, seq_chunk_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, ntokens, nheads, headdim, dstate, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HEADS: tl.constexpr, HAS_H0: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
+    HEADS: tl.constexpr, HAS_H0: tl.constexpr, ALIGNED: tl.constexpr, SCALE_B: tl.constexpr, PREC: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1).to(tl.int64) * HEADS  # head * stride_x_h passes 2^31 for head-major x of 1M tokens
@@ -124,8 +124,10 @@ def _state_fwd_kernel(
         bt = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
         w, decay = step_factors(exp_ftz(s_last - s_t) * dt_t, exp_ftz(s_last - s_before), mask_t, BLOCK_P, HEADS)
-        xw = (xt.to(tl.float32) * w).to(bt.dtype)
-        h = h * decay + mm(tl.trans(xw), bt, PREC)
+        if SCALE_B:  # B^T diag(w) x with w on the B tile: the x tile goes to the product as loaded
+            h = h * decay + mm(tl.trans(xt), (bt.to(tl.float32) * w).to(bt.dtype), PREC)
+        else:
+            h = h * decay + mm(tl.trans((xt.to(tl.float32) * w).to(bt.dtype)), bt, PREC)
         s_t, dt_t, s_before, s_last = s_t_next, dt_t_next, s_before_next, s_last_next
 
     tl.store(final_ptr + (seq * nheads + head).to(tl.int64) * state_size + tile, h, mask=mask_tile)
@@ -265,7 +267,7 @@ def ssd_forward(
         x, B, walk.init, states, walk.out, s, dtp, walk.start, walk.chunk,
         x.stride(0), x.stride(1), B.stride(0), B.stride(1), ntokens, nheads, headdim, dstate, per_group,
         CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HEADS=cfg.heads,
-        HAS_H0=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec,
+        HAS_H0=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), SCALE_B=bool(cfg.scale_b), PREC=prec,
         **cfg.launch_options(),
     )
     if walk.seg is not None:

@@ -87,6 +87,10 @@ def test_tiles_of_two_heads_halve_to_one_head_for_few_programs_or_a_block_p_of_o
     monkeypatch.setenv("ARCHSPEC_SSD_STATE", "heads=2,block_p=160")
     with pytest.raises(ValueError, match="head_dim 80"):
         state_config(80, 128, 256, heads_per_group=2)
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "scale_b=1")
+    assert state_config(128, 64, 256).scale_b == 1
+    with pytest.raises(ValueError, match="ARCHSPEC_SSD_STATE: scale_b=1 needs tiles of one head"):
+        state_config(64, 128, 256, heads_per_group=2)
 
 
 def test_forward_state_pass_prefetches_two_steps_ahead_only_in_tiles_of_4096_elements() -> None:

@@ -360,6 +360,18 @@ def test_walks_over_several_chunks_match_naive(make_ssd_inputs, monkeypatch, chu
     check_scan(inputs, chunk_size, torch.float32, grads=True)
 
 
+@pytest.mark.parametrize("segment", [0, 3])
+def test_state_passes_weighting_the_b_and_c_tiles_match_naive(make_ssd_inputs, monkeypatch, segment: int) -> None:
+    """ARCHSPEC_SSD_STATE / _STATE_BWD=scale_b=1: the per-token weights multiply the B (C) tile instead of x (dy),
+    B^T diag(w) x, whole sequences or segments, packed, with initial states: y, the final states and every gradient
+    are the reference's."""
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", f"scale_b=1,segment={segment},block_m=32,block_k=32")
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", f"scale_b=1,segment={segment},block_m=32,block_k=32")
+    inputs = make_ssd_inputs(1, 400, 2, 64, 1, 32, torch.float32, DEVICE, seqlens=[150, 1, 249],
+                             with_initial_states=True, with_D=True, requires_grad=True)
+    check_scan(inputs, 64, torch.float32, grads=True)
+
+
 def test_segment_table_cuts_each_sequence_at_whole_chunks() -> None:
     table = build_chunk_table(1, 175, 16, torch.tensor([0, 9, 109, 159, 175]), torch.device("cpu"))
     assert table.seq_nchunks == (1, 7, 4, 1)
