@@ -4,7 +4,7 @@ The Triton kernels see the tokens of all sequences as one axis of T = batch * se
 tokens of cu_seqlens). Every sequence is cut into chunks of `chunk_size` tokens counted from its own start, so a
 chunk never spans two sequences; the last chunk of a sequence may be shorter. Kernels that work per chunk read
 the chunk's first token and length from this table; kernels that walk a sequence read its token range and the
-index of its first chunk.
+index of its first chunk; the output and dx walks take runs of consecutive chunks of one sequence (`WalkTable`).
 """
 
 from __future__ import annotations
