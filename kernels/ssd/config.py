@@ -266,10 +266,11 @@ def walk_span(cfg: KernelConfig, chunk_size: int, programs: Callable[[int], int]
     programs(span) still fill the sm_count SMs with two each (all of them when the SM count is unknown, 0), when
     steps of cfg.block_m tokens divide the chunk; else 1. A walk carries its float32 state (or state gradient)
     from one chunk into the next, so a program's start (loads of the chunk state, x, B, C before the first product)
-    and end are paid once per walk. H200, 64 heads, chunk 256, walk kernel ms for walks of 1 / 2 / 4 chunks: 8 x 8192 tokens 64 x 64
-    0.641 / 0.582 / 0.558, 64 x 128 0.842 / 0.757 / 0.723, 128 x 64 1.014 / 0.941 / 0.913, 128 x 128 1.666 /
-    1.490 / 1.437 (the same at 2 x 32768 and 32 x 2048); 1 x 8192 (512 programs of 4 chunks) 64 x 64 0.086 / 0.078
-    / 0.074, 128 x 128 0.221 / 0.201 / 0.192."""
+    and end are paid once per walk. H200, 64 heads, chunk 256, output walk kernel ms for walks of 1 / 2 / 4 chunks:
+    8 x 8192 tokens 64 x 64 0.641 / 0.582 / 0.558, 64 x 128 0.842 / 0.757 / 0.723, 128 x 64 1.014 / 0.941 / 0.913,
+    128 x 128 1.666 / 1.490 / 1.437 (the same at 2 x 32768 and 32 x 2048); 1 x 8192 (512 programs of 4 chunks)
+    64 x 64 0.086 / 0.078 / 0.074, 128 x 128 0.221 / 0.201 / 0.192; the dx walk, 1 / 4 chunks at 8 x 8192: 64 x 64
+    0.883 / 0.748, 128 x 128 2.546 / 2.222; walks of 8 chunks gain 1-2.5% (forward) and nothing (dx)."""
     if cfg.span:
         return cfg.span
     if chunk_size % cfg.block_m:

@@ -33,7 +33,8 @@ from .common import state_tile
 from .config import KernelConfig, auto_segment, fill_sms
 from .layout import ChunkTable
 
-__all__ = ["SegmentTable", "StateWalk", "build_segment_table", "carry_backward", "carry_forward", "sm_count", "state_walk"]
+__all__ = ["SegmentTable", "StateWalk", "build_segment_table", "carry_backward", "carry_forward", "sm_count",
+           "state_walk"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class StateWalk(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def sm_count(device: torch.device) -> int:
+    """The number of SMs of a CUDA device; 0 elsewhere (unknown)."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
