@@ -29,10 +29,10 @@ from torch import Tensor
 from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
 from .common import chunk_extent, chunk_tile_pair, dot_precision, exp_ftz, head_chunk_program, mm
 from .config import (bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, overlap, pow2,
-                     state_bwd_config, walk_span)
+                     state_bwd_config)
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
-from .segments import carry_backward, sm_count, state_walk
+from .segments import carry_backward, chunk_walks, state_walk
 from .streams import Fork
 from .tiles import chunk_cb, dx_tiles
 
@@ -320,10 +320,9 @@ def _dx(x: Tensor, dy: Tensor, B: Tensor, C: Tensor, cb: Tensor, dstates: Tensor
     if not cfg.walk:
         dx_tiles(x, dy, B, cb, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table, prec)
         return
-    blocks_p = triton.cdiv(headdim, cfg.block_p)
-    walks = table.walks(walk_span(cfg, chunk, lambda span: blocks_p * nheads * table.walk_count(span),
-                                  sm_count(x.device)))
-    grid = (blocks_p * nheads, walks.count)
+    blocks = nheads * triton.cdiv(headdim, cfg.block_p)
+    walks = chunk_walks(table, cfg, blocks, x.device)
+    grid = (blocks, walks.count)
     args = (x, dy, B, C, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, walks.chunk, walks.start, walks.length,
             x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
             C.stride(1), dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate,

@@ -27,9 +27,9 @@ from torch import Tensor
 
 from .common import (dot_precision, dt_head_rows, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
                      raw_dt_rows, state_tile, step_factors, step_log_decays, step_tokens, tile_heads)
-from .config import dt_head_block, overlap, pow2, scan_config, state_config, walk_span
+from .config import dt_head_block, overlap, pow2, scan_config, state_config
 from .layout import ChunkTable
-from .segments import carry_forward, sm_count, state_walk
+from .segments import carry_forward, chunk_walks, state_walk
 from .streams import Fork
 from .tiles import chunk_cb, scan_tiles
 
@@ -283,10 +283,9 @@ def ssd_forward(
     if not cfg.walk:
         scan_tiles(x, C, cb, states, s, dtp, D, z, y, y_pre, table, prec)
     else:
-        blocks_p = triton.cdiv(headdim, cfg.block_p)
-        walks = table.walks(walk_span(cfg, chunk, lambda span: blocks_p * nheads * table.walk_count(span),
-                                      sm_count(dev)))
-        grid = (blocks_p * nheads, walks.count)
+        blocks = nheads * triton.cdiv(headdim, cfg.block_p)
+        walks = chunk_walks(table, cfg, blocks, dev)
+        grid = (blocks, walks.count)
         args = (x, B, C, states, s, dtp, D, z, y, y_pre, walks.chunk, walks.start, walks.length,
                 x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
                 z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),

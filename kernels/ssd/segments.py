@@ -30,11 +30,11 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import state_tile
-from .config import KernelConfig, auto_segment, fill_sms
-from .layout import ChunkTable
+from .config import KernelConfig, auto_segment, fill_sms, walk_span
+from .layout import ChunkTable, WalkTable
 
-__all__ = ["SegmentTable", "StateWalk", "build_segment_table", "carry_backward", "carry_forward", "sm_count",
-           "state_walk"]
+__all__ = ["SegmentTable", "StateWalk", "build_segment_table", "carry_backward", "carry_forward", "chunk_walks",
+           "sm_count", "state_walk"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,13 @@ class StateWalk(NamedTuple):
 def sm_count(device: torch.device) -> int:
     """The number of SMs of a CUDA device; 0 elsewhere (unknown)."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+
+
+def chunk_walks(table: ChunkTable, cfg: KernelConfig, blocks: int, device: torch.device) -> WalkTable:
+    """The walks of an output or dx walk kernel (cfg) that runs `blocks` programs per walk (heads x head_dim
+    blocks): of as many chunks as config.walk_span picks for the GPU's SM count."""
+    return table.walks(walk_span(cfg, table.chunk_size, lambda span: blocks * table.walk_count(span),
+                                 sm_count(device)))
 
 
 def state_walk(table: ChunkTable, cfg: KernelConfig, name: str, init: Optional[Tensor], out: Tensor) -> StateWalk:
