@@ -490,3 +490,15 @@ def test_gpu_bfloat16_state_tiles_of_two_heads(make_ssd_inputs, monkeypatch, dst
                              requires_grad=True, with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True,
                              with_initial_states=True)
     check_scan(inputs, 256, torch.bfloat16, grads=True)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_gpu_bfloat16_state_passes_weighting_the_b_and_c_tiles(make_ssd_inputs, monkeypatch) -> None:
+    """scale_b=1 at head_dim 128 x d_state 64 (where it would be used), bf16, packed, with gradients."""
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "scale_b=1")
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", "scale_b=1")
+    inputs = make_ssd_inputs(1, 3000, 4, 128, 2, 64, torch.bfloat16, "cuda", seqlens=[1900, 1, 1099],
+                             requires_grad=True, with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True,
+                             with_initial_states=True)
+    check_scan(inputs, 256, torch.bfloat16, grads=True)
