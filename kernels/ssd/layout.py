@@ -135,12 +135,17 @@ def _packed_table(ntokens: int, chunk_size: int, cu_seqlens: Tensor, device: tor
             lens.append(min(chunk_size, end - begin - local))
         firsts.append(len(starts))
 
-    def as_tensor(values: list[int]) -> Tensor:
-        return torch.tensor(values, dtype=torch.int32).to(device)
-
-    return ChunkTable(chunk_size, len(offsets) - 1, len(starts), ntokens, as_tensor(offsets), as_tensor(firsts),
-                      as_tensor(starts), as_tensor(lens), tuple(b - a for a, b in zip(firsts[:-1], firsts[1:])),
-                      _aligned(chunk_size, offsets), packed=True)
+    # one copy to the device (each blocks the host until the stream has caught up), then views of it, each starting
+    # 16 bytes apart (so that the kernels' pointer arguments keep the alignment they were compiled for)
+    lists = (offsets, firsts, starts, lens)
+    padded = [-(-len(values) // 4) * 4 for values in lists]
+    rows = torch.tensor([v for values, size in zip(lists, padded) for v in values + [0] * (size - len(values))],
+                        dtype=torch.int32).to(device)
+    seq_start, seq_chunk, chunk_start, chunk_len = (
+        part[:len(values)] for part, values in zip(rows.split(padded), lists))
+    return ChunkTable(chunk_size, len(offsets) - 1, len(starts), ntokens, seq_start, seq_chunk, chunk_start,
+                      chunk_len, tuple(b - a for a, b in zip(firsts[:-1], firsts[1:])), _aligned(chunk_size, offsets),
+                      packed=True)
 
 
 def _aligned(chunk_size: int, offsets: list[int]) -> bool:

@@ -326,6 +326,17 @@ def test_chunk_table_is_aligned_only_when_every_chunk_starts_and_ends_at_a_multi
     assert not build_chunk_table(1, 192, 64, torch.tensor([0, 40, 192]), cpu).aligned
 
 
+def test_packed_chunk_table_comes_in_one_copy_with_each_array_16_byte_aligned() -> None:
+    """cu_seqlens' table is built on the host and copied once (each copy waits for the stream); its arrays are views
+    that start at 16-byte boundaries, as the kernels' pointer arguments were compiled for."""
+    table = build_chunk_table(1, 175, 16, torch.tensor([0, 9, 109, 159, 175]), torch.device("cpu"))
+    arrays = (table.seq_start, table.seq_chunk, table.chunk_start, table.chunk_len)
+    assert len({a.untyped_storage().data_ptr() for a in arrays}) == 1
+    assert all(a.data_ptr() % 16 == 0 for a in arrays)
+    assert table.seq_start.tolist() == [0, 9, 109, 159, 175] and table.seq_chunk.tolist() == [0, 1, 8, 12, 13]
+    assert table.chunk_len.tolist() == [9] + [16] * 6 + [4] + [16] * 3 + [2, 16]
+
+
 def test_walk_table_covers_each_sequence_in_walks_of_whole_chunks() -> None:
     """Walks of up to `span` chunks start at a sequence's chunk and end at the span or at the sequence's end, for
     batch rows and for packed sequences (one shorter than a chunk, one empty)."""
