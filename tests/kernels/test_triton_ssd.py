@@ -358,15 +358,17 @@ def test_walk_table_covers_each_sequence_in_walks_of_whole_chunks() -> None:
     assert torch.equal(one.start, packed.chunk_start) and torch.equal(one.length, packed.chunk_len)
 
 
-@pytest.mark.parametrize("chunk_size,span", [(32, 1), (32, 2), (32, 5), (128, 3)])
-def test_walks_over_several_chunks_match_naive(make_ssd_inputs, monkeypatch, chunk_size: int, span: int) -> None:
+@pytest.mark.parametrize("chunk_size,span,dstate", [(32, 1, 16), (32, 2, 16), (32, 5, 16), (128, 3, 16),
+                                                    (128, 3, 80)])
+def test_walks_over_several_chunks_match_naive(make_ssd_inputs, monkeypatch, chunk_size: int, span: int,
+                                               dstate: int) -> None:
     """The output walk carries its state from one chunk into the next, the dx walk its state gradient backwards (s
-    restarts at each chunk): walks of 1, 2, 3 and 5 chunks of one or two 64-token steps give the reference's y and
-    gradients, with packed sequences that end mid-chunk, after one token and at a walk's end, D, z, initial
-    states and a final-state gradient."""
+    restarts at each chunk): walks of 1, 2, 3 and 5 chunks of one, two or four steps (the dx walk takes 32-token
+    steps from d_state 80) give the reference's y and gradients, with packed sequences that end mid-chunk, after
+    one token and at a walk's end, D, z, initial states and a final-state gradient."""
     monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"walk=1,span={span}")
     monkeypatch.setenv("ARCHSPEC_SSD_DX", f"walk=1,span={span}")
-    inputs = make_ssd_inputs(1, 600, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=[150, 1, 89, 360],
+    inputs = make_ssd_inputs(1, 600, 2, 32, 1, dstate, torch.float32, DEVICE, seqlens=[150, 1, 89, 360],
                              requires_grad=True, with_initial_states=True, with_D=True, with_z=True)
     check_scan(inputs, chunk_size, torch.float32, grads=True)
 
