@@ -503,9 +503,16 @@ def test_gpu_float32_packed_sequences_all_options(make_ssd_inputs, chunk_size: i
 @pytest.mark.parametrize("dstate", [64, 256])
 def test_gpu_bfloat16_state_passes_in_segments(make_ssd_inputs, monkeypatch, dstate: int) -> None:
     """Long packed sequences with the state passes cut into segments of 3 chunks (segments.py), bf16 sizes."""
-    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "segment=3")
-    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", "segment=3")
-    inputs = make_ssd_inputs(1, 4000, 4, 64, 2, dstate, torch.bfloat16, "cuda", seqlens=[2900, 1, 1099],
+    _check_gpu_state_passes(make_ssd_inputs, monkeypatch, "segment=3", 64, dstate, [2900, 1, 1099])
+
+
+def _check_gpu_state_passes(make_ssd_inputs, monkeypatch: pytest.MonkeyPatch, fields: str, headdim: int,
+                            dstate: int, seqlens: list[int]) -> None:
+    """Both state passes under ARCHSPEC_SSD_STATE / _STATE_BWD = fields, on packed bf16 sequences with every option
+    and gradients, against the reference."""
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", fields)
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", fields)
+    inputs = make_ssd_inputs(1, sum(seqlens), 4, headdim, 2, dstate, torch.bfloat16, "cuda", seqlens=seqlens,
                              requires_grad=True, with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True,
                              with_initial_states=True)
     check_scan(inputs, 256, torch.bfloat16, grads=True)
@@ -517,22 +524,12 @@ def test_gpu_bfloat16_state_passes_in_segments(make_ssd_inputs, monkeypatch, dst
 def test_gpu_bfloat16_state_tiles_of_two_heads(make_ssd_inputs, monkeypatch, dstate: int, segment: int) -> None:
     """The state passes' tiles of two heads natively, bf16 sizes, whole sequences or segments of 3 chunks; block_p
     is set, so that config.fill_sms keeps the pairs on a GPU whose SMs these few programs leave idle."""
-    fields = f"heads=2,block_p=128,segment={segment}"
-    monkeypatch.setenv("ARCHSPEC_SSD_STATE", fields)
-    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", fields)
-    inputs = make_ssd_inputs(1, 4000, 4, 64, 2, dstate, torch.bfloat16, "cuda", seqlens=[2900, 1, 1099],
-                             requires_grad=True, with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True,
-                             with_initial_states=True)
-    check_scan(inputs, 256, torch.bfloat16, grads=True)
+    _check_gpu_state_passes(make_ssd_inputs, monkeypatch, f"heads=2,block_p=128,segment={segment}", 64, dstate,
+                            [2900, 1, 1099])
 
 
 @pytest.mark.gpu
 @requires_cuda
 def test_gpu_bfloat16_state_passes_weighting_the_b_and_c_tiles(make_ssd_inputs, monkeypatch) -> None:
     """scale_b=1 at head_dim 128 x d_state 64 (where it would be used), bf16, packed, with gradients."""
-    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "scale_b=1")
-    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", "scale_b=1")
-    inputs = make_ssd_inputs(1, 3000, 4, 128, 2, 64, torch.bfloat16, "cuda", seqlens=[1900, 1, 1099],
-                             requires_grad=True, with_D=True, with_z=True, with_dt_bias=True, dt_softplus=True,
-                             with_initial_states=True)
-    check_scan(inputs, 256, torch.bfloat16, grads=True)
+    _check_gpu_state_passes(make_ssd_inputs, monkeypatch, "scale_b=1", 128, 64, [1900, 1, 1099])
