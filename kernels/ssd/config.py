@@ -48,9 +48,7 @@ class KernelConfig:
     aligned: 1 passes ChunkTable.aligned on to the kernel (common.known_multiple: vectorised per-token loads), 0
     hides it.
     scale_b (state passes, one head per tile): 1 multiplies each step's B (backward: C) tile by the per-token
-    weights instead of its x (dy) tile, the smaller of the two when d_state < head_dim. Not timed yet, so off by
-    default: triton 3.6 sm_90 builds at 128 x 64 cut the step loop from 485 to 387 instructions per thread
-    (forward) and from 961 to 758 (backward, spills 168 -> 128 bytes); at 64 x 64 and 128 x 128 it grows.
+    weights instead of its x (dy) tile, the smaller of the two when d_state < head_dim (state_config).
     span (output and dx walks): chunks per walk program (layout.WalkTable); 0 lets `walk_span` choose per call.
     heads (state passes): 2 makes a tile the whole head_dim of two heads of one group (block_p = 2 x head_dim, a
     power of two), so that one program's B (C) tile serves both; 1 a block of one head's head_dim.
@@ -147,7 +145,11 @@ def state_config(headdim: int, dstate: int, chunk_size: int, heads_per_group: in
     of 4,096 elements prefetch two steps ahead (num_stages 3; 64 x 64: 0.269 -> 0.235 ms), larger ones one (3
     stages at 64 x 128: 0.439 -> 0.575; at 128 x 64 the forward 1.62 -> 1.89). Tiles of 8,192 elements take
     64-token steps (whole forward: 128 x 64 1.620 -> 1.569 ms, 64 x 128 1.329 -> 1.313, 64 x 256 2.409 -> 2.406;
-    at 64 x 64 the pass 0.269 -> 0.360, at 128 x 128 in 128 x 128 tiles the forward 2.469 -> 2.652).
+    at 64 x 64 the pass 0.269 -> 0.360, at 128 x 128 in 128 x 128 tiles the forward 2.469 -> 2.652). Tiles of
+    fewer d_state columns than head_dim rows weight B instead of x (scale_b; H200 as above, 128 x 64: pass 0.515
+    -> 0.443 ms, forward 1.444 -> 1.375; triton 3.6 sm_90 step loop 485 -> 387 instructions per thread; the
+    backward pass's twin, 961 -> 758 instructions, timed 0.632 -> 0.593 and 0.687 -> 0.617 in two runs whose
+    forward+backward moved by less than their noise, stays off).
     segment: chosen per call by `auto_segment`; ARCHSPEC_SSD_STATE=segment=N (ARCHSPEC_SSD_STATE_BWD for the
     backward pass) fixes it (0: whole sequences). Per call, `fill_sms` may halve block_p for few programs."""
     steps, bp, bn, heads = _state_tiles(headdim, dstate, chunk_size, heads_per_group)
@@ -158,7 +160,8 @@ def state_config(headdim: int, dstate: int, chunk_size: int, heads_per_group: in
         stages = 3 if bp * bn == 4096 else 2
         if bp * bn == 8192:
             steps = min(steps, 64)
-        cfg = KernelConfig(steps, steps, bp, bn, 8 if wide else 4, stages, maxnreg=128 if wide else 0)
+        cfg = KernelConfig(steps, steps, bp, bn, 8 if wide else 4, stages, maxnreg=128 if wide else 0,
+                           scale_b=int(bn < bp))
     return _state_override("state", cfg, headdim, heads_per_group)
 
 
@@ -183,17 +186,21 @@ def state_bwd_config(headdim: int, dstate: int, chunk_size: int, heads_per_group
 SEGMENT_CHUNKS = 64
 
 
-def auto_segment(programs: int, longest: int, sm_count: int) -> int:
+def auto_segment(programs: int, longest: int, sm_count: int, every: int = 1) -> int:
     """Segment length in chunks for a state pass of `programs` programs (sequences x heads x state tiles) whose
     longest sequence has `longest` chunks, on a GPU of sm_count SMs (0: unknown): segments of 64 chunks when the
-    programs would leave more than half the SMs idle and a sequence has more than one segment, else 0 (whole
+    programs would leave more than half the SMs idle (a forward pass that stores every `every`-th chunk state,
+    every > 1: when they would not fill the SMs twice) and a sequence has more than one segment, else 0 (whole
     sequences). H200, 64 heads, head_dim 64, one sequence (64 programs), forward+backward ms whole / segments of
     16 / of 64: 65,536 tokens, d_state 64 6.57 / 6.48 / -, d_state 128 9.98 / 8.74 / -; 262,144 tokens 26.2 / 23.4
     / 23.1 and 39.5 / 34.5 / 33.5; 1,048,576 tokens 104.1 / 90.8 / 88.2 and 157.6 / 134.6 / 132.9. At 128
     programs segments lose (head_dim 128, d_state 128, whole tiles split in two: 1 x 65,536 13.65 / 13.83;
     1 x 1,048,576 216.8 / 222.5 / 221.0; 2 x 32,768 at head_dim 64: 5.57 / 6.28): the fix of the chunk states
-    costs more than the walk gains."""
-    if sm_count and 2 * programs <= sm_count and longest > SEGMENT_CHUNKS:
+    costs more than the walk gains. A forward without a backward to come fixes only the walks' first chunk
+    states (every 4th at chunk 256): 2 x 32,768 tokens, 128 programs, forward ms whole / segments of 64 / of 32:
+    64 x 64 0.940 / 0.820 / 0.881, 64 x 128 1.234 / 1.159 / 1.145, 128 x 64 1.580 / 1.367 / 1.394, 128 x 128 (in
+    128 x 128 tiles of 8 uncapped warps) 2.188 / 2.201 / 2.216."""
+    if sm_count and (programs if every > 1 else 2 * programs) <= sm_count and longest > SEGMENT_CHUNKS:
         return SEGMENT_CHUNKS
     return 0
 

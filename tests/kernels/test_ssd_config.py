@@ -87,10 +87,18 @@ def test_tiles_of_two_heads_halve_to_one_head_for_few_programs_or_a_block_p_of_o
     monkeypatch.setenv("ARCHSPEC_SSD_STATE", "heads=2,block_p=160")
     with pytest.raises(ValueError, match="head_dim 80"):
         state_config(80, 128, 256, heads_per_group=2)
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", "scale_b=0")
+    assert state_config(128, 64, 256).scale_b == 0
     monkeypatch.setenv("ARCHSPEC_SSD_STATE", "scale_b=1")
-    assert state_config(128, 64, 256).scale_b == 1
+    assert state_config(64, 64, 256).scale_b == 1
     with pytest.raises(ValueError, match="ARCHSPEC_SSD_STATE: scale_b=1 needs tiles of one head"):
         state_config(64, 128, 256, heads_per_group=2)
+
+
+def test_forward_state_pass_weights_b_where_its_tile_has_fewer_d_state_columns_than_head_dim_rows() -> None:
+    shapes = [(128, 64), (64, 32), (64, 64), (64, 128), (128, 128), (128, 256)]
+    assert [state_config(p, n, 256).scale_b for p, n in shapes] == [1, 1, 0, 0, 0, 0]
+    assert state_bwd_config(128, 64, 256).scale_b == 0
 
 
 def test_forward_state_pass_prefetches_two_steps_ahead_only_in_tiles_of_4096_elements() -> None:
@@ -207,6 +215,12 @@ def test_state_passes_walk_segments_of_64_chunks_only_when_programs_leave_most_s
     assert auto_segment(programs=67, longest=4096, sm_count=132) == 0, "more than half the SMs busy"
     assert auto_segment(programs=8, longest=64, sm_count=132) == 0, "one segment would be the whole sequence"
     assert auto_segment(programs=8, longest=4096, sm_count=0) == 0, "unknown GPU (the interpreter)"
+
+
+def test_a_forward_storing_only_the_walks_first_chunk_states_segments_until_the_programs_fill_the_sms() -> None:
+    assert auto_segment(programs=128, longest=128, sm_count=132, every=4) == 64
+    assert auto_segment(programs=128, longest=128, sm_count=132) == 0
+    assert auto_segment(programs=133, longest=128, sm_count=132, every=4) == 0
 
 
 def test_state_tiles_halve_head_dim_while_the_programs_would_not_fill_the_sms(monkeypatch: pytest.MonkeyPatch) -> None:
