@@ -26,9 +26,9 @@ class _SSDScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                 z: Optional[Tensor], dt_bias: Optional[Tensor], initial_states: Optional[Tensor], table: ChunkTable,
-                dt_softplus: bool, dt_limit: tuple[float, float]) -> tuple[Tensor, Tensor]:
+                dt_softplus: bool, dt_limit: tuple[float, float], keep_states: bool) -> tuple[Tensor, Tensor]:
         fwd = ssd_forward(x, dt, A, B, C, table, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                          dt_limit=dt_limit, initial_states=initial_states)
+                          dt_limit=dt_limit, initial_states=initial_states, keep_states=keep_states)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, *fwd)
         ctx.has_initial = initial_states is not None
         ctx.table = table
@@ -52,7 +52,7 @@ class _SSDScan(torch.autograd.Function):
 
         return (cast(g.dx, x, 0), cast(g.ddt, dt, 1), cast(g.dA, A, 2), cast(g.dB, B, 3), cast(g.dC, C, 4),
                 cast(g.dD, D, 5), cast(g.dz, z, 6), cast(g.ddt_bias, dt_bias, 7),
-                g.dinitial_states if ctx.has_initial and need[8] else None, None, None, None)
+                g.dinitial_states if ctx.has_initial and need[8] else None, None, None, None, None)
 
 
 def _unit_last_stride(t: Tensor) -> Tensor:
@@ -108,11 +108,15 @@ def ssd_scan_triton(
     ntokens = batch * seqlen
     flat = (ntokens, nheads, headdim)
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
+    # a call that no backward will follow (no_grad, inference_mode, or no input needing a gradient) lets the
+    # forward skip the chunk states only the backward reads
+    grads = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias, initial_states))
     y, final = _SSDScan.apply(
         _unit_last_stride(x.reshape(flat)), _unit_last_stride(dt.reshape(ntokens, nheads)), _dense(A),
         _unit_last_stride(B.to(x.dtype).reshape(ntokens, ngroups, dstate)),
         _unit_last_stride(C.to(x.dtype).reshape(ntokens, ngroups, dstate)),
         _dense(D), _unit_last_stride(z.reshape(flat)) if z is not None else None, _dense(dt_bias), initial_states,
-        table, bool(dt_softplus), (lo, hi))
+        table, bool(dt_softplus), (lo, hi), grads)
     y = y.reshape(batch, seqlen, nheads, headdim)
     return (y, final) if return_final_states else y

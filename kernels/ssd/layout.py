@@ -12,12 +12,12 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import Any, Callable, Hashable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["ALIGNMENT", "ChunkTable", "WalkTable", "build_chunk_table"]
+__all__ = ["ALIGNMENT", "ChunkTable", "WalkTable", "build_chunk_table", "int32_arrays"]
 
 
 class WalkTable(NamedTuple):
@@ -55,7 +55,17 @@ class ChunkTable:
     seq_nchunks: tuple[int, ...]
     aligned: bool
     packed: bool
-    _walks: dict[int, WalkTable] = field(default_factory=dict, repr=False, compare=False)
+    _kept: dict[Hashable, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def kept(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """build() (tensors derived from this table: walk and segment tables), made once per key and kept for the
+        table's next call, unless a CUDA graph is being captured (whose memory the tensors would live in)."""
+        if key in self._kept:
+            return self._kept[key]
+        value = build()
+        if not (self.chunk_start.is_cuda and torch.cuda.is_current_stream_capturing()):
+            self._kept[key] = value
+        return value
 
     def walk_count(self, span: int) -> int:
         """The number of walks of up to `span` chunks that cover every sequence."""
@@ -63,14 +73,8 @@ class ChunkTable:
 
     def walks(self, span: int) -> WalkTable:
         """The walks of up to `span` consecutive chunks of a sequence, in the order of their chunks (computed on the
-        device for batch rows, with one copy to it for packed sequences; kept for the table's next call, unless a
-        CUDA graph is being captured)."""
-        if span in self._walks:
-            return self._walks[span]
-        walks = self._build_walks(span)
-        if not (walks.start.is_cuda and torch.cuda.is_current_stream_capturing()):
-            self._walks[span] = walks
-        return walks
+        device for batch rows, with one copy to it for packed sequences; kept)."""
+        return self.kept(("walks", span), lambda: self._build_walks(span))
 
     def _build_walks(self, span: int) -> WalkTable:
         dev = self.chunk_start.device
@@ -135,17 +139,20 @@ def _packed_table(ntokens: int, chunk_size: int, cu_seqlens: Tensor, device: tor
             lens.append(min(chunk_size, end - begin - local))
         firsts.append(len(starts))
 
-    # one copy to the device (each blocks the host until the stream has caught up), then views of it, each starting
-    # 16 bytes apart (so that the kernels' pointer arguments keep the alignment they were compiled for)
-    lists = (offsets, firsts, starts, lens)
-    padded = [-(-len(values) // 4) * 4 for values in lists]
-    rows = torch.tensor([v for values, size in zip(lists, padded) for v in values + [0] * (size - len(values))],
-                        dtype=torch.int32).to(device)
-    seq_start, seq_chunk, chunk_start, chunk_len = (
-        part[:len(values)] for part, values in zip(rows.split(padded), lists))
+    seq_start, seq_chunk, chunk_start, chunk_len = int32_arrays((offsets, firsts, starts, lens), device)
     return ChunkTable(chunk_size, len(offsets) - 1, len(starts), ntokens, seq_start, seq_chunk, chunk_start,
                       chunk_len, tuple(b - a for a, b in zip(firsts[:-1], firsts[1:])), _aligned(chunk_size, offsets),
                       packed=True)
+
+
+def int32_arrays(lists: tuple[list[int], ...], device: torch.device) -> tuple[Tensor, ...]:
+    """The lists as int32 arrays on device, in one host-to-device copy (each copy blocks the host until the stream
+    has caught up): views of one buffer, each starting 16 bytes apart, so that the kernels' pointer arguments keep
+    the alignment they were compiled for."""
+    padded = [-(-len(values) // 4) * 4 for values in lists]
+    rows = torch.tensor([v for values, size in zip(lists, padded) for v in values + [0] * (size - len(values))],
+                        dtype=torch.int32).to(device)
+    return tuple(part[:len(values)] for part, values in zip(rows.split(padded), lists))
 
 
 def _aligned(chunk_size: int, offsets: list[int]) -> bool:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .common import state_tile
 from .config import KernelConfig, auto_segment, fill_sms, walk_span
-from .layout import ChunkTable, WalkTable
+from .layout import ChunkTable, WalkTable, int32_arrays
 
 __all__ = ["SegmentTable", "StateWalk", "build_segment_table", "carry_backward", "carry_forward", "chunk_walks",
            "sm_count", "state_walk"]
@@ -42,48 +42,58 @@ class SegmentTable:
     """Segments of one call, all int32 on the inputs' device. seg_start (nsegs + 1,) and seg_chunk (nsegs + 1,):
     token offsets and first chunks of the segments, in the format of ChunkTable's seq_start / seq_chunk (so the
     state kernels take them in their place); seq_seg (nseqs + 1,): each sequence's first segment; chunk_seg
-    (nchunks,): each chunk's segment; after_first / before_last: the chunks outside their sequence's first / last
-    segment (those whose segment receives a state / a gradient from a neighbour even without an initial state /
-    a final-state gradient); seg_chunks: chunks per segment."""
+    (nchunks,): each chunk's segment; stored: the chunks whose states the forward pass stores (every `every`-th
+    chunk of a sequence, from its first); after_first: those of them outside their sequence's first segment
+    (whose segment receives a state from a neighbour even without an initial state); before_last: the chunks
+    outside their sequence's last segment (which receive a gradient from a neighbour even without a final-state
+    gradient); seg_chunks: chunks per segment, a multiple of every."""
 
     seg_chunks: int
+    every: int
     nsegs: int
     seg_start: Tensor
     seg_chunk: Tensor
     seq_seg: Tensor
     chunk_seg: Tensor
+    stored: Tensor
     after_first: Tensor
     before_last: Tensor
 
 
-def build_segment_table(table: ChunkTable, seg_chunks: int) -> SegmentTable:
+def build_segment_table(table: ChunkTable, seg_chunks: int, every: int = 1) -> SegmentTable:
     """Cuts every sequence of table into segments of seg_chunks chunks (the last one of a sequence may be
-    shorter). Only host lengths are read: no device sync."""
-    firsts, seq_seg, chunk_seg, after_first, before_last = [], [0], [], [], []
+    shorter), for a forward pass that stores the states of every `every`-th chunk (seg_chunks a multiple of it).
+    Only host lengths are read: no device sync. Kept with the table (ChunkTable.kept)."""
+    if seg_chunks % every:
+        raise ValueError(f"segments of {seg_chunks} chunks do not start at chunks whose states are stored (every "
+                         f"{every}-th)")
+    return table.kept(("segments", seg_chunks, every), lambda: _segment_table(table, seg_chunks, every))
+
+
+def _segment_table(table: ChunkTable, seg_chunks: int, every: int) -> SegmentTable:
+    firsts, seq_seg, chunk_seg, stored, after_first, before_last = [], [0], [], [], [], []
     chunk = 0
     for nchunks in table.seq_nchunks:
         for local in range(0, nchunks, seg_chunks):
             chunk_seg += [len(firsts)] * min(seg_chunks, nchunks - local)
             firsts.append(chunk + local)
-        after_first += range(chunk + min(seg_chunks, nchunks), chunk + nchunks)
+        stored += range(chunk, chunk + nchunks, every)
+        after_first += range(chunk + min(seg_chunks, nchunks), chunk + nchunks, every)
         before_last += range(chunk, chunk + (nchunks - 1) // seg_chunks * seg_chunks)
         chunk += nchunks
         seq_seg.append(len(firsts))
-    device = table.chunk_start.device
-
-    def as_tensor(values: list[int]) -> Tensor:
-        return torch.tensor(values, dtype=torch.int32).to(device)
-
-    seg_chunk = as_tensor(firsts + [table.nchunks])
+    seg_chunk, seq_seg_t, chunk_seg_t, stored_t, after_first_t, before_last_t = int32_arrays(
+        (firsts + [table.nchunks], seq_seg, chunk_seg, stored, after_first, before_last), table.chunk_start.device)
     seg_start = torch.cat([table.chunk_start[seg_chunk[:-1].long()], table.seq_start[-1:]])
-    return SegmentTable(seg_chunks, len(firsts), seg_start, seg_chunk, as_tensor(seq_seg), as_tensor(chunk_seg),
-                        as_tensor(after_first), as_tensor(before_last))
+    return SegmentTable(seg_chunks, every, len(firsts), seg_start, seg_chunk, seq_seg_t, chunk_seg_t, stored_t,
+                        after_first_t, before_last_t)
 
 
 class StateWalk(NamedTuple):
     """How a state pass walks (`state_walk`): its tiles (cfg) and grid, the "sequences" it walks (token offsets
     start and first chunks, ChunkTable's seq_start / seq_chunk format), what they start from (init, or None for
-    zero) and where their ends go (out), and the segment table when it walks segments."""
+    zero) and where their ends go (out), the segment table when it walks segments, and every: the forward pass
+    stores the state of every every-th chunk of what it walks, from the first."""
 
     cfg: KernelConfig
     grid: tuple[int, int, int]
@@ -92,6 +102,7 @@ class StateWalk(NamedTuple):
     init: Optional[Tensor]
     out: Tensor
     seg: Optional[SegmentTable]
+    every: int
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,12 +118,15 @@ def chunk_walks(table: ChunkTable, cfg: KernelConfig, blocks: int, device: torch
                                  sm_count(device)))
 
 
-def state_walk(table: ChunkTable, cfg: KernelConfig, name: str, init: Optional[Tensor], out: Tensor) -> StateWalk:
+def state_walk(table: ChunkTable, cfg: KernelConfig, name: str, init: Optional[Tensor], out: Tensor,
+               every: int = 1) -> StateWalk:
     """The walk of a state pass (config hook `name`: "state" or "state_bwd") with tiles cfg, refined for the GPU's
     SM count: over the call's sequences from init (initial states, or final-state gradients) into out (nseqs,
     nheads, headdim, dstate); in segments (cfg.segment chunks, or as config.auto_segment chooses when it is -1),
     over segments from zero into a per-segment float32 buffer, which carry_forward / carry_backward then turn into
-    out. Tiles are split further (config.fill_sms) while the walks would not fill the SMs."""
+    out. Tiles are split further (config.fill_sms) while the walks would not fill the SMs. every: the forward
+    pass needs the states of every every-th chunk of a sequence only (the output walks' first chunks); in segments
+    of a length it does not divide, of every gcd(every, segment length)-th."""
     nheads, headdim, dstate = out.shape[1:]
     sms = sm_count(out.device)
     seg_chunks = cfg.segment
@@ -120,15 +134,15 @@ def state_walk(table: ChunkTable, cfg: KernelConfig, name: str, init: Optional[T
         # in programs of one head's tiles, which auto_segment's thresholds were measured on (a tile of two heads
         # counted as one cut 2 x 32K tokens at 64 x 128 into segments: 4.81 -> 5.88 ms forward+backward, H200)
         programs = math.prod(_grid(table.nseqs, nheads, headdim, dstate, cfg)) * cfg.heads
-        seg_chunks = auto_segment(programs, max(table.seq_nchunks), sms)
-    seg = build_segment_table(table, seg_chunks) if seg_chunks else None
+        seg_chunks = auto_segment(programs, max(table.seq_nchunks), sms, every)
+    seg = build_segment_table(table, seg_chunks, math.gcd(every, seg_chunks)) if seg_chunks else None
     walked = seg.nsegs if seg is not None else table.nseqs
     cfg = fill_sms(name, cfg, math.prod(_grid(walked, nheads, headdim, dstate, cfg)), sms)
     grid = _grid(walked, nheads, headdim, dstate, cfg)
     if seg is None:
-        return StateWalk(cfg, grid, table.seq_start, table.seq_chunk, init, out, None)
+        return StateWalk(cfg, grid, table.seq_start, table.seq_chunk, init, out, None, every)
     ends = torch.empty(seg.nsegs, nheads, headdim, dstate, device=out.device, dtype=torch.float32)
-    return StateWalk(cfg, grid, seg.seg_start, seg.seg_chunk, None, ends, seg)
+    return StateWalk(cfg, grid, seg.seg_start, seg.seg_chunk, None, ends, seg, seg.every)
 
 
 @triton.jit
@@ -205,10 +219,6 @@ def _fix_kernel(
         tl.atomic_add(ds_ptr + last, tl.exp(tl.load(s_ptr + last)) * tl.sum(tl.sum(v * h_in, 1), 0), sem="relaxed")
 
 
-def _all_chunks(table: ChunkTable) -> Tensor:
-    return torch.arange(table.nchunks, device=table.chunk_start.device, dtype=torch.int32)
-
-
 def _grid(nprograms: int, nheads: int, headdim: int, dstate: int, cfg: KernelConfig) -> tuple[int, int, int]:
     return (nprograms, nheads // cfg.heads,
             triton.cdiv(headdim * cfg.heads, cfg.block_p) * triton.cdiv(dstate, cfg.block_n))
@@ -252,10 +262,11 @@ def _fix(target: Tensor, entering: Tensor, states: Optional[Tensor], s: Tensor, 
 def carry_forward(states: Tensor, seg_end: Tensor, final: Tensor, h0: Optional[Tensor], s: Tensor,
                   table: ChunkTable, seg: SegmentTable, cfg: KernelConfig) -> None:
     """After the forward state pass walked the segments from zero states: writes the final states (nseqs, nheads,
-    headdim, dstate, float32) and adds the entering states' share to the chunk states (nchunks, ...) in place.
-    seg_end (nsegs, ...) float32: each segment's end state from zero; s (nheads, T) the log-decays."""
+    headdim, dstate, float32) and adds the entering states' share to the stored chunk states (nchunks, ...; those
+    of seg.stored) in place. seg_end (nsegs, ...) float32: each segment's end state from zero; s (nheads, T) the
+    log-decays."""
     h_in = _carry(h0, seg_end, final, s, table, seg, cfg, reverse=False)
-    _fix(states, h_in, None, s, None, _all_chunks(table) if h0 is not None else seg.after_first, table, seg, cfg)
+    _fix(states, h_in, None, s, None, seg.stored if h0 is not None else seg.after_first, table, seg, cfg)
 
 
 def carry_backward(dstates: Tensor, seg_start_grad: Tensor, dh0: Tensor, dfinal: Optional[Tensor], states: Tensor,
@@ -265,5 +276,4 @@ def carry_backward(dstates: Tensor, seg_start_grad: Tensor, dh0: Tensor, dfinal:
     dstates and to ds (nheads, T) in place. seg_start_grad (nsegs, ...) float32: each segment's gradient at its
     start from a zero gradient at its end; states: the forward's chunk states."""
     g_end = _carry(dfinal, seg_start_grad, dh0, s, table, seg, cfg, reverse=True)
-    _fix(dstates, g_end, states, s, ds, _all_chunks(table) if dfinal is not None else seg.before_last, table, seg,
-         cfg)
+    _fix(dstates, g_end, states, s, ds, seg.stored if dfinal is not None else seg.before_last, table, seg, cfg)

@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 from archspec.kernels.reference import ssd_naive  # noqa: E402
 from archspec.kernels.ssd import ssd_scan_triton  # noqa: E402
 from archspec.kernels.ssd.layout import build_chunk_table  # noqa: E402
-from archspec.kernels.ssd import backward, forward, segments  # noqa: E402
+from archspec.kernels.ssd import autograd, backward, forward, segments  # noqa: E402
 from archspec.kernels.ssd.config import state_config  # noqa: E402
 from archspec.kernels.ssd.segments import build_segment_table  # noqa: E402
 from errors import float64_leaves, rel_err  # noqa: E402
@@ -279,6 +279,24 @@ def test_one_long_sequence_on_a_gpu_with_idle_sms_walks_segments_of_64_chunks(ma
     assert [(w.seg.seg_chunks, w.seg.nsegs) for w in walks] == [(64, 2), (64, 2)]
 
 
+def test_a_forward_without_a_backward_cuts_segments_until_its_programs_fill_the_sms(make_ssd_inputs,
+                                                                                  monkeypatch) -> None:
+    """One sequence of 70 chunks, three heads, on a GPU of 4 SMs: with a backward to come the state passes' 3
+    programs fill more than half the SMs and walk whole sequences; under no_grad the forward, which then fixes
+    only the output walks' first chunk states (walks of 32 chunks: every 32nd), cuts segments of 64 chunks; both
+    exact."""
+    walks = record_state_walks(monkeypatch, 4)
+    inputs = make_ssd_inputs(1, 16 * 70, 3, 16, 1, 16, torch.float32, DEVICE, with_initial_states=True)
+    with torch.no_grad():
+        check_scan(inputs, 16, torch.float32, grads=False)
+    assert [(w.seg.seg_chunks, w.seg.nsegs, w.every) for w in walks] == [(64, 2, 32)]
+    walks.clear()
+    inputs = make_ssd_inputs(1, 16 * 70, 3, 16, 1, 16, torch.float32, DEVICE, with_initial_states=True,
+                             requires_grad=True)
+    check_scan(inputs, 16, torch.float32, grads=True)
+    assert [(w.seg, w.every) for w in walks] == [(None, 1), (None, 1)]
+
+
 @pytest.mark.parametrize("sm_count, cut", [(3, False), (4, True)])
 def test_segment_choice_counts_a_tile_of_two_heads_as_two_programs(monkeypatch, sm_count: int, cut: bool) -> None:
     """One sequence of 65 chunks, two heads at 64 x 128: their one program of a two-head tile is cut into
@@ -373,6 +391,37 @@ def test_walks_over_several_chunks_match_naive(make_ssd_inputs, monkeypatch, chu
     check_scan(inputs, chunk_size, torch.float32, grads=True)
 
 
+@pytest.mark.parametrize("segment,every", [(0, 3), (4, 1), (6, 3)])
+def test_forward_without_a_backward_stores_only_the_states_the_output_walks_start_from(
+        make_ssd_inputs, monkeypatch, segment: int, every: int) -> None:
+    """Under no_grad the state pass writes only the chunk states the output walks (of 3 chunks) read, every third
+    chunk of each sequence (the others stay poisoned); in segments of 4 chunks, which do not start at such chunks,
+    every chunk's, in segments of 6 every third again. Those rows are the ones a forward with a backward to come
+    stores, and y and the final states are the reference's (packed sequences, initial states, D, z)."""
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "walk=1,span=3")
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE", f"segment={segment}")
+    results = []
+
+    def recording(*args, **kwargs) -> forward.ForwardResult:
+        results.append(forward.ssd_forward(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(autograd, "ssd_forward", recording)
+    inputs = make_ssd_inputs(1, 600, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=[150, 1, 89, 360],
+                             with_initial_states=True, with_D=True, with_z=True)
+    with torch.no_grad():
+        check_scan(inputs, 32, torch.float32, grads=False)
+    ssd_scan_triton(chunk_size=32, **{k: v.requires_grad_(True) if k == "x" else v for k, v in inputs.items()})
+    partial, full = (r.states for r in results)
+    table = build_chunk_table(1, 600, 32, inputs["cu_seqlens"], torch.device(DEVICE))
+    firsts = [first for first, n in zip(table.seq_chunk.tolist(), table.seq_nchunks) for _ in range(n)]
+    stored = [c for c in range(table.nchunks) if (c - firsts[c]) % every == 0]
+    assert set(table.walks(3).chunk.tolist()) <= set(stored)
+    assert torch.equal(partial[stored], full[stored])
+    assert torch.isnan(partial[[c for c in range(table.nchunks) if c not in stored]]).all()
+    assert torch.isfinite(full).all()
+
+
 @pytest.mark.parametrize("segment", [0, 3])
 def test_state_passes_weighting_the_b_and_c_tiles_match_naive(make_ssd_inputs, monkeypatch, segment: int) -> None:
     """ARCHSPEC_SSD_STATE / _STATE_BWD=scale_b=1: the per-token weights multiply the B (C) tile instead of x (dy),
@@ -394,8 +443,20 @@ def test_segment_table_cuts_each_sequence_at_whole_chunks() -> None:
     assert seg.seg_start.tolist() == [0, 9, 57, 105, 109, 157, 159, 175]
     assert seg.seq_seg.tolist() == [0, 1, 4, 6, 7]
     assert seg.chunk_seg.tolist() == [0, 1, 1, 1, 2, 2, 2, 3, 4, 4, 4, 5, 6]
+    assert seg.stored.tolist() == list(range(13))
     assert seg.after_first.tolist() == [4, 5, 6, 7, 11]
     assert seg.before_last.tolist() == [1, 2, 3, 4, 5, 6, 8, 9, 10]
+    assert build_segment_table(table, 3) is seg
+
+
+def test_segment_table_of_a_forward_storing_every_third_chunk_state_lists_only_those() -> None:
+    table = build_chunk_table(1, 175, 16, torch.tensor([0, 9, 109, 159, 175]), torch.device("cpu"))
+    seg = build_segment_table(table, 6, every=3)
+    assert seg.seg_chunk.tolist() == [0, 1, 7, 8, 12, 13]
+    assert seg.stored.tolist() == [0, 1, 4, 7, 8, 11, 12]
+    assert seg.after_first.tolist() == [7]
+    with pytest.raises(ValueError, match="segments of 4 chunks do not start at chunks whose states are stored"):
+        build_segment_table(table, 4, every=3)
 
 
 def test_d_state_256_with_its_default_tiles_matches_naive(make_ssd_inputs) -> None:
