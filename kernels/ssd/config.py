@@ -147,9 +147,11 @@ def state_config(headdim: int, dstate: int, chunk_size: int, heads_per_group: in
     64-token steps (whole forward: 128 x 64 1.620 -> 1.569 ms, 64 x 128 1.329 -> 1.313, 64 x 256 2.409 -> 2.406;
     at 64 x 64 the pass 0.269 -> 0.360, at 128 x 128 in 128 x 128 tiles the forward 2.469 -> 2.652). Tiles of
     fewer d_state columns than head_dim rows weight B instead of x (scale_b; H200 as above, 128 x 64: pass 0.515
-    -> 0.443 ms, forward 1.444 -> 1.375; triton 3.6 sm_90 step loop 485 -> 387 instructions per thread; the
-    backward pass's twin, 961 -> 758 instructions, timed 0.632 -> 0.593 and 0.687 -> 0.617 in two runs whose
-    forward+backward moved by less than their noise, stays off).
+    -> 0.443 ms, forward 1.444 -> 1.375; triton 3.6 sm_90 step loop 485 -> 387 instructions per thread, spills
+    8 -> 0 bytes; the backward pass's twin, 961 -> 758 instructions, timed 0.632 -> 0.593 and 0.687 -> 0.617 in
+    two runs whose forward+backward moved by less than their noise, stays off), and without the spills they too
+    prefetch two steps ahead (128 x 64: pass 0.405 -> 0.351 ms, 2 x 32768 0.398 -> 0.342; 128-token steps
+    instead 0.380; d_state 16 and 32 at head_dim 64, which take both rules, untimed).
     segment: chosen per call by `auto_segment`; ARCHSPEC_SSD_STATE=segment=N (ARCHSPEC_SSD_STATE_BWD for the
     backward pass) fixes it (0: whole sequences). Per call, `fill_sms` may halve block_p for few programs."""
     steps, bp, bn, heads = _state_tiles(headdim, dstate, chunk_size, heads_per_group)
@@ -157,11 +159,12 @@ def state_config(headdim: int, dstate: int, chunk_size: int, heads_per_group: in
         cfg = KernelConfig(steps, steps, bp, bn, 8, 2, heads=heads)
     else:
         wide = bp * bn >= 4096
-        stages = 3 if bp * bn == 4096 else 2
+        scale_b = bn < bp
+        stages = 3 if bp * bn == 4096 or scale_b else 2
         if bp * bn == 8192:
             steps = min(steps, 64)
         cfg = KernelConfig(steps, steps, bp, bn, 8 if wide else 4, stages, maxnreg=128 if wide else 0,
-                           scale_b=int(bn < bp))
+                           scale_b=int(scale_b))
     return _state_override("state", cfg, headdim, heads_per_group)
 
 

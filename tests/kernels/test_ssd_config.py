@@ -101,8 +101,9 @@ def test_forward_state_pass_weights_b_where_its_tile_has_fewer_d_state_columns_t
     assert state_bwd_config(128, 64, 256).scale_b == 0
 
 
-def test_forward_state_pass_prefetches_two_steps_ahead_only_in_tiles_of_4096_elements() -> None:
-    assert [state_config(p, n, 256).num_stages for p, n in [(64, 64), (32, 128), (64, 128), (128, 64)]] == [3, 3, 2, 2]
+def test_forward_state_pass_prefetches_two_steps_ahead_in_tiles_of_4096_elements_or_weighting_b() -> None:
+    shapes = [(64, 64), (32, 128), (64, 128), (128, 128), (128, 64), (64, 32)]
+    assert [state_config(p, n, 256).num_stages for p, n in shapes] == [3, 3, 2, 2, 3, 3]
 
 
 def test_forward_state_pass_steps_64_tokens_in_tiles_of_8192_elements_else_128() -> None:
