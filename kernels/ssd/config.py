@@ -133,6 +133,15 @@ def _state_override(name: str, cfg: KernelConfig, headdim: int, heads_per_group:
     return cfg
 
 
+def _large_tile_stages(heads: int) -> int:
+    """num_stages of the state passes' 128 x 128 tiles (8 uncapped warps, one program per SM): one head's tiles
+    prefetch two steps ahead, two heads' one (H200, 8 x 8192 tokens, pass ms 2 -> 3 stages: forward 128 x 128
+    0.674 -> 0.577 without a backward to come and 0.736 -> 0.648 with one, 128 x 256 1.441 -> 1.325; backward
+    128 x 128 0.904 -> 0.873 and 0.941 -> 0.880 in two runs; two heads' tiles lose, forward 64 x 128 0.348 ->
+    0.380, 64 x 256 0.741 -> 0.866, backward 64 x 128 0.447 -> 0.512; 4 stages need 256 KB of shared memory)."""
+    return 3 if heads == 1 else 2
+
+
 def state_config(headdim: int, dstate: int, chunk_size: int, heads_per_group: int = 1) -> KernelConfig:
     """Forward state pass: one program walks one sequence for a block_p x block_n tile of a head's state (kept in
     registers), or of two heads' (`_state_tiles`), block_m tokens per step (divides chunk_size). d_state 256 splits
@@ -156,7 +165,7 @@ def state_config(headdim: int, dstate: int, chunk_size: int, heads_per_group: in
     backward pass) fixes it (0: whole sequences). Per call, `fill_sms` may halve block_p for few programs."""
     steps, bp, bn, heads = _state_tiles(headdim, dstate, chunk_size, heads_per_group)
     if bp * bn > 8192:
-        cfg = KernelConfig(steps, steps, bp, bn, 8, 2, heads=heads)
+        cfg = KernelConfig(steps, steps, bp, bn, 8, _large_tile_stages(heads), heads=heads)
     else:
         wide = bp * bn >= 4096
         scale_b = bn < bp
@@ -177,7 +186,7 @@ def state_bwd_config(headdim: int, dstate: int, chunk_size: int, heads_per_group
     128 x 128 1.019 -> 0.850, 128 x 256 2.194 -> 1.704), and so the tiles of two heads."""
     steps, bp, bn, heads = _state_tiles(headdim, dstate, chunk_size, heads_per_group)
     if bp * bn > 8192:
-        cfg = KernelConfig(steps, steps, bp, bn, 8, 2, heads=heads)
+        cfg = KernelConfig(steps, steps, bp, bn, 8, _large_tile_stages(heads), heads=heads)
     else:
         if pow2(dstate) > 128:
             bp, bn = min(pow2(headdim), 64), 64

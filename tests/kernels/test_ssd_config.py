@@ -102,8 +102,14 @@ def test_forward_state_pass_weights_b_where_its_tile_has_fewer_d_state_columns_t
 
 
 def test_forward_state_pass_prefetches_two_steps_ahead_in_tiles_of_4096_elements_or_weighting_b() -> None:
-    shapes = [(64, 64), (32, 128), (64, 128), (128, 128), (128, 64), (64, 32)]
-    assert [state_config(p, n, 256).num_stages for p, n in shapes] == [3, 3, 2, 2, 3, 3]
+    shapes = [(64, 64), (32, 128), (64, 128), (128, 64), (64, 32)]
+    assert [state_config(p, n, 256).num_stages for p, n in shapes] == [3, 3, 2, 3, 3]
+
+
+def test_state_passes_prefetch_two_steps_ahead_in_one_heads_128_x_128_tiles_not_in_two_heads() -> None:
+    for config in (state_config, state_bwd_config):
+        assert [config(p, n, 256).num_stages for p, n in [(128, 128), (128, 256)]] == [3, 3]
+        assert config(64, 128, 256, heads_per_group=2).num_stages == 2
 
 
 def test_forward_state_pass_steps_64_tokens_in_tiles_of_8192_elements_else_128() -> None:
