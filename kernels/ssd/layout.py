@@ -63,7 +63,7 @@ class ChunkTable:
         if key in self._kept:
             return self._kept[key]
         value = build()
-        if not (self.chunk_start.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if not _capturing(self.chunk_start.device):
             self._kept[key] = value
         return value
 
@@ -109,10 +109,16 @@ def build_chunk_table(batch: int, seqlen: int, chunk_size: int, cu_seqlens: Opti
     graph is being captured, whose memory the tensors would live in.
     """
     if cu_seqlens is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        if _capturing(device):
             return _batch_rows_table.__wrapped__(batch, seqlen, chunk_size, device)
         return _batch_rows_table(batch, seqlen, chunk_size, device)
     return _packed_table(batch * seqlen, chunk_size, cu_seqlens, device)
+
+
+def _capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on device's current stream: tensors made now live in the graph's
+    memory, so tables built now are not kept."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 @functools.lru_cache(maxsize=64)
