@@ -229,12 +229,16 @@ def fill_sms(name: str, cfg: KernelConfig, programs: int, sm_count: int) -> Kern
     (32 x 128 tiles), 128 x 64 2.414 / 9.447 -> 2.103 / 8.642 (64 x 64); 64 x 64 in 32 x 64 tiles: forward pass
     0.583 -> 0.513 ms, backward pass 0.574 -> 0.602 (in 16 x 64: 0.530 and 1.067). More programs than SMs lose:
     128 x 64 in 32 x 64 tiles 2.544 / 9.482; 64 x 128 in 32 x 128 tiles at 8 x 8192 (512 programs) 7.423 ->
-    7.696."""
+    7.696. A tile of more than 8,192 elements (`_large_tile_stages`) halves to one that prefetches one step
+    ahead: 128 x 128 at 2 x 32,768 split into 64 x 128 tiles with the 128 x 128 tiles' 3 stages took 9.724 ms
+    forward+backward against 8.063 with 2."""
     if "block_p" in _overrides(name):
         return cfg
     smallest = _FILL_MIN_TILE[name]
     while sm_count and programs < sm_count and cfg.block_p > 16 and cfg.block_p * cfg.block_n >= 2 * smallest:
-        cfg = replace(cfg, block_p=cfg.block_p // 2, num_warps=4, maxnreg=0, heads=max(1, cfg.heads // 2))
+        stages = 2 if cfg.block_p * cfg.block_n > 8192 else cfg.num_stages
+        cfg = replace(cfg, block_p=cfg.block_p // 2, num_warps=4, maxnreg=0, heads=max(1, cfg.heads // 2),
+                      num_stages=stages)
         programs *= 2
     return cfg
 
