@@ -76,7 +76,8 @@ def test_tiles_of_two_heads_halve_to_one_head_for_few_programs_or_a_block_p_of_o
     pairs = state_config(64, 256, 256, heads_per_group=2)
     split = fill_sms("state", pairs, programs=16, sm_count=132)
     assert (split.heads, split.block_p, split.block_n, split.num_warps) == (1, 16, 128, 4), "down to 2,048 elements"
-    assert fill_sms("state", pairs, programs=100, sm_count=132).heads == 1
+    assert fill_sms("state", pairs, programs=66, sm_count=132).heads == 1
+    assert fill_sms("state", pairs, programs=100, sm_count=132) == pairs, "one program per SM: 100 fill most SMs"
     monkeypatch.setenv("ARCHSPEC_SSD_STATE", "block_p=32")
     assert (state_config(64, 256, 256, heads_per_group=2).heads, state_config(64, 256, 256).block_p) == (1, 32)
     monkeypatch.setenv("ARCHSPEC_SSD_STATE", "heads=2")
@@ -231,8 +232,9 @@ def test_a_forward_storing_only_the_walks_first_chunk_states_segments_until_the_
 
 
 def test_state_tiles_halve_head_dim_while_the_programs_would_not_fill_the_sms(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Down to tiles of 2,048 (forward) or 4,096 elements (backward), in 4 uncapped warps, tiles of more than 8,192
-    elements prefetching one step ahead once halved; not when the hook sets block_p or the GPU is unknown."""
+    """Down to tiles of 2,048 (forward) or 4,096 elements (backward), in 4 uncapped warps; tiles of more than 8,192
+    elements (one program per SM) only while half of the SMs would be idle, prefetching one step ahead once
+    halved; not when the hook sets block_p or the GPU is unknown."""
     wide = state_config(128, 64, 256)
     assert (wide.block_p, wide.block_n, wide.num_warps, wide.maxnreg) == (128, 64, 8, 128)
     split = fill_sms("state", wide, programs=128, sm_count=132)
@@ -245,7 +247,9 @@ def test_state_tiles_halve_head_dim_while_the_programs_would_not_fill_the_sms(mo
     assert fill_sms("state_bwd", state_bwd_config(64, 64, 256), programs=8, sm_count=132).block_p == 64
     for name, large in (("state", state_config(128, 128, 256)), ("state_bwd", state_bwd_config(128, 128, 256))):
         assert (large.block_p, large.num_stages) == (128, 3)
-        assert (fill_sms(name, large, programs=128, sm_count=132).num_stages) == 2, "a halved 128 x 128 tile"
+        assert fill_sms(name, large, programs=128, sm_count=132) == large, "one program per SM: 128 fill 132 SMs"
+        split = fill_sms(name, large, programs=66, sm_count=132)
+        assert (split.block_p, split.num_warps, split.num_stages) == (64, 4, 2), "half of the SMs idle"
     assert fill_sms("state", wide, programs=128, sm_count=132).num_stages == wide.num_stages == 3
     monkeypatch.setenv("ARCHSPEC_SSD_STATE", "block_p=128")
     assert fill_sms("state", state_config(128, 64, 256), programs=8, sm_count=132).block_p == 128
