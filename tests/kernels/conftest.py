@@ -7,6 +7,7 @@ name (request `make_ssd_inputs` as a test argument and call it), which avoids im
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Optional, Sequence
 
 import pytest
@@ -45,11 +46,12 @@ def make_ssd_inputs(
     as the mixer keeps its parameters and state. Values follow Mamba-2's initialisation: A = -exp(U[log 1, log 16]),
     effective dt log-uniform in [1e-3, 1e-1] (times ~e^{+-1} when drawn as a raw pre-activation), so that a chunk
     of a few dozen tokens covers decays from ~1 down to ~0.
-    Inputs are drawn on the CPU from a generator seeded by `seed` (a fresh seed, printed, when None), then moved
-    to `device`; floating tensors are leaves with requires_grad set as asked.
+    Inputs are drawn on the CPU from a generator seeded by `seed` (when None: $ARCHSPEC_TEST_SEED, to replay a
+    printed seed, else a fresh one, printed), then moved to `device`; floating tensors are leaves with
+    requires_grad set as asked.
     """
     if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        seed = int(os.environ.get("ARCHSPEC_TEST_SEED") or torch.randint(0, 2**31 - 1, ()).item())
         print(f"make_ssd_inputs seed={seed}")
     gen = torch.Generator().manual_seed(seed)
     param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
