@@ -34,6 +34,14 @@ class SaveFirstGradients(Callback):
             torch.save(grads, Path(trainer.default_root_dir) / GRADS)
 
 
+class SaveBackend(Callback):
+    """Rank 0 writes the name of the process group's backend (gloo, nccl) to backend.txt in the run folder."""
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            (Path(trainer.default_root_dir) / "backend.txt").write_text(torch.distributed.get_backend())
+
+
 def _state_dict(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
@@ -47,6 +55,32 @@ def runs(tmp_path_factory, make_tiny_spec):
     two = train(spec, out_dir=root / "two", progress_bar=False, accelerator="cpu", devices=2,
                 callbacks=[SaveFirstGradients()])
     return spec, root, one, two
+
+
+two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                              reason="needs two CUDA devices")
+
+
+@pytest.mark.gpu
+@two_gpus
+def test_two_gpus_over_nccl_take_the_one_gpu_gradient(tmp_path, make_tiny_spec):
+    """DDP on two GPUs (NCCL, bf16-mixed, the Triton SSD kernels): step 0's gradient, the losses and the counters of
+    one GPU, up to bf16 rounding (the ranks' batches of 4 run other kernel shapes than one batch of 8)."""
+    spec = make_tiny_spec(*STEPS)
+    one = train(spec, out_dir=tmp_path / "one", progress_bar=False, accelerator="gpu",
+                callbacks=[SaveFirstGradients()])
+    two = train(spec, out_dir=tmp_path / "two", progress_bar=False, accelerator="gpu", devices=2,
+                callbacks=[SaveFirstGradients(), SaveBackend()])
+    assert (tmp_path / "two" / "backend.txt").read_text() == "nccl"
+    g1, g2 = (torch.load(tmp_path / run / GRADS, weights_only=True) for run in ("one", "two"))
+    assert g1.keys() == g2.keys() and len(g1) > 10
+    for name in g1:
+        err = float((g2[name] - g1[name]).norm() / g1[name].norm())
+        assert err < 2e-2, f"{name}: {err:.2e}"
+    for a, b in zip(one.history, two.history, strict=True):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=2e-2)
+    assert (two.steps, two.tokens, two.train_flops) == (one.steps, one.tokens, one.train_flops)
+    assert two.peak_memory_source == "cuda_max_memory_allocated"
 
 
 def test_two_devices_validate_like_one(runs):
