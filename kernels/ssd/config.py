@@ -133,6 +133,9 @@ def _state_override(name: str, cfg: KernelConfig, headdim: int, heads_per_group:
     return cfg
 
 
+_LARGE_STATE_TILE = 8192  # elements: state-pass tiles above it run in 8 uncapped warps, one program per SM
+
+
 def _large_tile_stages(heads: int) -> int:
     """num_stages of the state passes' 128 x 128 tiles (8 uncapped warps, one program per SM): one head's tiles
     prefetch two steps ahead, two heads' one (H200, 8 x 8192 tokens, pass ms 2 -> 3 stages: forward 128 x 128
@@ -164,7 +167,7 @@ def state_config(headdim: int, dstate: int, chunk_size: int, heads_per_group: in
     segment: chosen per call by `auto_segment`; ARCHSPEC_SSD_STATE=segment=N (ARCHSPEC_SSD_STATE_BWD for the
     backward pass) fixes it (0: whole sequences). Per call, `fill_sms` may halve block_p for few programs."""
     steps, bp, bn, heads = _state_tiles(headdim, dstate, chunk_size, heads_per_group)
-    if bp * bn > 8192:
+    if bp * bn > _LARGE_STATE_TILE:
         cfg = KernelConfig(steps, steps, bp, bn, 8, _large_tile_stages(heads), heads=heads)
     else:
         wide = bp * bn >= 4096
@@ -185,7 +188,7 @@ def state_bwd_config(headdim: int, dstate: int, chunk_size: int, heads_per_group
     with d_state tiles of 128, 128 x 128 tiles in 8 uncapped warps, as in the forward pass (H200, kernel ms:
     128 x 128 1.019 -> 0.850, 128 x 256 2.194 -> 1.704), and so the tiles of two heads."""
     steps, bp, bn, heads = _state_tiles(headdim, dstate, chunk_size, heads_per_group)
-    if bp * bn > 8192:
+    if bp * bn > _LARGE_STATE_TILE:
         cfg = KernelConfig(steps, steps, bp, bn, 8, _large_tile_stages(heads), heads=heads)
     else:
         if pow2(dstate) > 128:
@@ -221,25 +224,23 @@ _FILL_MIN_TILE = {"state": 2048, "state_bwd": 4096}
 
 
 def fill_sms(name: str, cfg: KernelConfig, programs: int, sm_count: int) -> KernelConfig:
-    """A state pass's tiles (name: "state" or "state_bwd") when its `programs` programs (walked sequences or
-    segments x heads x tiles of cfg) would not fill the sm_count SMs once (tiles of one program per SM: would leave
-    half of them idle): block_p halved (4 uncapped warps; a tile
-    of two heads first becomes one head's) while that holds and the tile keeps at least 2,048 elements (forward)
-    or 4,096 (backward); unchanged when ARCHSPEC_SSD_<NAME> sets block_p or the SM count is unknown (0). H200,
-    2 x 32,768 tokens, 64 heads (128 programs), fwd / fwd+bwd ms: 64 x 128 2.050 / 8.091 -> 1.733 / 7.585
-    (32 x 128 tiles), 128 x 64 2.414 / 9.447 -> 2.103 / 8.642 (64 x 64); 64 x 64 in 32 x 64 tiles: forward pass
-    0.583 -> 0.513 ms, backward pass 0.574 -> 0.602 (in 16 x 64: 0.530 and 1.067). More programs than SMs lose:
-    128 x 64 in 32 x 64 tiles 2.544 / 9.482; 64 x 128 in 32 x 128 tiles at 8 x 8192 (512 programs) 7.423 ->
-    7.696. Tiles of more than 8,192 elements (`_large_tile_stages`: 8 uncapped warps, one program per SM) halve
-    only while their programs would leave at least half of the SMs idle, and then prefetch one step ahead: at 2 x
-    32,768, 128 x 128 (128 programs) in whole tiles, state pass ms forward 0.841 -> 0.672, backward 1.008 ->
-    0.876-0.896, forward+backward 8.000 -> 7.903; split into 64 x 128 tiles with the 128 x 128 tiles' 3 stages it
-    took 9.724."""
+    """A state pass's tiles (name: "state" or "state_bwd") when its `programs` programs (walked sequences or segments x
+    heads x tiles of cfg) would not fill the sm_count SMs once (tiles of one program per SM: would leave half of them
+    idle): block_p halved (4 uncapped warps; a tile of two heads first becomes one head's) while that holds and the tile
+    keeps at least 2,048 elements (forward) or 4,096 (backward); unchanged when ARCHSPEC_SSD_<NAME> sets block_p or the
+    SM count is unknown (0). H200, 2 x 32,768 tokens, 64 heads (128 programs), fwd / fwd+bwd ms: 64 x 128 2.050 / 8.091
+    -> 1.733 / 7.585 (32 x 128 tiles), 128 x 64 2.414 / 9.447 -> 2.103 / 8.642 (64 x 64); 64 x 64 in 32 x 64 tiles:
+    forward pass 0.583 -> 0.513 ms, backward pass 0.574 -> 0.602 (in 16 x 64: 0.530 and 1.067). More programs than SMs
+    lose: 128 x 64 in 32 x 64 tiles 2.544 / 9.482; 64 x 128 in 32 x 128 tiles at 8 x 8192 (512 programs) 7.423 -> 7.696.
+    Tiles of more than _LARGE_STATE_TILE elements (8 uncapped warps, one program per SM) halve only while their programs
+    would leave at least half of the SMs idle, and then prefetch one step ahead: at 2 x 32,768, 128 x 128 (128 programs)
+    in whole tiles, state pass ms forward 0.841 -> 0.672, backward 1.008 -> 0.876-0.896, forward+backward 8.000 ->
+    7.903; split into 64 x 128 tiles with the 128 x 128 tiles' 3 stages it took 9.724."""
     if "block_p" in _overrides(name):
         return cfg
     smallest = _FILL_MIN_TILE[name]
     while sm_count and cfg.block_p > 16 and cfg.block_p * cfg.block_n >= 2 * smallest:
-        one_per_sm = cfg.block_p * cfg.block_n > 8192
+        one_per_sm = cfg.block_p * cfg.block_n > _LARGE_STATE_TILE
         if (2 * programs > sm_count) if one_per_sm else (programs >= sm_count):
             break
         cfg = replace(cfg, block_p=cfg.block_p // 2, num_warps=4, maxnreg=0, heads=max(1, cfg.heads // 2),
