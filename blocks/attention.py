@@ -11,6 +11,7 @@ from torch import nn
 from archspec.blocks.cache import KVCache
 from archspec.blocks.norm import RMSNorm
 from archspec.blocks.packing import check_cu_seqlens, positions_in_sequence, sequence_index
+from archspec.kernels.offsets import host_offsets
 from archspec.kernels.conv import MAX_D_CONV, causal_conv1d
 
 try:
@@ -257,7 +258,8 @@ class Attention(nn.Module):
         """Block-diagonal causal attention over packed sequences (batch 1)."""
         if self._use_flash(q):
             cu = cu_seqlens.to(torch.int32)
-            max_len = int((cu[1:] - cu[:-1]).max())
+            offsets = host_offsets(cu_seqlens)
+            max_len = max(b - a for a, b in zip(offsets[:-1], offsets[1:]))
             y = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len,
                                        softmax_scale=self.softmax_scale, causal=True,
                                        window_size=self._flash_window())

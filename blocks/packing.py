@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from archspec.kernels.offsets import host_offsets
+
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seqlen: int) -> None:
     """Raise ValueError unless cu_seqlens is (nseqs + 1,) integer, 0 .. seqlen, non-decreasing, and batch == 1."""
@@ -11,10 +13,10 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seqlen: int) -> None:
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"cu_seqlens: expected a 1-D int32/int64 tensor of nseqs + 1 >= 2 offsets, got "
                          f"shape {tuple(cu_seqlens.shape)} dtype {cu_seqlens.dtype}")
-    bounds = cu_seqlens[[0, -1]].tolist()
-    if bounds != [0, seqlen] or bool((cu_seqlens[1:] < cu_seqlens[:-1]).any()):
+    offsets = host_offsets(cu_seqlens)
+    if (offsets[0], offsets[-1]) != (0, seqlen) or any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
         raise ValueError(f"cu_seqlens: expected non-decreasing offsets from 0 to seqlen={seqlen}, got "
-                         f"{cu_seqlens.tolist()}")
+                         f"{list(offsets)}")
 
 
 def sequence_index(cu_seqlens: torch.Tensor, seqlen: int) -> torch.Tensor:

@@ -12,6 +12,8 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .offsets import host_offsets
+
 __all__ = ["SSDDims", "SSDStepDims", "check_ssd_inputs", "check_ssd_step_inputs"]
 
 
@@ -98,7 +100,7 @@ def _check_cu_seqlens(cu_seqlens: Tensor, batch: int, seqlen: int, check_values:
     if batch != 1:
         raise ValueError(f"with cu_seqlens the sequences are packed along seqlen, so batch must be 1, got {batch}")
     if check_values:
-        offsets = cu_seqlens.tolist()
+        offsets = list(host_offsets(cu_seqlens))
         if offsets[0] != 0 or offsets[-1] != seqlen:
             raise ValueError(
                 f"cu_seqlens must start at 0 and end at seqlen = {seqlen}, got first {offsets[0]}, last {offsets[-1]}"

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_ssd_inputs, check_ssd_step_inputs
+from .offsets import host_offsets
 
 __all__ = ["prepare_dt", "ssd_naive", "ssd_recurrent", "ssd_chunked", "ssd_step_reference"]
 
@@ -101,7 +102,7 @@ def _sequence_bounds(cu_seqlens: Optional[Tensor], seqlen: int) -> tuple[list[in
     """Start and end (exclusive) of each packed sequence; one sequence [0, seqlen) without cu_seqlens."""
     if cu_seqlens is None:
         return [0], [seqlen]
-    offsets = cu_seqlens.tolist()
+    offsets = list(host_offsets(cu_seqlens))
     return offsets[:-1], offsets[1:]
 
 

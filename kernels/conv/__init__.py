@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..dispatch import resolve_backend
+from ..offsets import host_offsets
 from .reference import causal_conv1d_reference, positions_in_sequences
 
 __all__ = ["ACTIVATIONS", "MAX_D_CONV", "causal_conv1d", "causal_conv1d_reference", "check_conv_inputs",
@@ -45,10 +46,10 @@ def check_conv_inputs(x: Tensor, weight: Tensor, bias: Optional[Tensor], activat
         raise ValueError(f"cu_seqlens must be a 1-D int32/int64 tensor of nseqs + 1 >= 2 offsets, got shape "
                          f"{tuple(cu_seqlens.shape)} dtype {cu_seqlens.dtype}")
     seqlen = x.shape[1]
-    bad = (cu_seqlens[0] != 0) | (cu_seqlens[-1] != seqlen) | (cu_seqlens[1:] < cu_seqlens[:-1]).any()
-    if bool(bad):
+    offsets = host_offsets(cu_seqlens)
+    if offsets[0] != 0 or offsets[-1] != seqlen or any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
         raise ValueError(f"cu_seqlens must be non-decreasing offsets from 0 to seqlen = {seqlen}, got "
-                         f"{cu_seqlens.tolist()}")
+                         f"{list(offsets)}")
 
 
 def causal_conv1d(

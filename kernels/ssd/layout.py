@@ -17,6 +17,8 @@ from typing import Any, Callable, Hashable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from ..offsets import host_offsets, kept_for
+
 __all__ = ["ALIGNMENT", "ChunkTable", "WalkTable", "build_chunk_table", "int32_arrays"]
 
 
@@ -102,17 +104,22 @@ def build_chunk_table(batch: int, seqlen: int, chunk_size: int, cu_seqlens: Opti
                       device: torch.device) -> ChunkTable:
     """The chunk table for `batch` rows of `seqlen` tokens, or for the packed sequences of cu_seqlens (batch 1).
 
-    With cu_seqlens the number of chunks depends on its values, so this reads them back to the host (one sync).
     The table of batch rows is built once per (batch, seqlen, chunk_size, device) and kept, with the walk tables
     it makes (ChunkTable.walks): a call's launches then cost no table-building ones, which at 8 x 8192 tokens
-    had made the forward wait on the host (H200: 0.82 ms of kernels, 1.32 ms per call); not kept while a CUDA
-    graph is being captured, whose memory the tensors would live in.
+    had made the forward wait on the host (H200: 0.82 ms of kernels, 1.32 ms per call). With cu_seqlens the
+    chunks depend on its values, read back to the host once per tensor (offsets.host_offsets), and the table is
+    kept with that tensor (offsets.kept_for), so the layers of a model that share it build it once. Neither is
+    kept while a CUDA graph is being captured, whose memory the tensors would live in.
     """
+    capturing = _capturing(device)
     if cu_seqlens is None:
-        if _capturing(device):
+        if capturing:
             return _batch_rows_table.__wrapped__(batch, seqlen, chunk_size, device)
         return _batch_rows_table(batch, seqlen, chunk_size, device)
-    return _packed_table(batch * seqlen, chunk_size, cu_seqlens, device)
+    if capturing:
+        return _packed_table(batch * seqlen, chunk_size, cu_seqlens, device)
+    return kept_for(cu_seqlens, ("chunk table", batch * seqlen, chunk_size, device),
+                    lambda: _packed_table(batch * seqlen, chunk_size, cu_seqlens, device))
 
 
 def _capturing(device: torch.device) -> bool:
@@ -137,7 +144,7 @@ def _batch_rows_table(batch: int, seqlen: int, chunk_size: int, device: torch.de
 
 
 def _packed_table(ntokens: int, chunk_size: int, cu_seqlens: Tensor, device: torch.device) -> ChunkTable:
-    offsets = [int(v) for v in cu_seqlens.tolist()]
+    offsets = list(host_offsets(cu_seqlens))
     starts, lens, firsts = [], [], [0]
     for begin, end in zip(offsets[:-1], offsets[1:]):
         for local in range(0, end - begin, chunk_size):

@@ -11,6 +11,7 @@ from model_specs import make_spec
 from archspec.accounting import account
 from archspec.blocks import Attention, Mamba2Mixer, MLP, ResidualBlock
 from archspec.builder import LanguageModel, build_model
+from archspec.kernels import offsets
 
 
 def params(model: torch.nn.Module) -> int:
@@ -158,6 +159,21 @@ def test_packed_sequences_equal_separate_forwards(tiny_spec):
     a, b = random_ids(tiny_spec, 1, 11), random_ids(tiny_spec, 1, 6)
     packed = model(torch.cat([a, b], dim=1), cu_seqlens=torch.tensor([0, 11, 17], dtype=torch.int32))
     torch.testing.assert_close(packed, torch.cat([model(a), model(b)], dim=1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_packed_forward_reads_the_offsets_back_once_for_all_its_layers(tiny_spec, monkeypatch):
+    """Each SSD and attention layer checks cu_seqlens and lays out its chunks from its values; on a GPU each read
+    waits for the stream, so the layers share one read (kernels/offsets.py)."""
+    reads, read_back = [], offsets.read_back
+    monkeypatch.setattr(offsets, "read_back", lambda cu: reads.append(cu) or read_back(cu))
+    model = build_model(tiny_spec)
+    ids = random_ids(tiny_spec, 1, 17)
+    cu_seqlens = torch.tensor([0, 11, 17], dtype=torch.int32)
+    model(ids, cu_seqlens=cu_seqlens)
+    model(ids, cu_seqlens=cu_seqlens)
+    assert len(reads) == 1
+    model(ids, cu_seqlens=torch.tensor([0, 5, 17], dtype=torch.int32))
+    assert len(reads) == 2
 
 
 def test_state_dict_round_trip_gives_identical_logits(tiny_spec, tmp_path):

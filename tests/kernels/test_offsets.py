@@ -1,0 +1,65 @@
+"""Packed-sequence offsets are read back to the host once per tensor and kept while it lives unchanged."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from archspec.kernels import offsets
+from archspec.kernels.offsets import host_offsets, kept_for
+from archspec.kernels.ssd.layout import build_chunk_table
+
+CPU = torch.device("cpu")
+
+
+def test_offsets_are_read_once_per_tensor_and_again_after_an_in_place_change() -> None:
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    first = host_offsets(cu)
+    assert first == (0, 5, 12) and host_offsets(cu) is first
+    cu[1] = 7
+    assert host_offsets(cu) == (0, 7, 12)
+    cu.add_(0)
+    assert host_offsets(cu) == (0, 7, 12)
+    assert host_offsets(torch.tensor([0, 3, 12])) == (0, 3, 12), "another tensor, its own values"
+
+
+def test_values_derived_from_a_tensor_are_rebuilt_once_it_changes() -> None:
+    cu = torch.tensor([0, 4, 9])
+    builds = []
+
+    def total() -> int:
+        builds.append(1)
+        return sum(host_offsets(cu))
+
+    assert kept_for(cu, "total", total) == kept_for(cu, "total", total) == 13 and len(builds) == 1
+    cu[2] = 10
+    assert kept_for(cu, "total", total) == 14 and len(builds) == 2
+
+
+def test_inference_tensors_have_no_version_counter_and_are_read_every_time() -> None:
+    with torch.inference_mode():
+        cu = torch.tensor([0, 2, 6])
+        assert host_offsets(cu) == (0, 2, 6)
+        cu[1] = 3
+        assert host_offsets(cu) == (0, 3, 6)
+
+
+def test_what_is_kept_goes_with_the_tensor() -> None:
+    gc.collect()
+    before = len(offsets._KEPT)
+    for n in range(50):
+        host_offsets(torch.tensor([0, n + 1]))
+    gc.collect()
+    assert len(offsets._KEPT) == before
+
+
+def test_a_packed_chunk_table_is_built_once_per_cu_seqlens_and_again_after_it_changes() -> None:
+    cu = torch.tensor([0, 40, 64], dtype=torch.int32)
+    table = build_chunk_table(1, 64, 16, cu, CPU)
+    assert build_chunk_table(1, 64, 16, cu, CPU) is table
+    assert table.seq_nchunks == (3, 2) and table.chunk_len.tolist() == [16, 16, 8, 16, 8]
+    assert build_chunk_table(1, 64, 32, cu, CPU).seq_nchunks == (2, 1), "per chunk size"
+    cu[1] = 48
+    changed = build_chunk_table(1, 64, 16, cu, CPU)
+    assert changed.seq_nchunks == (3, 1) and changed.chunk_len.tolist() == [16, 16, 16, 16]
