@@ -10,7 +10,7 @@ from torch import nn
 
 from archspec.blocks.cache import KVCache
 from archspec.blocks.norm import RMSNorm
-from archspec.blocks.packing import check_cu_seqlens, positions_in_sequence, sequence_index
+from archspec.blocks.packing import check_cu_seqlens, padded_rows, positions_in_sequence, sequence_index
 from archspec.kernels.offsets import host_offsets
 from archspec.kernels.conv import MAX_D_CONV, causal_conv1d
 
@@ -255,16 +255,24 @@ class Attention(nn.Module):
         return self._sdpa(q, k, v, mask=causal_mask(pos, pos, self.sliding_window))
 
     def _attend_packed(self, q, k, v, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        """Block-diagonal causal attention over packed sequences (batch 1)."""
+        """Block-diagonal causal attention over packed sequences (batch 1): flash-attn's varlen kernel; else the
+        sequences as rows of a right-padded batch through `_attend` (causality keeps each row's padding, at its
+        end, away from its real queries; the padded queries' outputs are dropped), or, where that batch would
+        score more query-key pairs (rows x longest^2) than there are tokens squared, SDPA under a (tokens x tokens)
+        block-diagonal mask."""
+        offsets = host_offsets(cu_seqlens)
+        lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
         if self._use_flash(q):
             cu = cu_seqlens.to(torch.int32)
-            offsets = host_offsets(cu_seqlens)
-            max_len = max(b - a for a, b in zip(offsets[:-1], offsets[1:]))
-            y = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len,
+            y = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max(lengths), max(lengths),
                                        softmax_scale=self.softmax_scale, causal=True,
                                        window_size=self._flash_window())
             return y[None]
         seqlen = q.shape[1]
+        if sum(1 for n in lengths if n) * max(lengths) ** 2 <= seqlen ** 2:
+            rows = padded_rows(cu_seqlens)
+            y = self._attend(q[0][rows.index], k[0][rows.index], v[0][rows.index])
+            return y.flatten(0, 1)[rows.real][None]
         t = torch.arange(seqlen, device=q.device)
         seq_idx = sequence_index(cu_seqlens, seqlen)
         mask = causal_mask(t, t, self.sliding_window) & (seq_idx[:, None] == seq_idx[None, :])

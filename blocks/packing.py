@@ -1,9 +1,11 @@
 """Helpers for sequences packed along the time axis and described by cumulative lengths (cu_seqlens)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from archspec.kernels.offsets import host_offsets
+from archspec.kernels.offsets import host_offsets, kept_for
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seqlen: int) -> None:
@@ -17,6 +19,31 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seqlen: int) -> None:
     if (offsets[0], offsets[-1]) != (0, seqlen) or any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
         raise ValueError(f"cu_seqlens: expected non-decreasing offsets from 0 to seqlen={seqlen}, got "
                          f"{list(offsets)}")
+
+
+class PaddedRows(NamedTuple):
+    """The non-empty packed sequences as rows of a right-padded batch: index (rows, longest) int64, the token of
+    each slot (padding repeats its row's last token); real (ntokens,) int64, the flat slots of the real tokens in
+    packed order (gathering them from a (rows * longest, ...) result gives the packed layout back)."""
+
+    index: torch.Tensor
+    real: torch.Tensor
+    longest: int
+
+
+def padded_rows(cu_seqlens: torch.Tensor) -> PaddedRows:
+    """`PaddedRows` of cu_seqlens on its device, built once per tensor (kernels/offsets.py)."""
+    def build() -> PaddedRows:
+        offsets = host_offsets(cu_seqlens)
+        spans = [(a, b - a) for a, b in zip(offsets[:-1], offsets[1:]) if b > a]
+        starts, lengths = (torch.tensor(v, dtype=torch.int64) for v in zip(*spans))
+        longest = int(lengths.max())
+        pos = torch.arange(longest)
+        index = starts[:, None] + torch.minimum(pos[None, :], lengths[:, None] - 1)
+        real = torch.nonzero((pos[None, :] < lengths[:, None]).flatten()).squeeze(1)
+        return PaddedRows(index.to(cu_seqlens.device), real.to(cu_seqlens.device), longest)
+
+    return kept_for(cu_seqlens, ("padded rows", cu_seqlens.device), build)
 
 
 def sequence_index(cu_seqlens: torch.Tensor, seqlen: int) -> torch.Tensor:
