@@ -14,9 +14,10 @@ from __future__ import annotations
 import weakref
 from typing import Any, Callable, Hashable, TypeVar
 
+import torch
 from torch import Tensor
 
-__all__ = ["host_offsets", "kept_for", "read_back"]
+__all__ = ["capturing", "host_offsets", "kept_for", "read_back"]
 
 T = TypeVar("T")
 
@@ -25,9 +26,10 @@ _KEPT: dict[int, tuple[weakref.ref, int, dict[Hashable, Any]]] = {}
 
 
 def kept_for(tensor: Tensor, key: Hashable, build: Callable[[], T]) -> T:
-    """build() (a value derived from tensor's contents), made once per key while tensor lives unchanged; made
-    every time for an inference tensor (made under torch.inference_mode), which has no version counter."""
-    if tensor.is_inference():
+    """build() (a value derived from tensor's contents, on its device), made once per key while tensor lives
+    unchanged; made every time for an inference tensor (made under torch.inference_mode), which has no version
+    counter, and while a CUDA graph is being captured on tensor's device (`capturing`)."""
+    if tensor.is_inference() or capturing(tensor.device):
         return build()
     entry = _KEPT.get(id(tensor))
     if entry is None or entry[0]() is not tensor or entry[1] != tensor._version:
@@ -37,6 +39,12 @@ def kept_for(tensor: Tensor, key: Hashable, build: Callable[[], T]) -> T:
     if key not in values:
         values[key] = build()
     return values[key]
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on device's current stream: tensors made now live in the graph's
+    memory, so what is built now is not kept."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _forget(key: int) -> Callable[[weakref.ref], None]:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Hashable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ..offsets import host_offsets, kept_for
+from ..offsets import capturing, host_offsets, kept_for
 
 __all__ = ["ALIGNMENT", "ChunkTable", "WalkTable", "build_chunk_table", "int32_arrays"]
 
@@ -65,7 +65,7 @@ class ChunkTable:
         if key in self._kept:
             return self._kept[key]
         value = build()
-        if not _capturing(self.chunk_start.device):
+        if not capturing(self.chunk_start.device):
             self._kept[key] = value
         return value
 
@@ -111,21 +111,12 @@ def build_chunk_table(batch: int, seqlen: int, chunk_size: int, cu_seqlens: Opti
     kept with that tensor (offsets.kept_for), so the layers of a model that share it build it once. Neither is
     kept while a CUDA graph is being captured, whose memory the tensors would live in.
     """
-    capturing = _capturing(device)
     if cu_seqlens is None:
-        if capturing:
+        if capturing(device):
             return _batch_rows_table.__wrapped__(batch, seqlen, chunk_size, device)
         return _batch_rows_table(batch, seqlen, chunk_size, device)
-    if capturing:
-        return _packed_table(batch * seqlen, chunk_size, cu_seqlens, device)
     return kept_for(cu_seqlens, ("chunk table", batch * seqlen, chunk_size, device),
                     lambda: _packed_table(batch * seqlen, chunk_size, cu_seqlens, device))
-
-
-def _capturing(device: torch.device) -> bool:
-    """Whether a CUDA graph is being captured on device's current stream: tensors made now live in the graph's
-    memory, so tables built now are not kept."""
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 @functools.lru_cache(maxsize=64)

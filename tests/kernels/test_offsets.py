@@ -63,3 +63,14 @@ def test_a_packed_chunk_table_is_built_once_per_cu_seqlens_and_again_after_it_ch
     cu[1] = 48
     changed = build_chunk_table(1, 64, 16, cu, CPU)
     assert changed.seq_nchunks == (3, 1) and changed.chunk_len.tolist() == [16, 16, 16, 16]
+
+
+def test_nothing_is_kept_while_a_cuda_graph_is_captured(monkeypatch) -> None:
+    """Tensors made during a capture live in the graph's memory."""
+    monkeypatch.setattr(offsets, "capturing", lambda device: True)
+    cu = torch.tensor([0, 4, 9])
+    builds = []
+    for _ in range(2):
+        kept_for(cu, "total", lambda: builds.append(1))
+    assert len(builds) == 2
+    assert build_chunk_table(1, 9, 16, cu, CPU) is not build_chunk_table(1, 9, 16, cu, CPU), "packed tables"
