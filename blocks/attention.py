@@ -11,8 +11,8 @@ from torch import nn
 from archspec.blocks.cache import KVCache
 from archspec.blocks.norm import RMSNorm
 from archspec.blocks.packing import check_cu_seqlens, padded_rows, positions_in_sequence, sequence_index
-from archspec.kernels.offsets import host_offsets
 from archspec.kernels.conv import MAX_D_CONV, causal_conv1d
+from archspec.kernels.offsets import host_offsets
 
 try:
     from flash_attn import flash_attn_func, flash_attn_varlen_func
@@ -269,7 +269,7 @@ class Attention(nn.Module):
                                        window_size=self._flash_window())
             return y[None]
         seqlen = q.shape[1]
-        if sum(1 for n in lengths if n) * max(lengths) ** 2 <= seqlen ** 2:
+        if 0 < sum(1 for n in lengths if n) * max(lengths) ** 2 <= seqlen ** 2:
             rows = padded_rows(cu_seqlens)
             y = self._attend(q[0][rows.index], k[0][rows.index], v[0][rows.index])
             return y.flatten(0, 1)[rows.real][None]

@@ -28,20 +28,19 @@ class PaddedRows(NamedTuple):
 
     index: torch.Tensor
     real: torch.Tensor
-    longest: int
 
 
 def padded_rows(cu_seqlens: torch.Tensor) -> PaddedRows:
-    """`PaddedRows` of cu_seqlens on its device, built once per tensor (kernels/offsets.py)."""
+    """`PaddedRows` of cu_seqlens (at least one non-empty sequence) on its device, built once per tensor
+    (kernels/offsets.py)."""
     def build() -> PaddedRows:
         offsets = host_offsets(cu_seqlens)
         spans = [(a, b - a) for a, b in zip(offsets[:-1], offsets[1:]) if b > a]
         starts, lengths = (torch.tensor(v, dtype=torch.int64) for v in zip(*spans))
-        longest = int(lengths.max())
-        pos = torch.arange(longest)
+        pos = torch.arange(int(lengths.max()))
         index = starts[:, None] + torch.minimum(pos[None, :], lengths[:, None] - 1)
         real = torch.nonzero((pos[None, :] < lengths[:, None]).flatten()).squeeze(1)
-        return PaddedRows(index.to(cu_seqlens.device), real.to(cu_seqlens.device), longest)
+        return PaddedRows(index.to(cu_seqlens.device), real.to(cu_seqlens.device))
 
     return kept_for(cu_seqlens, ("padded rows", cu_seqlens.device), build)
 
