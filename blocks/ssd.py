@@ -9,7 +9,7 @@ from torch import nn
 
 from archspec.blocks.cache import Mamba2Cache
 from archspec.blocks.norm import RMSNormGated
-from archspec.blocks.packing import check_cu_seqlens
+from archspec.blocks.packing import check_cu_seqlens, nonempty_offsets
 from archspec.kernels import ssd_scan, ssd_step
 from archspec.kernels.conv import MAX_D_CONV, causal_conv1d
 
@@ -134,7 +134,7 @@ class Mamba2Mixer(nn.Module):
 
         cache: continue from and update a decode state (seqlen 1: one recurrent step; longer: a chunk).
         cu_seqlens: (nseqs + 1,) offsets of sequences packed along seqlen (batch 1, no cache); the conv and
-        the SSM state restart at every sequence start.
+        the SSM state restart at every sequence start; empty sequences (repeated offsets) are allowed.
         """
         batch, seqlen, _ = u.shape
         if cu_seqlens is not None:
@@ -186,7 +186,8 @@ class Mamba2Mixer(nn.Module):
             x, dt, A, B, C, self.chunk_size, D=self._D(),
             z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.head_dim)),
             dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit,
-            initial_states=None if cache is None else cache.ssm_state, cu_seqlens=cu_seqlens,
+            initial_states=None if cache is None else cache.ssm_state,
+            cu_seqlens=None if cu_seqlens is None else nonempty_offsets(cu_seqlens),
             return_final_states=cache is not None, backend=self.backend,
         )
         if cache is None:

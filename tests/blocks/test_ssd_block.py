@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from archspec.blocks.packing import nonempty_offsets
 from archspec.blocks.ssd import Mamba2Mixer
 from archspec.kernels.reference import ssd_naive
 
@@ -171,6 +172,21 @@ def test_packed_sequences_match_running_them_separately(name):
         packed = mixer(torch.cat(seqs, dim=1), cu_seqlens=cu_seqlens)
         separate = torch.cat([mixer(s) for s in seqs], dim=1)
     torch.testing.assert_close(packed, separate, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_sequences_may_include_empty_ones():
+    """Repeated offsets (as attention and the conv accept them) are dropped before the scan, which needs none."""
+    mixer = make_mixer(CONFIGS["plain"])
+    lengths = [5, 0, 9, 0]
+    seqs = [torch.randn(1, n, mixer.d_model) for n in lengths]
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    with torch.no_grad():
+        packed = mixer(torch.cat(seqs, dim=1), cu_seqlens=cu_seqlens)
+        separate = torch.cat([mixer(s) for s in seqs if s.shape[1]], dim=1)
+    torch.testing.assert_close(packed, separate, rtol=1e-4, atol=1e-5)
+    assert nonempty_offsets(cu_seqlens).tolist() == [0, 5, 14]
+    without_empty = torch.tensor([0, 5, 14])
+    assert nonempty_offsets(without_empty) is without_empty
 
 
 def test_packed_sequences_are_rejected_with_batch_or_cache():
