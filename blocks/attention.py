@@ -10,7 +10,7 @@ from torch import nn
 
 from archspec.blocks.cache import KVCache
 from archspec.blocks.norm import RMSNorm
-from archspec.blocks.packing import check_cu_seqlens, padded_rows, positions_in_sequence, sequence_index
+from archspec.blocks.packing import check_cu_seqlens, length_buckets, positions_in_sequence
 from archspec.kernels.conv import MAX_D_CONV, causal_conv1d
 from archspec.kernels.offsets import host_offsets
 
@@ -256,10 +256,10 @@ class Attention(nn.Module):
 
     def _attend_packed(self, q, k, v, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """Block-diagonal causal attention over packed sequences (batch 1): flash-attn's varlen kernel; else the
-        sequences as rows of a right-padded batch through `_attend` (causality keeps each row's padding, at its
-        end, away from its real queries; the padded queries' outputs are dropped), or, where that batch would
-        score more query-key pairs (rows x longest^2) than there are tokens squared, SDPA under a (tokens x tokens)
-        block-diagonal mask."""
+        sequences as the rows of right-padded batches (`packing.length_buckets`: one per power of two of their
+        lengths), each through `_attend` (causality keeps a row's padding, at its end, away from its real
+        queries; the padded queries' outputs are dropped): at most four times the score entries of the sequences
+        alone, in as many SDPA calls as there are such powers."""
         offsets = host_offsets(cu_seqlens)
         lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
         if self._use_flash(q):
@@ -268,15 +268,12 @@ class Attention(nn.Module):
                                        softmax_scale=self.softmax_scale, causal=True,
                                        window_size=self._flash_window())
             return y[None]
-        seqlen = q.shape[1]
-        if 0 < sum(1 for n in lengths if n) * max(lengths) ** 2 <= seqlen ** 2:
-            rows = padded_rows(cu_seqlens)
-            y = self._attend(q[0][rows.index], k[0][rows.index], v[0][rows.index])
-            return y.flatten(0, 1)[rows.real][None]
-        t = torch.arange(seqlen, device=q.device)
-        seq_idx = sequence_index(cu_seqlens, seqlen)
-        mask = causal_mask(t, t, self.sliding_window) & (seq_idx[:, None] == seq_idx[None, :])
-        return self._sdpa(q, k, v, mask=mask)
+        if not any(lengths):
+            return q.new_zeros(q.shape)
+        buckets = length_buckets(cu_seqlens)
+        y = torch.cat([self._attend(q[0][index], k[0][index], v[0][index]).flatten(0, 1)[real]
+                       for index, real in zip(buckets.indices, buckets.reals)])
+        return (y if buckets.order is None else y[buckets.order])[None]
 
     def _attend_cached(self, q, k, v, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Attend from this call's tokens to the cached ones and themselves; append k, v to the cache."""

@@ -34,28 +34,43 @@ def nonempty_offsets(cu_seqlens: torch.Tensor) -> torch.Tensor:
     return kept_for(cu_seqlens, "non-empty offsets", build)
 
 
-class PaddedRows(NamedTuple):
-    """The non-empty packed sequences as rows of a right-padded batch: index (rows, longest) int64, the token of
-    each slot (padding repeats its row's last token); real (ntokens,) int64, the flat slots of the real tokens in
-    packed order (gathering them from a (rows * longest, ...) result gives the packed layout back)."""
+class LengthBuckets(NamedTuple):
+    """Packed sequences grouped by length into right-padded batches, one per power of two that bounds their
+    lengths (so padding at most doubles a row, and no row is padded to a much longer sequence's length).
+    indices: per bucket, (rows, longest) int64 token of each slot (padding repeats its row's last token); reals: per
+    bucket, the flat slots of its real tokens, row by row; order: (ntokens,) int64, where each packed token lies in
+    the concatenation of the buckets' real slots, or None when that is the packed order."""
 
-    index: torch.Tensor
-    real: torch.Tensor
+    indices: tuple[torch.Tensor, ...]
+    reals: tuple[torch.Tensor, ...]
+    order: torch.Tensor | None
 
 
-def padded_rows(cu_seqlens: torch.Tensor) -> PaddedRows:
-    """`PaddedRows` of cu_seqlens (at least one non-empty sequence) on its device, built once per tensor
+def length_buckets(cu_seqlens: torch.Tensor) -> LengthBuckets:
+    """`LengthBuckets` of cu_seqlens (at least one non-empty sequence) on its device, built once per tensor
     (kernels/offsets.py)."""
-    def build() -> PaddedRows:
+    def build() -> LengthBuckets:
         offsets = host_offsets(cu_seqlens)
         spans = [(a, b - a) for a, b in zip(offsets[:-1], offsets[1:]) if b > a]
-        starts, lengths = (torch.tensor(v, dtype=torch.int64) for v in zip(*spans))
-        pos = torch.arange(int(lengths.max()))
-        index = starts[:, None] + torch.minimum(pos[None, :], lengths[:, None] - 1)
-        real = torch.nonzero((pos[None, :] < lengths[:, None]).flatten()).squeeze(1)
-        return PaddedRows(index.to(cu_seqlens.device), real.to(cu_seqlens.device))
+        buckets: dict[int, list[tuple[int, int]]] = {}
+        for start, length in spans:
+            buckets.setdefault((length - 1).bit_length(), []).append((start, length))
+        indices, reals, tokens = [], [], []
+        for key in sorted(buckets):
+            starts, lengths = (torch.tensor(v, dtype=torch.int64) for v in zip(*buckets[key]))
+            pos = torch.arange(int(lengths.max()))
+            real = pos[None, :] < lengths[:, None]
+            index = starts[:, None] + torch.minimum(pos[None, :], lengths[:, None] - 1)
+            indices.append(index)
+            reals.append(torch.nonzero(real.flatten()).squeeze(1))
+            tokens.append(index[real])
+        gathered = torch.cat(tokens)
+        identity = bool(torch.equal(gathered, torch.arange(gathered.numel())))
+        device = cu_seqlens.device
+        return LengthBuckets(tuple(i.to(device) for i in indices), tuple(r.to(device) for r in reals),
+                             None if identity else torch.argsort(gathered).to(device))
 
-    return kept_for(cu_seqlens, ("padded rows", cu_seqlens.device), build)
+    return kept_for(cu_seqlens, ("length buckets", cu_seqlens.device), build)
 
 
 def sequence_index(cu_seqlens: torch.Tensor, seqlen: int) -> torch.Tensor:

@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from archspec.blocks import attention as attention_module
 from archspec.blocks.attention import Attention, apply_rope, flash_attn_available
-from archspec.blocks.packing import padded_rows
+from archspec.blocks.packing import length_buckets
 
 CONFIGS = {
     "mha": dict(d_model=32, n_heads=4),
@@ -187,20 +186,19 @@ def test_packed_sequences_match_running_them_separately(name):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-@pytest.mark.parametrize("lengths, padded", [([5, 9, 7], True), ([4, 0, 6], True), ([1, 1, 1, 1, 1, 1, 12], False)],
-                         ids=["padded_batch", "padded_with_an_empty_sequence", "block_diagonal_mask"])
+@pytest.mark.parametrize("lengths, nbuckets, in_order", [([5, 7, 6], 1, True), ([4, 0, 6], 2, True),
+                                                         ([12, 1, 3, 1, 7], 4, False)],
+                         ids=["one_bucket", "an_empty_sequence", "uneven_lengths"])
 def test_packed_attention_without_flash_attn_equals_separate_sequences_in_value_and_gradient(
-        name, lengths, padded, monkeypatch):
-    """Without flash-attn the sequences run as rows of a right-padded batch unless that batch would score more
-    query-key pairs (rows x longest^2) than the tokens squared, then under a block-diagonal mask; both give
-    each sequence's own attention, and gradients to its own tokens only."""
+        name, lengths, nbuckets, in_order):
+    """Without flash-attn the sequences run as the rows of right-padded batches, one per power of two of their
+    lengths; each sequence gets its own attention, and gradients reach its own tokens only."""
     attn = make_attention(CONFIGS[name])
-    built = []
-    monkeypatch.setattr(attention_module, "padded_rows", lambda cu: built.append(cu) or padded_rows(cu))
     x = torch.randn(1, sum(lengths), attn.d_model, requires_grad=True)
     cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    buckets = length_buckets(cu_seqlens)
+    assert len(buckets.indices) == nbuckets and (buckets.order is None) == in_order
     packed = attn(x, cu_seqlens=cu_seqlens)
-    assert bool(built) == padded
     pieces = x.split(lengths, dim=1)
     separate = torch.cat([attn(p) for p in pieces if p.shape[1]], dim=1)
     torch.testing.assert_close(packed, separate, rtol=1e-4, atol=1e-5)
