@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import torch
 
-from archspec.kernels.offsets import host_offsets, kept_for
+from archspec.kernels.offsets import host_offsets, kept_for, non_decreasing_to
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seqlen: int) -> None:
@@ -16,7 +16,7 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seqlen: int) -> None:
         raise ValueError(f"cu_seqlens: expected a 1-D int32/int64 tensor of nseqs + 1 >= 2 offsets, got "
                          f"shape {tuple(cu_seqlens.shape)} dtype {cu_seqlens.dtype}")
     offsets = host_offsets(cu_seqlens)
-    if (offsets[0], offsets[-1]) != (0, seqlen) or any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
+    if not non_decreasing_to(offsets, seqlen):
         raise ValueError(f"cu_seqlens: expected non-decreasing offsets from 0 to seqlen={seqlen}, got "
                          f"{list(offsets)}")
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Hashable, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["capturing", "host_offsets", "kept_for", "read_back"]
+__all__ = ["capturing", "host_offsets", "kept_for", "non_decreasing_to", "read_back"]
 
 T = TypeVar("T")
 
@@ -59,6 +59,11 @@ def _forget(key: int) -> Callable[[weakref.ref], None]:
 def host_offsets(cu_seqlens: Tensor) -> tuple[int, ...]:
     """cu_seqlens' values on the host (one device-to-host read per tensor and version)."""
     return kept_for(cu_seqlens, "offsets", lambda: read_back(cu_seqlens))
+
+
+def non_decreasing_to(offsets: tuple[int, ...], seqlen: int) -> bool:
+    """Whether host offsets run from 0 to seqlen without decreasing (empty sequences allowed)."""
+    return offsets[0] == 0 and offsets[-1] == seqlen and all(a <= b for a, b in zip(offsets[:-1], offsets[1:]))
 
 
 def read_back(cu_seqlens: Tensor) -> tuple[int, ...]:

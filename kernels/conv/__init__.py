@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..dispatch import resolve_backend
-from ..offsets import host_offsets
+from ..offsets import host_offsets, non_decreasing_to
 from .reference import causal_conv1d_reference, positions_in_sequences
 
 __all__ = ["ACTIVATIONS", "MAX_D_CONV", "causal_conv1d", "causal_conv1d_reference", "check_conv_inputs",
@@ -47,7 +47,7 @@ def check_conv_inputs(x: Tensor, weight: Tensor, bias: Optional[Tensor], activat
                          f"{tuple(cu_seqlens.shape)} dtype {cu_seqlens.dtype}")
     seqlen = x.shape[1]
     offsets = host_offsets(cu_seqlens)
-    if offsets[0] != 0 or offsets[-1] != seqlen or any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
+    if not non_decreasing_to(offsets, seqlen):
         raise ValueError(f"cu_seqlens must be non-decreasing offsets from 0 to seqlen = {seqlen}, got "
                          f"{list(offsets)}")
 
