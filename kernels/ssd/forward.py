@@ -257,9 +257,10 @@ def ssd_forward(
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
     out_cfg = scan_config(headdim, dstate, chunk)
-    # the output kernel per row tile reads the chunks' C B^T: formed on a second stream alongside the state pass
-    fork = Fork(dev, overlap("forward") and not out_cfg.walk)
+    # the output kernel per row tile reads the chunks' C B^T: formed on a second stream alongside the state pass,
+    # into a table allocated before the fork (streams.Fork)
     cb = None if out_cfg.walk else torch.empty(table.nchunks, ngroups, chunk, chunk, device=dev, dtype=torch.float32)
+    fork = Fork(dev, overlap("forward") and not out_cfg.walk)
     block_h = dt_head_block(nheads)
     _decay_fwd_kernel[(table.nchunks, triton.cdiv(nheads, block_h))](
         dt, A, dt_bias, s, dtp, table.chunk_start, table.chunk_len, dt.stride(0), dt.stride(1), ntokens, nheads,
