@@ -16,7 +16,7 @@ from ..overrides import env_overrides
 
 __all__ = ["KernelConfig", "pow2", "dt_head_block", "state_config", "state_bwd_config", "scan_config", "cb_config",
            "bwd_dx_config", "bwd_dcb_config", "bwd_dbc_config", "MIN_CHUNK", "SEGMENT_CHUNKS", "auto_segment",
-           "fill_sms", "walk_span"]
+           "fill_sms", "walk_span", "whole_walks"]
 
 MIN_CHUNK = 16
 
@@ -50,6 +50,10 @@ class KernelConfig:
     scale_b (state passes, one head per tile): 1 multiplies each step's B (backward: C) tile by the per-token
     weights instead of its x (dy) tile, the smaller of the two when d_state < head_dim (state_config).
     span (output and dx walks): chunks per walk program (layout.WalkTable); 0 lets `walk_span` choose per call.
+    whole (output walk): 1 walks each whole sequence in one program, which stores the chunk states and the final
+    state itself, so that the forward runs no state pass (calls without initial states only: the Gluon walk
+    loading them gave wrong outputs at 128 x 128 on the H200, not understood); 0 never; -1 lets `whole_walks`
+    choose per call.
     heads (state passes): 2 makes a tile the whole head_dim of two heads of one group (block_p = 2 x head_dim, a
     power of two), so that one program's B (C) tile serves both; 1 a block of one head's head_dim.
     """
@@ -68,6 +72,7 @@ class KernelConfig:
     heads: int = 1
     span: int = 0
     scale_b: int = 0
+    whole: int = -1
 
     def alignment(self, table_aligned: bool) -> bool:
         """The ALIGNED constexpr of a launch over a chunk table whose `aligned` is table_aligned."""
@@ -308,6 +313,23 @@ def walk_span(cfg: KernelConfig, chunk_size: int, programs: Callable[[int], int]
     while span > 1 and sm_count and programs(span) < 2 * sm_count:
         span //= 2
     return span
+
+
+def whole_walks(cfg: KernelConfig, chunk_size: int, programs: int, sm_count: int) -> bool:
+    """Whether the output walk (cfg) runs each whole sequence in one program and stores the chunk states itself,
+    in place of the forward's state pass: cfg.whole when it is 0 or 1; else when no span is set, steps of
+    cfg.block_m tokens divide the chunk, and the walk's `programs` (sequences x heads x head_dim blocks) are at
+    least the sm_count SMs (never when the SM count is unknown, 0). A walk computes every chunk's state on its
+    way anyway; the state pass only let shorter walks start mid-sequence. H200, 64 heads, chunk 256, forward-only
+    kernel ms, walks of 4 chunks / whole sequences, and the state pass they need: 128 x 128 at 8 x 8192 (1,024
+    programs) 1.413 / 1.399 + 0.586; at 2 x 32768 (256) 1.412 / 1.399 + 0.587; at 32 x 2048 1.411 / 1.391 +
+    0.624; 64 x 64 at 8 x 8192 0.554 / 0.532 + 0.227; at 2 x 32768 (128 programs, fewer than the 132 SMs)
+    0.556 / 0.732 + 0.225."""
+    if cfg.whole == 1 and chunk_size % cfg.block_m:
+        raise ValueError(f"ARCHSPEC_SSD_SCAN: whole=1 needs block_m={cfg.block_m} to divide chunk_size={chunk_size}")
+    if cfg.whole >= 0:
+        return bool(cfg.whole)
+    return not cfg.span and chunk_size % cfg.block_m == 0 and sm_count > 0 and programs >= sm_count
 
 
 def bwd_dx_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False) -> KernelConfig:

@@ -15,6 +15,9 @@ Three launches (see benchmarks/NOTES-ssd.md for why this split):
    Where the state tile would not fit the registers (config.py), tiles.py's kernel per row tile runs instead,
    on C B^T from its `_cb_kernel` (launched on a second stream, streams.py, alongside the state pass); for
    bf16 / fp16 on Hopper, forward_wgmma.py's Gluon version of this walk, whose products overlap.
+Where one walk per sequence, head and head_dim block fills the GPU (config.whole_walks) and there are no initial
+states, step 2 does not run: the walks cover whole sequences from zero and store the chunk states (for a backward)
+and the final states themselves, since they compute every chunk's state on their way anyway.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from torch import Tensor
 
 from .common import (dot_precision, dt_head_rows, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
                      raw_dt_rows, state_tile, step_factors, step_log_decays, step_tokens, tile_heads)
-from .config import dt_head_block, overlap, pow2, scan_config, state_config
+from .config import dt_head_block, overlap, pow2, scan_config, state_config, whole_walks
 from .layout import ChunkTable
-from .segments import carry_forward, chunk_walks, state_walk
+from .segments import carry_forward, chunk_walks, sm_count, state_walk
 from .streams import Fork
 from .tiles import chunk_cb, scan_tiles
 
@@ -137,16 +140,19 @@ def _state_fwd_kernel(
 
 @triton.jit
 def _scan_fwd_kernel(
-    x_ptr, b_ptr, c_ptr, states_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
+    x_ptr, b_ptr, c_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
     walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
     stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, heads_per_group,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, STEPS_PER_CHUNK: tl.constexpr,
+    WHOLE: tl.constexpr, STORE_STATES: tl.constexpr,
     HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (head and head_dim block, walk of layout.WalkTable): from the state entering the walk's first
     chunk, through its chunks in BLOCK_T-token steps (STEPS_PER_CHUNK to a chunk), carrying h in float32 from one
-    chunk into the next; s, the log-decay, restarts from 0 at each chunk."""
+    chunk into the next; s, the log-decay, restarts from 0 at each chunk. WHOLE: walk w is all of sequence w, which
+    starts from zero (no initial states) instead of a stored chunk state, and ends by storing its final state into
+    final_ptr; STORE_STATES: it stores the state entering each of its chunks into states_ptr."""
     head, group, offs_p, mask_p, walk, c0, clen = head_chunk_program(walk_start_ptr, walk_len_ptr, headdim,
                                                                       heads_per_group, BLOCK_P, 1, ALIGNED)
     chunk = tl.load(walk_chunk_ptr + walk).to(tl.int64)
@@ -159,8 +165,16 @@ def _scan_fwd_kernel(
     y_off = c0 * stride_y_t + head * stride_y_h
 
     # h^T (d_state x head_dim block): the state after the tokens walked so far, decayed to the last of them
-    h = tl.load(states_ptr + (chunk * nheads + head) * headdim * dstate + offs_p[None, :] * dstate + offs_n[:, None],
-                mask=mask_n[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+    h_tile = offs_p[None, :] * dstate + offs_n[:, None]
+    h_mask = mask_n[:, None] & mask_p[None, :]
+    if WHOLE:
+        h = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+        if STORE_STATES:
+            tl.store(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile,
+                     h.to(states_ptr.dtype.element_ty), mask=h_mask)
+    else:
+        h = tl.load(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile, mask=h_mask,
+                    other=0.0).to(tl.float32)
     s_prev = tl.zeros((), dtype=tl.float32)
     for t0 in range(0, clen, BLOCK_T):
         offs_t = t0 + tl.arange(0, BLOCK_T)
@@ -185,7 +199,13 @@ def _scan_fwd_kernel(
         decay_out = tl.where(mask_t, exp_ftz(s_last - s_t) * dt_t, 0.0)
         xw = (xt.to(tl.float32) * decay_out[:, None]).to(b.dtype)
         h = h * exp_ftz(s_last - s_prev) + mm(tl.trans(b), xw, PREC)
-        s_prev = tl.where((t0 // BLOCK_T + 1) % STEPS_PER_CHUNK == 0, 0.0, s_last)
+        chunk_end = (t0 // BLOCK_T + 1) % STEPS_PER_CHUNK == 0
+        s_prev = tl.where(chunk_end, 0.0, s_last)
+        if STORE_STATES:
+            if chunk_end & (t0 + BLOCK_T < clen):
+                entered = chunk + (t0 // BLOCK_T + 1) // STEPS_PER_CHUNK
+                tl.store(states_ptr + (entered * nheads + head) * headdim * dstate + h_tile,
+                         h.to(states_ptr.dtype.element_ty), mask=h_mask)
 
         if HAS_D:
             if D_HAS_HDIM:
@@ -200,6 +220,8 @@ def _scan_fwd_kernel(
                          mask=mask, other=0.0).to(tl.float32)
             acc = acc * zt * tl.sigmoid(zt)
         tl.store(y_ptr + y_off + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    if WHOLE:
+        tl.store(final_ptr + (walk * nheads + head) * headdim * dstate + h_tile, h, mask=h_mask)
 
 
 class ForwardResult(NamedTuple):
@@ -208,7 +230,7 @@ class ForwardResult(NamedTuple):
     y (T, nheads, headdim) x.dtype; y_pre: y before the silu(z) gate (same shape; None without z);
     final_states (nseqs, nheads, headdim, dstate) float32; states (nchunks, nheads, headdim, dstate): the state
     entering each chunk, in the dot dtype (with keep_states False, only the rows of the output walks' first
-    chunks are written);
+    chunks are written, and with whole-sequence walks there are no rows);
     s, dtp (nheads, T) float32: within-chunk cumulative log-decay and the transformed step; cb (nchunks, ngroups,
     chunk, chunk) float32: C B^T per chunk when the tiled output kernel ran (tiles.py), else None.
     """
@@ -251,12 +273,16 @@ def ssd_forward(
     dev = x.device
     has_lo, has_hi, lo, hi = dt_limit_flags(dt_limit)
 
-    states = torch.empty(table.nchunks, nheads, headdim, dstate, device=dev, dtype=x.dtype)
+    out_cfg = scan_config(headdim, dstate, chunk)
+    blocks = nheads * triton.cdiv(headdim, out_cfg.block_p)
+    whole = bool(out_cfg.walk) and initial_states is None and whole_walks(out_cfg, chunk, blocks * table.nseqs,
+                                                                           sm_count(dev))
+    stored = table.nchunks if keep_states or not whole else 0
+    states = torch.empty(stored, nheads, headdim, dstate, device=dev, dtype=x.dtype)
     final = torch.empty(table.nseqs, nheads, headdim, dstate, device=dev, dtype=torch.float32)
     s = torch.empty(nheads, ntokens, device=dev, dtype=torch.float32)
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
-    out_cfg = scan_config(headdim, dstate, chunk)
     # the output kernel per row tile reads the chunks' C B^T: formed on a second stream alongside the state pass,
     # into a table allocated before the fork (streams.Fork)
     cb = None if out_cfg.walk else torch.empty(table.nchunks, ngroups, chunk, chunk, device=dev, dtype=torch.float32)
@@ -267,20 +293,12 @@ def ssd_forward(
         lo, hi, BLOCK=pow2(chunk), BLOCK_H=block_h, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
         HAS_LO=has_lo, HAS_HI=has_hi, ALIGNED=table.aligned, num_warps=8,
     )
-    blocks = nheads * triton.cdiv(headdim, out_cfg.block_p)
-    walks = chunk_walks(table, out_cfg, blocks, dev) if out_cfg.walk else None
-    every = walks.span if walks is not None and not keep_states else 1
-    walk = state_walk(table, state_config(headdim, dstate, chunk, per_group), "state", h0, final, every)
-    cfg = walk.cfg
-    _state_fwd_kernel[walk.grid](
-        x, B, walk.init, states, walk.out, s, dtp, walk.start, walk.chunk,
-        x.stride(0), x.stride(1), B.stride(0), B.stride(1), ntokens, nheads, headdim, dstate, per_group,
-        CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HEADS=cfg.heads,
-        HAS_H0=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), SCALE_B=bool(cfg.scale_b),
-        STORE_EVERY=walk.every, PREC=prec, **cfg.launch_options(),
-    )
-    if walk.seg is not None:
-        carry_forward(states, walk.out, final, h0, s, table, walk.seg, cfg)
+    if whole:
+        walks = table.walks(max(table.seq_nchunks))
+    else:
+        walks = chunk_walks(table, out_cfg, blocks, dev) if out_cfg.walk else None
+        _state_pass(x, B, s, dtp, h0, states, final, table, per_group, prec,
+                    walks.span if walks is not None and not keep_states else 1)
     if cb is not None:
         with fork.side():
             chunk_cb(B, C, table, prec, out=cb)
@@ -293,12 +311,13 @@ def ssd_forward(
         scan_tiles(x, C, cb, states, s, dtp, D, z, y, y_pre, table, prec)
     else:
         grid = (blocks, walks.count)
-        args = (x, B, C, states, s, dtp, D, z, y, y_pre, walks.chunk, walks.start, walks.length,
+        args = (x, B, C, states, final, s, dtp, D, z, y, y_pre, walks.chunk, walks.start, walks.length,
                 x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
                 z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),
                 ntokens, nheads, headdim, dstate, per_group)
         consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-                      STEPS_PER_CHUNK=triton.cdiv(chunk, cfg.block_m), HAS_D=D is not None,
+                      STEPS_PER_CHUNK=triton.cdiv(chunk, cfg.block_m), WHOLE=whole, STORE_STATES=whole and keep_states,
+                      HAS_D=D is not None,
                       D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
                       ALIGNED=cfg.alignment(table.aligned))
         if cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n):
@@ -306,3 +325,22 @@ def ssd_forward(
         else:
             _scan_fwd_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
     return ForwardResult(y, y_pre, final, states, s, dtp, cb)
+
+
+def _state_pass(x: Tensor, B: Tensor, s: Tensor, dtp: Tensor, h0: Optional[Tensor], states: Tensor, final: Tensor,
+                table: ChunkTable, per_group: int, prec: str, every: int) -> None:
+    """Writes the chunk states (those of every every-th chunk of a sequence) and the final states by
+    `_state_fwd_kernel`, in segments where segments.state_walk chooses them; arguments as in ssd_forward."""
+    ntokens, nheads, headdim = x.shape
+    dstate = B.shape[2]
+    walk = state_walk(table, state_config(headdim, dstate, table.chunk_size, per_group), "state", h0, final, every)
+    cfg = walk.cfg
+    _state_fwd_kernel[walk.grid](
+        x, B, walk.init, states, walk.out, s, dtp, walk.start, walk.chunk,
+        x.stride(0), x.stride(1), B.stride(0), B.stride(1), ntokens, nheads, headdim, dstate, per_group,
+        CHUNK=table.chunk_size, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HEADS=cfg.heads,
+        HAS_H0=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), SCALE_B=bool(cfg.scale_b),
+        STORE_EVERY=walk.every, PREC=prec, **cfg.launch_options(),
+    )
+    if walk.seg is not None:
+        carry_forward(states, walk.out, final, h0, s, table, walk.seg, cfg)

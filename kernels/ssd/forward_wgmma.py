@@ -35,13 +35,29 @@ __all__ = ["scan_fwd_wgmma"]
 
 
 @gluon.jit
+def _store_state(base, h_smem, p0, dstate, headdim, BLOCK_N: gl.constexpr, BLOCK_P: gl.constexpr):
+    """Stores the walk's h^T, as it is in h_smem (d_state x head_dim block, the dot dtype), into the (headdim,
+    dstate) state at base, 32 d_state rows at a time, read back in columns of 8 rows per thread so that each
+    thread writes 16 contiguous bytes: stored from the wgmma layout, with a 64-bit pointer per element, the 128 x
+    128 walk spilled 472 bytes (56 without the stores)."""
+    ROWS: gl.constexpr = 32
+    layout: gl.constexpr = gl.BlockedLayout([8, 1], [ROWS // 8, 32 // (ROWS // 8)], [1, gl.num_warps()], [0, 1])
+    offs_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, layout))
+    for n0 in gl.static_range(0, BLOCK_N, ROWS):
+        offs_n = n0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
+        gl.store(base + offs_p[None, :] * dstate + offs_n[:, None], h_smem.slice(n0, ROWS).load(layout),
+                 mask=(offs_n[:, None] < dstate) & (offs_p < headdim)[None, :])
+
+
+@gluon.jit
 def _scan_fwd_wgmma_kernel(
-    x_ptr, b_ptr, c_ptr, states_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
+    x_ptr, b_ptr, c_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
     walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
     stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, heads_per_group,
     BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr, STEPS_PER_CHUNK: gl.constexpr,
-    HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr, HAS_Z: gl.constexpr, ALIGNED: gl.constexpr,
+    WHOLE: gl.constexpr, STORE_STATES: gl.constexpr, HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr,
+    HAS_Z: gl.constexpr, ALIGNED: gl.constexpr,
 ):
     dtype: gl.constexpr = x_ptr.dtype.element_ty
     mma_p: gl.constexpr = mma_layout(BLOCK_P, gl.num_warps())  # y (tokens x head_dim), h^T (d_state x head_dim)
@@ -77,8 +93,15 @@ def _scan_fwd_wgmma_kernel(
     offs_hn = gl.arange(0, BLOCK_N, layout=rows_p)
     offs_p = p0 + gl.arange(0, BLOCK_P, layout=cols_p)
     mask_p = offs_p < headdim
-    h = gl.load(states_ptr + (chunk * nheads + head) * headdim * dstate + offs_p[None, :] * dstate
-                + offs_hn[:, None], mask=(offs_hn[:, None] < dstate) & mask_p[None, :], other=0.0).to(gl.float32)
+    h_tile = offs_p[None, :] * dstate + offs_hn[:, None]
+    h_mask = (offs_hn[:, None] < dstate) & mask_p[None, :]
+    if WHOLE:  # walk w is all of sequence w, from zero
+        h = gl.zeros((BLOCK_N, BLOCK_P), gl.float32, mma_p)
+        if STORE_STATES:
+            gl.store(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile, h.to(dtype), mask=h_mask)
+    else:
+        h = gl.load(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile, mask=h_mask,
+                    other=0.0).to(gl.float32)
     h_smem.store(h.to(dtype))
     fence_async_shared()
 
@@ -144,7 +167,13 @@ def _scan_fwd_wgmma_kernel(
         h = warpgroup_mma_wait(num_outstanding=1, deps=(h_next,))
         h_smem.store(h.to(dtype))
         fence_async_shared()
-        s_prev = gl.where((step + 1) % STEPS_PER_CHUNK == 0, 0.0, s_last)
+        chunk_end = (step + 1) % STEPS_PER_CHUNK == 0
+        s_prev = gl.where(chunk_end, 0.0, s_last)
+        if STORE_STATES:
+            if chunk_end & (step + 1 < nsteps):
+                entered = chunk + (step + 1) // STEPS_PER_CHUNK
+                _store_state(states_ptr + (entered * nheads + head) * headdim * dstate, h_smem, p0, dstate, headdim,
+                             BLOCK_N, BLOCK_P)
         s_r = s_r_next
         dt_r = dt_r_next
         s_last = s_last_next
@@ -166,6 +195,12 @@ def _scan_fwd_wgmma_kernel(
             out = (out.to(gl.float32) * zt * (1.0 / (1.0 + exp_ftz(-zt)))).to(dtype)
         gl.store(y_ptr + offs_y, out, mask=mask)
     async_copy.wait_group(0)
+    if WHOLE:
+        out_layout: gl.constexpr = gl.BlockedLayout([4, 1], [8, 4], [1, gl.num_warps()], [0, 1])
+        offs_fn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_layout))
+        offs_fp = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, out_layout))
+        gl.store(final_ptr + (walk * nheads + head) * headdim * dstate + offs_fp[None, :] * dstate + offs_fn[:, None],
+                 gl.convert_layout(h, out_layout), mask=(offs_fn[:, None] < dstate) & (offs_fp < headdim)[None, :])
 
 
 def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, options: dict[str, int]) -> None:

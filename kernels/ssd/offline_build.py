@@ -132,9 +132,9 @@ def resources(kernel: Any) -> tuple[int, int, int]:
     return regs, stack, int(kernel.metadata.shared)
 
 
-def _inputs(headdim: int, dstate: int, d_per_channel: bool, aligned: bool) -> dict[str, Any]:
+def _inputs(headdim: int, dstate: int, d_per_channel: bool, aligned: bool, initial_states: bool) -> dict[str, Any]:
     """bf16 scan inputs on the CPU: 2 packed sequences (300 tokens; aligned: 320, in sequences of 112 and 208, so
-    that the chunk table is aligned), 4 heads in 2 groups, every option on."""
+    that the chunk table is aligned), 4 heads in 2 groups, every option on (initial states as asked)."""
     ntokens, nheads, ngroups = (320, 4, 2) if aligned else (300, 4, 2)
     bf16 = dict(dtype=torch.bfloat16, requires_grad=True)
     f32 = dict(dtype=torch.float32, requires_grad=True)
@@ -144,17 +144,19 @@ def _inputs(headdim: int, dstate: int, d_per_channel: bool, aligned: bool) -> di
         C=torch.randn(1, ntokens, ngroups, dstate, **bf16),
         D=torch.randn(nheads, headdim, **f32) if d_per_channel else torch.randn(nheads, **f32),
         z=torch.randn(1, ntokens, nheads, headdim, **bf16), dt_bias=torch.randn(nheads, **f32),
-        initial_states=torch.randn(2, nheads, headdim, dstate, **f32),
+        initial_states=torch.randn(2, nheads, headdim, dstate, **f32) if initial_states else None,
         cu_seqlens=torch.tensor([0, 112 if aligned else 100, ntokens], dtype=torch.int32),
     )
 
 
-def record_scan(headdim: int, dstate: int, d_per_channel: bool = False, aligned: bool = False) -> list[Launch]:
-    """The launches of a bf16 scan's forward and backward (every option on) and of a decode step at head_dim x
-    d_state, recorded on the CPU (config.py's choices for a machine without the Gluon walks); aligned: sequence
-    boundaries at multiples of 16 (ChunkTable.aligned), as the benchmarks' shapes have them."""
+def record_scan(headdim: int, dstate: int, d_per_channel: bool = False, aligned: bool = False,
+                initial_states: bool = True) -> list[Launch]:
+    """The launches of a bf16 scan's forward and backward (every option on, initial states as asked) and of a
+    decode step at head_dim x d_state, recorded on the CPU (config.py's choices for a machine without the Gluon
+    walks); aligned: sequence boundaries at multiples of 16 (ChunkTable.aligned), as the benchmarks' shapes have
+    them."""
     with recorded_launches() as launches:
-        inputs = _inputs(headdim, dstate, d_per_channel, aligned)
+        inputs = _inputs(headdim, dstate, d_per_channel, aligned, initial_states)
         y, final = ssd_scan_triton(chunk_size=256, dt_softplus=True, dt_limit=(1e-3, 0.1), return_final_states=True,
                                    **inputs)
         torch.autograd.backward([y, final], [torch.ones_like(y), torch.ones_like(final)])
@@ -184,16 +186,20 @@ def forced_config(**overrides: str) -> Iterator[None]:
 def scan_launches() -> list[Launch]:
     """The distinct launches of `record_scan` at 64 x 64 with D per channel (the chunk walks), 64 x 256 with D
     per head (the per-row-tile kernels), both with and without aligned sequences, 64 x 64 with the state passes in
-    segments (segments.py) and 64 x 128 with the state passes' tiles that config.fill_sms picks for few programs on
-    a GPU (the CPU has no SM count)."""
+    segments (segments.py), 64 x 128 with the state passes' tiles that config.fill_sms picks for few programs on
+    a GPU (the CPU has no SM count), and the output walks over whole sequences (config.whole_walks) at 64 x 64 and
+    128 x 128."""
     with forced_config(state="segment=1", state_bwd="segment=1"):
         segmented = record_scan(64, 64, False)
+    with forced_config(scan="whole=1"):
+        whole = [launch for shape in ((64, 64), (128, 128)) for launch in record_scan(*shape, True, initial_states=False)
+                 if launch.fn is forward._scan_fwd_kernel]
     with forced_config(state="block_p=16,num_warps=4,maxnreg=0", state_bwd="block_p=32,num_warps=4,maxnreg=0"):
         split = [launch for launch in record_scan(64, 128, False) if "state" in launch.fn.__name__]
     distinct: dict[tuple, Launch] = {}
     walks_and_tiles = [launch for aligned in (False, True)
                        for launch in record_scan(64, 64, True, aligned) + record_scan(64, 256, False, aligned)]
-    for launch in walks_and_tiles + segmented + split:
+    for launch in walks_and_tiles + segmented + split + whole:
         distinct.setdefault(launch.key(), launch)
     return list(distinct.values())
 

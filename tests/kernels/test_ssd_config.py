@@ -10,7 +10,7 @@ import torch
 
 from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config, bwd_dcb_config,
                                          bwd_dx_config, dt_head_block, fill_sms, overlap, scan_config,
-                                         state_bwd_config, state_config, walk_span)
+                                         state_bwd_config, state_config, walk_span, whole_walks)
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
 
@@ -215,6 +215,27 @@ def test_output_walk_spans_up_to_1024_tokens_while_its_programs_fill_the_sms(mon
     assert walk_span(scan_config(64, 64, 96), 96, programs(256), sm_count=132) == 1, "64-token steps and 32 left"
     monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "span=3")
     assert walk_span(scan_config(64, 64, 96), 96, programs(8), sm_count=132) == 3
+
+
+def test_output_walk_runs_whole_sequences_in_place_of_the_state_pass_once_its_programs_fill_the_sms(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One walk per sequence, head and head_dim block once those programs are at least the SMs; not on an unknown
+    GPU (the interpreter), nor when a span is set or the walk's steps do not divide the chunk; ARCHSPEC_SSD_SCAN
+    whole=0 / whole=1 decide, and whole=1 where the steps cannot divide the chunk is an error that names both."""
+    cfg = scan_config(128, 128, 256)
+    assert whole_walks(cfg, 256, programs=1024, sm_count=132)
+    assert whole_walks(cfg, 256, programs=132, sm_count=132)
+    assert not whole_walks(cfg, 256, programs=128, sm_count=132), "4 SMs would idle"
+    assert not whole_walks(cfg, 256, programs=1024, sm_count=0), "unknown GPU (the interpreter)"
+    assert not whole_walks(cfg, 96, programs=1024, sm_count=132), "64-token steps and 32 left"
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "span=4")
+    assert not whole_walks(scan_config(128, 128, 256), 256, programs=1024, sm_count=132)
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "whole=0")
+    assert not whole_walks(scan_config(128, 128, 256), 256, programs=1024, sm_count=132)
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "whole=1")
+    assert whole_walks(scan_config(128, 128, 256), 256, programs=1, sm_count=0)
+    with pytest.raises(ValueError, match="whole=1 needs block_m=64 to divide chunk_size=96"):
+        whole_walks(scan_config(128, 128, 96), 96, programs=1024, sm_count=132)
 
 
 def test_state_passes_walk_segments_of_64_chunks_only_when_programs_leave_most_sms_idle() -> None:

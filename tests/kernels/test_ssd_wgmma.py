@@ -21,8 +21,9 @@ sm90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not sm90, reason="needs an sm_90 (Hopper) GPU")]
 
 
-def _forward(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, wgmma: int, span: int = 0) -> tuple:
-    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"wgmma={wgmma},span={span}")
+def _forward(monkeypatch: pytest.MonkeyPatch, inputs: dict, chunk_size: int, wgmma: int, span: int = 0,
+             whole: int = -1) -> tuple:
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"wgmma={wgmma},span={span},whole={whole}")
     with torch.no_grad():
         return ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **inputs)
 
@@ -138,3 +139,25 @@ def test_gluon_dx_walk_matches_triton_and_reference_gradients(make_ssd_inputs, m
 def test_gluon_dx_walk_without_d_and_with_d_per_head(make_ssd_inputs, monkeypatch, options: dict) -> None:
     inputs = make_ssd_inputs(2, 512, 4, 64, 1, 64, torch.bfloat16, "cuda", **options)
     _check_dx_walk(monkeypatch, inputs, 128)
+
+
+@pytest.mark.parametrize("headdim,dstate", [(64, 64), (128, 128), (96, 80)])
+@pytest.mark.parametrize("chunk_size", [64, 256])
+def test_gluon_whole_sequence_walk_matches_triton_and_reference(make_ssd_inputs, monkeypatch, headdim: int,
+                                                                dstate: int, chunk_size: int) -> None:
+    """whole=1: the Gluon walk runs each whole sequence from zero and stores the chunk states and the final state
+    itself (no state pass). y and the final states (under no_grad, when no chunk state is stored) and
+    the gradients (whose backward reads the stored states) are as close to the reference as the Triton whole
+    walk's, and close to them; packed sequences as above, without initial states (with them the state pass runs)."""
+    inputs = make_ssd_inputs(1, 900, 4, headdim, 2, dstate, torch.bfloat16, "cuda", seqlens=[70, 1, 600, 229],
+                             with_D=True, D_has_hdim=True, with_z=True, with_dt_bias=True, dt_softplus=True)
+    y_gluon, final_gluon = _forward(monkeypatch, inputs, chunk_size, 1, whole=1)
+    y_triton, final_triton = _forward(monkeypatch, inputs, chunk_size, 0, whole=1)
+    ref = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+    y_ref, final_ref = ssd_naive(chunk_size=chunk_size, return_final_states=True, **ref)
+    for name, got, triton_, want in (("y", y_gluon, y_triton, y_ref), ("final", final_gluon, final_triton, final_ref)):
+        assert torch.isfinite(got).all(), name
+        assert rel_err(got, want) < 1.5e-2, f"{name}: {rel_err(got, want):.2e}"
+        assert rel_err(got, want) < 1.5 * rel_err(triton_, want) + 1e-3, name
+        assert rel_err(got, triton_) < 1e-2, name
+    _check_gluon_gradients(monkeypatch, inputs, chunk_size, "SCAN", "walk=1,whole=1", "walk=1,wgmma=0,whole=1", ())

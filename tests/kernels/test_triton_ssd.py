@@ -391,6 +391,57 @@ def test_walks_over_several_chunks_match_naive(make_ssd_inputs, monkeypatch, chu
     check_scan(inputs, chunk_size, torch.float32, grads=True)
 
 
+@pytest.mark.parametrize("seqlens", [None, [150, 1, 89, 360]])
+def test_whole_sequence_walks_match_naive(make_ssd_inputs, monkeypatch, seqlens) -> None:
+    """With ARCHSPEC_SSD_SCAN=whole=1 the output walk runs each whole sequence (batch rows, or packed sequences
+    that end mid-chunk and after one token) from zero, stores every chunk's state for the backward and the final
+    state, and no state pass runs: y, final states and all gradients are the reference's."""
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "walk=1,whole=1")
+    monkeypatch.setattr(forward, "_state_pass", None)
+    batch, seqlen = (2, 300) if seqlens is None else (1, 600)
+    inputs = make_ssd_inputs(batch, seqlen, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=seqlens,
+                             requires_grad=True, with_D=True, with_z=True)
+    check_scan(inputs, 32, torch.float32, grads=True)
+
+
+def test_whole_sequence_walks_leave_calls_with_initial_states_to_the_state_pass(make_ssd_inputs, monkeypatch) -> None:
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "walk=1,whole=1")
+    passes = []
+    state_pass = forward._state_pass
+    monkeypatch.setattr(forward, "_state_pass", lambda *args: passes.append(state_pass(*args)))
+    inputs = make_ssd_inputs(1, 600, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=[150, 1, 89, 360],
+                             requires_grad=True, with_initial_states=True)
+    check_scan(inputs, 32, torch.float32, grads=True)
+    assert len(passes) == 1
+
+
+def test_whole_sequence_walks_store_the_state_passes_chunk_states_and_none_without_a_backward(
+        make_ssd_inputs, monkeypatch) -> None:
+    """The chunk states a whole-sequence walk stores (every row, the sequences' first zero) are the state pass's to
+    float32 rounding, as are the final states; under no_grad it stores no chunk states."""
+    results = []
+
+    def recording(*args, **kwargs) -> forward.ForwardResult:
+        results.append(forward.ssd_forward(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(autograd, "ssd_forward", recording)
+    inputs = make_ssd_inputs(1, 600, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=[150, 1, 89, 360])
+    leaves = {k: v.requires_grad_(True) if k == "x" else v for k, v in inputs.items()}
+    for whole in (0, 1):
+        monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"walk=1,whole={whole}")
+        ssd_scan_triton(chunk_size=32, **leaves)
+        with torch.no_grad():
+            ssd_scan_triton(chunk_size=32, **inputs)
+    by_pass, by_pass_no_grad, by_walk, by_walk_no_grad = results
+    assert by_walk.states.shape == by_pass.states.shape
+    assert rel_err(by_walk.states, by_pass.states) < 1e-5
+    assert rel_err(by_walk.final_states, by_pass.final_states) < 1e-5
+    assert by_walk_no_grad.states.shape[0] == 0
+    assert torch.equal(by_walk_no_grad.final_states, by_walk.final_states)
+    assert torch.equal(by_walk_no_grad.y, by_walk.y) and torch.equal(by_pass_no_grad.y, by_pass.y)
+
+
 @pytest.mark.parametrize("segment,every", [(0, 3), (4, 1), (6, 3)])
 def test_forward_without_a_backward_stores_only_the_states_the_output_walks_start_from(
         make_ssd_inputs, monkeypatch, segment: int, every: int) -> None:
