@@ -9,8 +9,8 @@ Builds the spec's model (float32 parameters, bf16 autocast on a GPU, as training
 step's forward+backward (summed logits against a fixed random cotangent) on `tokens / seqlen` rows of `seqlen`
 tokens and on the same tokens as one row with cu_seqlens marking the same sequences: the same arithmetic, so the
 difference is what packing adds (cu_seqlens checks, packed chunk tables, the attention's packed path). Medians
-of `rep` steps after 3 warm-up steps, in ms. Without flash-attn the packed attention masks a tokens x tokens
-score matrix (SDPA), so keep --tokens moderate there. Prints a table last.
+of `rep` steps after 3 warm-up steps, in ms. Without flash-attn the packed attention runs the sequences as the
+rows of right-padded batches (blocks/packing.py). Prints a table last.
 """
 
 from __future__ import annotations
