@@ -38,8 +38,8 @@ __all__ = ["scan_fwd_wgmma"]
 def _store_state(base, h_smem, p0, dstate, headdim, BLOCK_N: gl.constexpr, BLOCK_P: gl.constexpr):
     """Stores the walk's h^T, as it is in h_smem (d_state x head_dim block, the dot dtype), into the (headdim,
     dstate) state at base, 32 d_state rows at a time, read back in columns of 8 rows per thread so that each
-    thread writes 16 contiguous bytes: stored from the wgmma layout, with a 64-bit pointer per element, the 128 x
-    128 walk spilled 472 bytes (56 without the stores)."""
+    thread writes 16 contiguous bytes. Stored from the wgmma layout, with a 64-bit pointer per element, the 128 x
+    128 whole walk spilled 472 bytes (triton 3.9; 112 without whole walks, 256 with these stores)."""
     ROWS: gl.constexpr = 32
     layout: gl.constexpr = gl.BlockedLayout([8, 1], [ROWS // 8, 32 // (ROWS // 8)], [1, gl.num_warps()], [0, 1])
     offs_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, layout))
@@ -195,7 +195,8 @@ def _scan_fwd_wgmma_kernel(
             out = (out.to(gl.float32) * zt * (1.0 / (1.0 + exp_ftz(-zt)))).to(dtype)
         gl.store(y_ptr + offs_y, out, mask=mask)
     async_copy.wait_group(0)
-    if WHOLE:
+    if WHOLE:  # the final state through a layout conversion (whose scratch reuses the dead tile buffers): stored
+        # from the wgmma layout, its pointers were the first load's, kept across the loop (144 more bytes of spills)
         out_layout: gl.constexpr = gl.BlockedLayout([4, 1], [8, 4], [1, gl.num_warps()], [0, 1])
         offs_fn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_layout))
         offs_fp = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, out_layout))

@@ -192,8 +192,8 @@ def scan_launches() -> list[Launch]:
     with forced_config(state="segment=1", state_bwd="segment=1"):
         segmented = record_scan(64, 64, False)
     with forced_config(scan="whole=1"):
-        whole = [launch for shape in ((64, 64), (128, 128)) for launch in record_scan(*shape, True, initial_states=False)
-                 if launch.fn is forward._scan_fwd_kernel]
+        whole = [launch for shape in ((64, 64), (128, 128))
+                 for launch in record_scan(*shape, True, initial_states=False) if launch.fn is forward._scan_fwd_kernel]
     with forced_config(state="block_p=16,num_warps=4,maxnreg=0", state_bwd="block_p=32,num_warps=4,maxnreg=0"):
         split = [launch for launch in record_scan(64, 128, False) if "state" in launch.fn.__name__]
     distinct: dict[tuple, Launch] = {}
