@@ -205,8 +205,12 @@ def _dbc_kernel(
     stride_db_t, stride_db_g,
     ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCKS_P: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCKS_P: tl.constexpr, SIDE: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
+    """One program per (row tile x d_state block, group, chunk). SIDE 0 computes dC (with its log-decay terms into
+    ds), 1 dB (into dsend), 2 both in one program."""
+    DC: tl.constexpr = SIDE != 1
+    DB: tl.constexpr = SIDE != 0
     blocks_n = tl.cdiv(dstate, BLOCK_N)
     pid_r = tl.program_id(0) // blocks_n
     pid_n = tl.program_id(0) % blocks_n
@@ -222,10 +226,12 @@ def _dbc_kernel(
         b_base = b_ptr + c0 * stride_b_t + group * stride_b_g
         c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
         mask_rn = mask_r[:, None] & mask_n[None, :]
-        c_r = tl.load(c_base + offs_r[:, None] * stride_c_t + offs_n[None, :], mask=mask_rn, other=0.0)
-        b_r = tl.load(b_base + offs_r[:, None] * stride_b_t + offs_n[None, :], mask=mask_rn, other=0.0)
         dc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         db = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if DC:
+            c_r = tl.load(c_base + offs_r[:, None] * stride_c_t + offs_n[None, :], mask=mask_rn, other=0.0)
+        if DB:
+            b_r = tl.load(b_base + offs_r[:, None] * stride_b_t + offs_n[None, :], mask=mask_rn, other=0.0)
         # row sums of C_r dc and B_r db so far: each head's log-decay terms (below) are their increments, which
         # keeps no per-head copy of dc, db in registers (the sums grow over at most a group's heads)
         dc_seen = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -234,64 +240,73 @@ def _dbc_kernel(
             head = group * heads_per_group + r
             row = head.to(tl.int64) * ntokens + c0
             s_r = tl.load(s_ptr + row + offs_r, mask=mask_r, other=0.0)
-            dt_r = tl.load(dtp_ptr + row + offs_r, mask=mask_r, other=0.0)
-            s_last = tl.load(s_ptr + row + clen - 1)
-            to_out = exp_ftz(s_r)
-            to_end = dt_r * exp_ftz(s_last - s_r)
             state = (chunk * nheads + head) * headdim * dstate
-            dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
-            x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
+            if DC:
+                to_out = exp_ftz(s_r)
+                dy_base = dy_ptr + c0 * stride_dy_t + head * stride_dy_h
+            if DB:
+                dt_r = tl.load(dtp_ptr + row + offs_r, mask=mask_r, other=0.0)
+                s_last = tl.load(s_ptr + row + clen - 1)
+                to_end = dt_r * exp_ftz(s_last - s_r)
+                x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
             # head_dim steps unrolled, so that the head loop is the innermost loop and Triton prefetches its copies
             # (num_stages - 1 heads ahead; behind a runtime head_dim loop each head waited for its own loads)
             for ip in tl.static_range(BLOCKS_P):
                 offs_p = ip * BLOCK_P + tl.arange(0, BLOCK_P)
                 mask_p = offs_p < headdim
                 mask = mask_r[:, None] & mask_p[None, :]
-                dyr = tl.load(dy_base + offs_r[:, None] * stride_dy_t + offs_p[None, :],
-                              mask=mask, other=0.0).to(tl.float32)
-                xr = tl.load(x_base + offs_r[:, None] * stride_x_t + offs_p[None, :],
-                             mask=mask, other=0.0).to(tl.float32)
                 tile = offs_p[:, None] * dstate + offs_n[None, :]
                 mask_tile = mask_p[:, None] & mask_n[None, :]
-                h = tl.load(states_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
-                dh = tl.load(dstates_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
-                dc += mm((dyr * to_out[:, None]).to(dtype), h, PREC)
-                db += mm((xr * to_end[:, None]).to(dtype), dh, PREC)
+                if DC:
+                    dyr = tl.load(dy_base + offs_r[:, None] * stride_dy_t + offs_p[None, :],
+                                  mask=mask, other=0.0).to(tl.float32)
+                    h = tl.load(states_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
+                    dc += mm((dyr * to_out[:, None]).to(dtype), h, PREC)
+                if DB:
+                    xr = tl.load(x_base + offs_r[:, None] * stride_x_t + offs_p[None, :],
+                                 mask=mask, other=0.0).to(tl.float32)
+                    dh = tl.load(dstates_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
+                    db += mm((xr * to_end[:, None]).to(dtype), dh, PREC)
             # this head's terms with C_r (B_r) are the log-decay gradients of the entering state's output
             # exp(s_r) C_r h_in (of the path to the chunk's end state, dt'_r exp(s_last - s_r) x_r . dh B_r)
-            dc_sum = tl.sum(dc * c_r.to(tl.float32), 1)
-            db_sum = tl.sum(db * b_r.to(tl.float32), 1)
-            tl.atomic_add(ds_ptr + row + offs_r, dc_sum - dc_seen, mask=mask_r, sem="relaxed")
-            tl.atomic_add(dsend_ptr + row + offs_r, db_sum - db_seen, mask=mask_r, sem="relaxed")
-            dc_seen = dc_sum
-            db_seen = db_sum
+            if DC:
+                dc_sum = tl.sum(dc * c_r.to(tl.float32), 1)
+                tl.atomic_add(ds_ptr + row + offs_r, dc_sum - dc_seen, mask=mask_r, sem="relaxed")
+                dc_seen = dc_sum
+            if DB:
+                db_sum = tl.sum(db * b_r.to(tl.float32), 1)
+                tl.atomic_add(dsend_ptr + row + offs_r, db_sum - db_seen, mask=mask_r, sem="relaxed")
+                db_seen = db_sum
 
         cb_base = dcb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
-        r_end = tl.minimum((pid_r + 1) * BLOCK_M, clen)
-        for k0 in range(0, r_end, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            mask_k = offs_k < r_end
-            g = tl.load(cb_base + offs_r[:, None] * CHUNK + offs_k[None, :], mask=mask_r[:, None] & mask_k[None, :],
-                        other=0.0)
-            g = tl.where(offs_k[None, :] <= offs_r[:, None], g, 0.0)
-            bk = tl.load(b_base + offs_k[:, None] * stride_b_t + offs_n[None, :],
-                         mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            dc += mm(g.to(dtype), bk, PREC)
-        for t0 in range(pid_r * BLOCK_M, clen, BLOCK_K):
-            offs_t = t0 + tl.arange(0, BLOCK_K)
-            mask_t = offs_t < clen
-            g = tl.load(cb_base + offs_t[None, :] * CHUNK + offs_r[:, None], mask=mask_r[:, None] & mask_t[None, :],
-                        other=0.0)
-            g = tl.where(offs_t[None, :] >= offs_r[:, None], g, 0.0)
-            ct = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
-                         mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-            db += mm(g.to(dtype), ct, PREC)
+        if DC:
+            r_end = tl.minimum((pid_r + 1) * BLOCK_M, clen)
+            for k0 in range(0, r_end, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                mask_k = offs_k < r_end
+                g = tl.load(cb_base + offs_r[:, None] * CHUNK + offs_k[None, :],
+                            mask=mask_r[:, None] & mask_k[None, :], other=0.0)
+                g = tl.where(offs_k[None, :] <= offs_r[:, None], g, 0.0)
+                bk = tl.load(b_base + offs_k[:, None] * stride_b_t + offs_n[None, :],
+                             mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                dc += mm(g.to(dtype), bk, PREC)
+        if DB:
+            for t0 in range(pid_r * BLOCK_M, clen, BLOCK_K):
+                offs_t = t0 + tl.arange(0, BLOCK_K)
+                mask_t = offs_t < clen
+                g = tl.load(cb_base + offs_t[None, :] * CHUNK + offs_r[:, None],
+                            mask=mask_r[:, None] & mask_t[None, :], other=0.0)
+                g = tl.where(offs_t[None, :] >= offs_r[:, None], g, 0.0)
+                ct = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
+                             mask=mask_t[:, None] & mask_n[None, :], other=0.0)
+                db += mm(g.to(dtype), ct, PREC)
 
         out = c0 * stride_db_t + group * stride_db_g
         tile = offs_r[:, None] * stride_db_t + offs_n[None, :]
-        mask = mask_r[:, None] & mask_n[None, :]
-        tl.store(dc_ptr + out + tile, dc.to(dc_ptr.dtype.element_ty), mask=mask)
-        tl.store(db_ptr + out + tile, db.to(db_ptr.dtype.element_ty), mask=mask)
+        if DC:
+            tl.store(dc_ptr + out + tile, dc.to(dc_ptr.dtype.element_ty), mask=mask_rn)
+        if DB:
+            tl.store(db_ptr + out + tile, db.to(db_ptr.dtype.element_ty), mask=mask_rn)
 
 
 class Gradients(NamedTuple):
@@ -411,15 +426,16 @@ def ssd_backward(
     with fork.side():
         cfg = bwd_dbc_config(headdim, dstate, chunk)
         grid = ((chunk // cfg.block_m) * triton.cdiv(dstate, cfg.block_n), ngroups, table.nchunks)
-        _dbc_kernel[grid](
-            x, dy, B, C, fwd.states, dstates, dcb, fwd.s, fwd.dtp, dB, dC, ds, dsend, table.chunk_start,
-            table.chunk_len,
-            x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
-            C.stride(1), dB.stride(0), dB.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
-            CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-            BLOCKS_P=triton.cdiv(headdim, cfg.block_p), ALIGNED=cfg.alignment(table.aligned), PREC=prec,
-            **cfg.launch_options(),
-        )
+        for side in (0, 1) if cfg.split else (2,):
+            _dbc_kernel[grid](
+                x, dy, B, C, fwd.states, dstates, dcb, fwd.s, fwd.dtp, dB, dC, ds, dsend, table.chunk_start,
+                table.chunk_len,
+                x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
+                C.stride(1), dB.stride(0), dB.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
+                CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
+                BLOCKS_P=triton.cdiv(headdim, cfg.block_p), SIDE=side, ALIGNED=cfg.alignment(table.aligned),
+                PREC=prec, **cfg.launch_options(),
+            )
     fork.join()
 
     ddt = torch.empty(ntokens, nheads, device=dev, dtype=dt.dtype)

@@ -56,6 +56,8 @@ class KernelConfig:
     choose per call.
     heads (state passes): 2 makes a tile the whole head_dim of two heads of one group (block_p = 2 x head_dim, a
     power of two), so that one program's B (C) tile serves both; 1 a block of one head's head_dim.
+    split (dB/dC kernel): 1 computes dC and dB in separate programs (two launches), each of which reads one of
+    dy / x and one of the states / state gradients; 0 both in one program.
     """
 
     block_m: int
@@ -73,6 +75,7 @@ class KernelConfig:
     span: int = 0
     scale_b: int = 0
     whole: int = -1
+    split: int = 0
 
     def alignment(self, table_aligned: bool) -> bool:
         """The ALIGNED constexpr of a launch over a chunk table whose `aligned` is table_aligned."""
