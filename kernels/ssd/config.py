@@ -376,13 +376,20 @@ def bwd_dbc_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     of 64 in 4-warp programs beat 128 in 8-warp ones (H200, 8 x 8192, kernel ms: 64 x 128 1.43 -> 1.27, 128 x 128
     2.20 -> 2.08, 64 x 256 2.77 -> 2.48, 128 x 256 4.37 -> 4.03). num_stages is the depth of the copies the head
     loop prefetches: 3 up to head_dim 64 (H200 as above, against the kernel before it prefetched: 64 x 64 0.68 ->
-    0.46 ms, 64 x 128 1.27 -> 0.86, 64 x 256 2.48 -> 1.71), 2 above (128 x 128 2.08 -> 1.76; 3 stages: 2.03)."""
+    0.46 ms, 64 x 128 1.27 -> 0.86, 64 x 256 2.48 -> 1.71), 2 above (128 x 128 2.08 -> 1.76; 3 stages: 2.03).
+    From d_state 128, dC and dB in separate programs (split) with d_state tiles of 128: each program keeps one
+    accumulator and reads one of dy / x and one of the states / state gradients, and a d_state tile of 128 halves
+    the re-reads of dy and x (H200, 8 x 8192, kernel ms both in one program with tiles of 64 -> split with tiles
+    of 64 / of 128: 64 x 128 0.809 -> 0.903 / 0.680, 128 x 128 1.581 -> 2.031 / 1.282, 64 x 256 1.545 -> 1.553 /
+    1.157, 128 x 256 2.968 -> 3.739 / 2.362; tiles of 128 with 3 stages or in 128-row 8-warp programs: 1.456 and
+    1.488 at 128 x 128)."""
     t = _token_tile(chunk_size)
-    bn = min(pow2(dstate), 64)
+    split = pow2(dstate) >= 128
+    bn = min(pow2(dstate), 128 if split else 64)
     stages = 3 if pow2(headdim) <= 64 else 2
     # H200: uncapped since it also takes the log-decay terms of C h and x dh (a 128-register cap, which had cut
     # fwd+bwd by 1-4% before, now spills 500-650 bytes: 64 x 64 5.59 -> 5.13 ms without it, 128 x 128 13.74 -> 13.19)
-    return _override("dbc", KernelConfig(t, t, min(pow2(headdim), 64), bn, 4, stages))
+    return _override("dbc", KernelConfig(t, t, min(pow2(headdim), 64), bn, 4, stages, split=int(split)))
 
 
 def overlap(pass_name: str) -> bool:

@@ -5,7 +5,8 @@ executed (`recorded_launches`); each distinct launch is then compiled for sm_90 
 Triton's launch-time marks (pointers and integers divisible by 16), and so are the Gluon walks, from the launches of
 their Triton twins. This checks what the CPU interpreter cannot: the types of loop-carried values, layouts, and
 the Gluon kernels at all; and it reports each build's registers and spills (ptxas, through the cuobjdump that
-Triton's package carries). A build, not a run: it says nothing of the results.
+Triton's package carries), and whether ptxas serialized its wgmma (a build that did counts as failed). A build,
+not a run: it says nothing of the results.
 
 Usage: python -m archspec.kernels.ssd.offline_build   (without TRITON_INTERPRET, which replaces the kernels)
 """
@@ -24,6 +25,7 @@ from typing import Any, Iterator, Optional
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
 from triton.runtime.jit import JITFunction
@@ -32,6 +34,7 @@ from . import backward, forward
 from .autograd import ssd_scan_triton
 from .backward_wgmma import _dx_wgmma_kernel
 from .forward_wgmma import _scan_fwd_wgmma_kernel
+from .config import bwd_dx_config
 from .step import ssd_step_triton
 from .wgmma import wgmma_tiles
 
@@ -120,6 +123,31 @@ def build(fn: JITFunction, args: dict[str, Any], options: dict[str, int], target
     return triton.compile(source, target=target, options=dict(options))
 
 
+def serialized_wgmma(kernel: Any) -> str:
+    """ptxas's reason for running a kernel's wgmma one at a time (its performance note C7514 and kin, which Triton
+    does not show), or "" when they stay pipelined or the kernel has none. Such a kernel is correct but loses the
+    overlap of its products: a whole-sequence dx walk that kept g live after its loop ran 2.27 -> 3.52 ms at
+    128 x 128 (H200), with every HGMMA followed by a wait."""
+    ptx = kernel.asm["ptx"]
+    if "wgmma.mma_async" not in ptx:
+        return ""
+    ptxas = get_ptxas(HOPPER.arch).path  # the ptxas Triton itself compiles with (3.9: ptxas-blackwell)
+    arch = re.search(r"^\.target\s+(\S+)", ptx, re.MULTILINE).group(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        log = subprocess.run([ptxas, f"-arch={arch}", "-v", path, "-o", os.path.join(tmp, "kernel.cubin")],
+                             capture_output=True, text=True, check=True).stderr
+    return serialization_reason(log)
+
+
+def serialization_reason(ptxas_log: str) -> str:
+    """The reason in ptxas's -v log for serializing a kernel's wgmma, or "" when it says none."""
+    found = re.search(r"wgmma\.mma_async instructions are serialized due to (.*?) in the function", ptxas_log)
+    return found.group(1).strip() if found else ""
+
+
 def resources(kernel: Any) -> tuple[int, int, int]:
     """(registers per thread, stack bytes per thread, shared memory bytes) of a compiled kernel."""
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -187,19 +215,23 @@ def scan_launches() -> list[Launch]:
     """The distinct launches of `record_scan` at 64 x 64 with D per channel (the chunk walks), 64 x 256 with D
     per head (the per-row-tile kernels), both with and without aligned sequences, 64 x 64 with the state passes in
     segments (segments.py), 64 x 128 with the state passes' tiles that config.fill_sms picks for few programs on
-    a GPU (the CPU has no SM count), and the output walks over whole sequences (config.whole_walks) at 64 x 64 and
-    128 x 128."""
+    a GPU (the CPU has no SM count), the output walks over whole sequences (config.whole_walks) at 64 x 64 and
+    128 x 128, and the dx walk at 128 x 128 in the GPU's tiles."""
     with forced_config(state="segment=1", state_bwd="segment=1"):
         segmented = record_scan(64, 64, False)
     with forced_config(scan="whole=1"):
         whole = [launch for shape in ((64, 64), (128, 128))
                  for launch in record_scan(*shape, True, initial_states=False) if launch.fn is forward._scan_fwd_kernel]
+    # the Gluon dx walk with the d_state tiles of 128 it takes on a GPU (the CPU's config picks the row-tile kernel)
+    gpu_dx = bwd_dx_config(128, 128, 256, wgmma=True)
+    with forced_config(dx=f"walk=1,block_m={gpu_dx.block_m},block_p={gpu_dx.block_p},block_n={gpu_dx.block_n}"):
+        dx_128 = [launch for launch in record_scan(128, 128, True) if launch.fn is backward._dx_kernel]
     with forced_config(state="block_p=16,num_warps=4,maxnreg=0", state_bwd="block_p=32,num_warps=4,maxnreg=0"):
         split = [launch for launch in record_scan(64, 128, False) if "state" in launch.fn.__name__]
     distinct: dict[tuple, Launch] = {}
     walks_and_tiles = [launch for aligned in (False, True)
                        for launch in record_scan(64, 64, True, aligned) + record_scan(64, 256, False, aligned)]
-    for launch in walks_and_tiles + segmented + split + whole:
+    for launch in walks_and_tiles + segmented + split + whole + dx_128:
         distinct.setdefault(launch.key(), launch)
     return list(distinct.values())
 
@@ -221,23 +253,28 @@ def _builds() -> Iterator[tuple[JITFunction, dict[str, Any], dict[str, int]]]:
 
 
 def main() -> int:
-    """Builds every kernel and prints one line each, a table last; exit status 1 if any build failed."""
+    """Builds every kernel and prints one line each, a table last; exit status 1 if any build failed or had its
+    wgmma serialized by ptxas."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("offline_build: unset TRITON_INTERPRET (it replaces the kernels by the interpreter's)", file=sys.stderr)
         return 2
     rows, failed = [], 0
     for fn, args, options in _builds():
-        blocks = ",".join(f"{k}={v}" for k, v in args.items() if k.startswith(("BLOCK", "CHUNK", "ALIGNED")))
+        blocks = ",".join(f"{k}={v}" for k, v in args.items() if k.startswith(("BLOCK", "CHUNK", "ALIGNED", "SIDE")))
         try:
-            regs, stack, shared = resources(build(fn, args, options))
+            kernel = build(fn, args, options)
+            regs, stack, shared = resources(kernel)
+            serial = serialized_wgmma(kernel)
+            failed += bool(serial)
             rows.append(f"| {fn.__name__} | {blocks} | {options.get('num_warps', 4)} | {regs} | {stack} | "
-                        f"{shared / 1024:.1f} |")
+                        f"{shared / 1024:.1f} | {'FAILED: serialized, ' + serial if serial else 'ok'} |")
         except Exception as err:  # noqa: BLE001 - every failure is reported, then the status says so
             failed += 1
             rows.append(f"| {fn.__name__} | {blocks} | {options.get('num_warps', 4)} | FAILED: "
-                        f"{str(err).strip().splitlines()[-1][:200]} | | |")
+                        f"{str(err).strip().splitlines()[-1][:200]} | | | |")
         print(rows[-1], flush=True)
-    print("\n| kernel | tiles | warps | registers | stack bytes | shared KB |\n| --- | --- | --- | --- | --- | --- |")
+    print("\n| kernel | tiles | warps | registers | stack bytes | shared KB | wgmma |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     return 1 if failed else 0
 

@@ -120,11 +120,12 @@ def test_forward_state_pass_steps_64_tokens_in_tiles_of_8192_elements_else_128()
 
 
 def test_backward_row_tile_kernels_slice_d_state() -> None:
-    """dB/dC takes d_state in 4-warp slices of 64 at every size; the per-row-tile dx kernel in slices of 64 up to
+    """dB/dC takes d_state in 4-warp slices: below d_state 128 one slice of 64 for both gradients in one program,
+    from 128 on slices of 128 in separate dC and dB programs; the per-row-tile dx kernel in slices of 64 up to
     d_state 128 and of 128 beyond."""
-    for dstate in (64, 128, 256):
-        cfg = bwd_dbc_config(128, dstate, 256)
-        assert (cfg.block_n, cfg.num_warps) == (64, 4)
+    shapes = {dstate: bwd_dbc_config(128, dstate, 256) for dstate in (16, 64, 96, 128, 256)}
+    assert {d: (c.block_n, c.num_warps, c.split) for d, c in shapes.items()} == {
+        16: (16, 4, 0), 64: (64, 4, 0), 96: (128, 4, 1), 128: (128, 4, 1), 256: (128, 4, 1)}
     assert bwd_dx_config(128, 128, 256).block_n == 64
     assert bwd_dx_config(64, 256, 256, wgmma=True).block_n == 128
     assert bwd_dx_config(64, 256, 256).block_n == 128

@@ -31,3 +31,15 @@ def test_the_build_refuses_to_run_under_the_interpreter() -> None:
     done = subprocess.run([sys.executable, "-m", "archspec.kernels.ssd.offline_build"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "TRITON_INTERPRET" in done.stderr
+
+
+def test_a_serialized_wgmma_is_read_from_the_ptxas_log() -> None:
+    """The build counts a kernel whose wgmma ptxas serialized as failed; the reason comes from ptxas's -v note."""
+    from archspec.kernels.ssd.offline_build import serialization_reason
+
+    note = ("ptxas info    : (C7514) Potential Performance Loss: wgmma.mma_async instructions are serialized due to "
+            "non wgmma instructions reading accumulator registers of  a wgmma between start and end of the pipeline "
+            "stage in the function '_dx_wgmma_kernel'\nptxas info    : Used 255 registers")
+    assert serialization_reason(note).startswith("non wgmma instructions reading accumulator registers")
+    assert serialization_reason("ptxas info    : Used 255 registers, used 1 barriers") == ""
+
