@@ -263,6 +263,13 @@ def cb_config(dstate: int, chunk_size: int) -> KernelConfig:
     return _override("cb", KernelConfig(t, t, 16, min(pow2(dstate), 64), 4, 2))
 
 
+def cb_table_fp32() -> bool:
+    """Whether the per-chunk C B^T table (tiles.chunk_cb, read by the row-tile kernels and dCB) is float32 rather
+    than in the inputs' dtype, the dtype the kernels round its weighted entries to for their products anyway:
+    ARCHSPEC_SSD_CB_TABLE=fp32=1."""
+    return bool(_overrides("cb_table").get("fp32", 0))
+
+
 def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, walk_max_state: int,
                          walk_block_m: int, tiles_maxnreg: dict[int, int], walk_wgmma: int = 0,
                          walk_max_p: int = 256, tiles_block_n: int = 64) -> KernelConfig:

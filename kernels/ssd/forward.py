@@ -35,7 +35,7 @@ from .config import dt_head_block, overlap, pow2, scan_config, state_config, who
 from .layout import ChunkTable
 from .segments import carry_forward, chunk_walks, sm_count, state_walk
 from .streams import Fork
-from .tiles import chunk_cb, scan_tiles
+from .tiles import cb_table_dtype, chunk_cb, scan_tiles
 
 try:
     from .forward_wgmma import scan_fwd_wgmma
@@ -232,7 +232,7 @@ class ForwardResult(NamedTuple):
     entering each chunk, in the dot dtype (with keep_states False, only the rows of the output walks' first
     chunks are written, and with whole-sequence walks there are no rows);
     s, dtp (nheads, T) float32: within-chunk cumulative log-decay and the transformed step; cb (nchunks, ngroups,
-    chunk, chunk) float32: C B^T per chunk when the tiled output kernel ran (tiles.py), else None.
+    chunk, chunk) in tiles.cb_table_dtype: C B^T per chunk when the tiled output kernel ran (tiles.py), else None.
     """
 
     y: Tensor
@@ -285,7 +285,8 @@ def ssd_forward(
     h0 = initial_states.contiguous() if initial_states is not None else None
     # the output kernel per row tile reads the chunks' C B^T: formed on a second stream alongside the state pass,
     # into a table allocated before the fork (streams.Fork)
-    cb = None if out_cfg.walk else torch.empty(table.nchunks, ngroups, chunk, chunk, device=dev, dtype=torch.float32)
+    cb = None if out_cfg.walk else torch.empty(table.nchunks, ngroups, chunk, chunk, device=dev,
+                                               dtype=cb_table_dtype(x.dtype))
     fork = Fork(dev, overlap("forward") and not out_cfg.walk)
     block_h = dt_head_block(nheads)
     _decay_fwd_kernel[(table.nchunks, triton.cdiv(nheads, block_h))](

@@ -20,10 +20,10 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import chunk_tile_pair, exp_ftz, head_chunk_program, mm
-from .config import bwd_dx_config, cb_config, scan_config
+from .config import bwd_dx_config, cb_config, cb_table_fp32, scan_config
 from .layout import ChunkTable
 
-__all__ = ["chunk_cb", "dx_tiles", "scan_tiles"]
+__all__ = ["cb_table_dtype", "chunk_cb", "dx_tiles", "scan_tiles"]
 
 
 @triton.jit
@@ -193,13 +193,18 @@ def _dx_tiles_kernel(
         tl.atomic_add(ddtp_ptr + row + offs_j, ddt, mask=mask_j, sem="relaxed")
 
 
+def cb_table_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the C B^T table for inputs of `dtype`: theirs (config.cb_table_fp32: float32 if asked)."""
+    return torch.float32 if cb_table_fp32() else dtype
+
+
 def chunk_cb(B: Tensor, C: Tensor, table: ChunkTable, prec: str, out: Optional[Tensor] = None) -> Tensor:
-    """C B^T per chunk and group, (nchunks, ngroups, chunk, chunk) float32; tiles above the diagonal unset. Written
-    into `out` when given (that shape and dtype)."""
+    """C B^T per chunk and group, (nchunks, ngroups, chunk, chunk) in `cb_table_dtype` (float32 accumulation);
+    tiles above the diagonal unset. Written into `out` when given (that shape, any float dtype)."""
     ngroups, dstate = B.shape[1:]
     chunk = table.chunk_size
     cb = out if out is not None else torch.empty(table.nchunks, ngroups, chunk, chunk, device=B.device,
-                                                 dtype=torch.float32)
+                                                 dtype=cb_table_dtype(B.dtype))
     cfg = cb_config(dstate, chunk)
     grid = ((chunk // cfg.block_m) * (chunk // cfg.block_k), ngroups, table.nchunks)
     _cb_kernel[grid](
