@@ -21,19 +21,6 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seqlen: int) -> None:
                          f"{list(offsets)}")
 
 
-def nonempty_offsets(cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """cu_seqlens without its empty sequences (repeated offsets): cu_seqlens itself when it has none, else a new
-    tensor of the same dtype and device, made once per cu_seqlens (kernels/offsets.py)."""
-    def build() -> torch.Tensor:
-        offsets = host_offsets(cu_seqlens)
-        kept = [offsets[0], *(b for a, b in zip(offsets[:-1], offsets[1:]) if b > a)]
-        if len(kept) == len(offsets):
-            return cu_seqlens
-        return torch.tensor(kept, dtype=cu_seqlens.dtype, device=cu_seqlens.device)
-
-    return kept_for(cu_seqlens, "non-empty offsets", build)
-
-
 class LengthBuckets(NamedTuple):
     """Packed sequences grouped by length into right-padded batches, one per power of two that bounds their
     lengths (so padding at most doubles a row, and no row is padded to a much longer sequence's length).

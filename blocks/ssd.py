@@ -9,7 +9,7 @@ from torch import nn
 
 from archspec.blocks.cache import Mamba2Cache
 from archspec.blocks.norm import RMSNormGated
-from archspec.blocks.packing import check_cu_seqlens, nonempty_offsets
+from archspec.blocks.packing import check_cu_seqlens
 from archspec.kernels import ssd_scan, ssd_step
 from archspec.kernels.conv import MAX_D_CONV, causal_conv1d
 
@@ -187,7 +187,7 @@ class Mamba2Mixer(nn.Module):
             z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.head_dim)),
             dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit,
             initial_states=None if cache is None else cache.ssm_state,
-            cu_seqlens=None if cu_seqlens is None else nonempty_offsets(cu_seqlens),
+            cu_seqlens=cu_seqlens,
             return_final_states=cache is not None, backend=self.backend,
         )
         if cache is None:

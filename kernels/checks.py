@@ -106,7 +106,8 @@ def _check_cu_seqlens(cu_seqlens: Tensor, batch: int, seqlen: int, check_values:
                 f"cu_seqlens must start at 0 and end at seqlen = {seqlen}, got first {offsets[0]}, last {offsets[-1]}"
             )
         if any(b <= a for a, b in zip(offsets[:-1], offsets[1:])):
-            raise ValueError(f"cu_seqlens must be strictly increasing (no empty sequences), got {offsets}")
+            raise ValueError(f"cu_seqlens must be strictly increasing (no empty sequences; archspec.kernels.ssd_scan "
+                             f"takes them), got {offsets}")
     return cu_seqlens.numel() - 1
 
 

@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence
 from torch import Tensor
 
 from . import reference
+from .empty_sequences import has_empty_sequences, scan_skipping_empty
 from .reference import ScanResult
 
 __all__ = ["BACKENDS", "resolve_backend", "ssd_scan", "ssd_step"]
@@ -78,13 +79,18 @@ def ssd_scan(
     x (batch, seqlen, nheads, headdim); dt (batch, seqlen, nheads); A (nheads,) negative; B, C (batch, seqlen,
     ngroups, dstate), ngroups dividing nheads; D (nheads,) or (nheads, headdim); z like x; dt_bias (nheads,);
     initial_states (batch, nheads, headdim, dstate), or (nseqs, ...) with cu_seqlens (nseqs + 1,) int32/int64
-    cumulative lengths of sequences packed along seqlen (batch 1). Per head, dt' = clamp(softplus?(dt + dt_bias),
+    cumulative lengths of sequences packed along seqlen (batch 1); an empty sequence's final state is its initial
+    state (empty_sequences.py; the implementations themselves take none). Per head, dt' = clamp(softplus?(dt + dt_bias),
     *dt_limit); h_t = exp(dt'_t A) h_{t-1} + dt'_t x_t B_t^T; y_t = h_t C_t + D x_t, times silu(z_t) if z.
     Accumulates in float32. Returns y in x.dtype, or (y, final_states) with final_states float32
     (batch or nseqs, nheads, headdim, dstate) (float64 from the torch backend given float64 inputs).
     backend: "auto" (Triton on CUDA, else the chunked PyTorch reference), "triton" or "torch".
     """
     impl = _scan_impl(backend, x)
+    if has_empty_sequences(cu_seqlens, x.shape[1]):
+        return scan_skipping_empty(impl, x, B, cu_seqlens, initial_states, return_final_states, dt=dt, A=A, C=C,
+                                   chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                                   dt_limit=dt_limit)
     return impl(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
                 dt_limit=dt_limit, initial_states=initial_states, cu_seqlens=cu_seqlens,
                 return_final_states=return_final_states)

@@ -6,7 +6,7 @@ import gc
 
 import torch
 
-from archspec.kernels import offsets
+from archspec.kernels import offsets, ssd_scan
 from archspec.kernels.offsets import host_offsets, kept_for
 from archspec.kernels.ssd.layout import build_chunk_table
 
@@ -74,3 +74,16 @@ def test_nothing_is_kept_while_a_cuda_graph_is_captured(monkeypatch) -> None:
         kept_for(cu, "total", lambda: builds.append(1))
     assert len(builds) == 2
     assert build_chunk_table(1, 9, 16, cu, CPU) is not build_chunk_table(1, 9, 16, cu, CPU), "packed tables"
+
+
+def test_a_scan_over_empty_sequences_reads_cu_seqlens_once(make_ssd_inputs, monkeypatch) -> None:
+    """The offsets without the empty sequences are made once per cu_seqlens, with their values already kept, so
+    repeated scans (the layers of a model) read nothing back after the first."""
+    reads = []
+    real = offsets.read_back
+    monkeypatch.setattr(offsets, "read_back", lambda cu: reads.append(1) or real(cu))
+    cu = torch.tensor([0, 4, 4, 10], dtype=torch.int32)
+    inputs = make_ssd_inputs(1, 10, 2, 3, 1, 4, torch.float32)
+    first = ssd_scan(**inputs, chunk_size=4, cu_seqlens=cu, backend="torch")
+    torch.testing.assert_close(ssd_scan(**inputs, chunk_size=4, cu_seqlens=cu, backend="torch"), first)
+    assert len(reads) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -347,12 +348,57 @@ def test_bad_inputs_are_rejected_with_a_clear_message(make_ssd_inputs, case):
 
 @pytest.mark.parametrize("case", BAD_PACKED.values(), ids=BAD_PACKED.keys())
 def test_bad_packing_is_rejected_with_a_clear_message(make_ssd_inputs, case):
+    """Every scan rejects bad offsets; the implementations also reject empty sequences, which ssd_scan takes."""
     cu_seqlens, message = case
     with_initial_states = "initial_states" in message
     inputs = make_ssd_inputs(1, 16, 4, 3, 2, 4, torch.float32, with_initial_states=with_initial_states)
-    for scan in SCANS:
+    empty = bool((cu_seqlens[1:] == cu_seqlens[:-1]).any()) if cu_seqlens.dim() == 1 else False
+    for scan in [s for s in SCANS if not (empty and s is ssd_scan)]:
         with pytest.raises(ValueError, match=message):
             scan(**inputs, chunk_size=8, cu_seqlens=cu_seqlens)
+
+
+@pytest.mark.parametrize("with_initial_states", [False, True])
+@pytest.mark.parametrize("lengths", [[0, 5, 0, 0, 11], [7, 0, 9], [16, 0]])
+def test_ssd_scan_takes_empty_packed_sequences(make_ssd_inputs, lengths, with_initial_states):
+    """An empty packed sequence adds no outputs and keeps its initial state (zero without one) as its final state,
+    so dL/d(its initial state) is dL/d(its final state); the other sequences' outputs, final states and every
+    gradient are those of the same call without the empty sequences (empty first, last and in a row)."""
+    nseqs, kept = len(lengths), [i for i, n in enumerate(lengths) if n]
+    offsets = torch.tensor([0] + list(itertools.accumulate(lengths)))
+    inputs = make_ssd_inputs(1, sum(lengths), 4, 3, 2, 5, torch.float64, requires_grad=True, with_D=True,
+                             with_z=True, with_dt_bias=True, dt_softplus=True)
+    initial = torch.randn(nseqs, 4, 3, 5, dtype=torch.float64, requires_grad=True) if with_initial_states else None
+    y, final = ssd_scan(**inputs, chunk_size=4, cu_seqlens=offsets, initial_states=initial,
+                        return_final_states=True)
+    kept_initial = initial.detach()[kept].requires_grad_(True) if with_initial_states else None
+    kept_inputs = {k: v.detach().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v
+                   for k, v in inputs.items()}
+    y_kept, final_kept = ssd_scan(**kept_inputs, chunk_size=4, cu_seqlens=offsets[[0] + [i + 1 for i in kept]],
+                                  initial_states=kept_initial, return_final_states=True)
+    torch.testing.assert_close(y, y_kept)
+    torch.testing.assert_close(final[kept], final_kept)
+    empty = [i for i in range(nseqs) if i not in kept]
+    want_empty = initial.detach()[empty] if with_initial_states else torch.zeros(len(empty), 4, 3, 5,
+                                                                                 dtype=torch.float64)
+    torch.testing.assert_close(final[empty], want_empty)
+
+    dy, dfinal = torch.randn_like(y), torch.randn_like(final)
+    torch.autograd.backward([y, final], [dy, dfinal])
+    torch.autograd.backward([y_kept, final_kept], [dy, dfinal[kept]])
+    for name, value in inputs.items():
+        if torch.is_tensor(value) and value.requires_grad:
+            torch.testing.assert_close(value.grad, kept_inputs[name].grad, msg=name)
+    if with_initial_states:
+        torch.testing.assert_close(initial.grad[kept], kept_initial.grad)
+        torch.testing.assert_close(initial.grad[empty], dfinal[empty])
+
+
+def test_ssd_scan_with_empty_sequences_checks_the_initial_states_count(make_ssd_inputs):
+    inputs = make_ssd_inputs(1, 16, 4, 3, 2, 5, torch.float32)
+    with pytest.raises(ValueError, match=r"initial_states must have shape \(nseqs=3"):
+        ssd_scan(**inputs, chunk_size=8, cu_seqlens=torch.tensor([0, 4, 4, 16]),
+                 initial_states=torch.zeros(2, 4, 3, 5))
 
 
 def test_check_ssd_inputs_returns_the_sizes(make_ssd_inputs):

@@ -121,6 +121,29 @@ def test_packed_sequences_match_naive_with_gradients(make_ssd_inputs) -> None:
     check_scan(inputs, 16, torch.float32, grads=True)
 
 
+def test_empty_packed_sequences_through_ssd_scan_match_the_torch_backend(make_ssd_inputs) -> None:
+    """archspec.kernels.ssd_scan skips empty packed sequences before the Triton kernels: outputs, final states
+    (an empty sequence's is its initial state) and every gradient equal the PyTorch backend's."""
+    from archspec.kernels import ssd_scan
+
+    inputs = make_ssd_inputs(1, 40, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=[0, 17, 0, 23, 0],
+                             with_initial_states=True, with_D=True, requires_grad=True)
+    results = {}
+    for backend in ("triton", "torch"):
+        leaves = {k: v.detach().clone().requires_grad_(True) if torch.is_tensor(v) and v.is_floating_point() else v
+                  for k, v in inputs.items()}
+        y, final = ssd_scan(**leaves, chunk_size=16, return_final_states=True, backend=backend)
+        torch.autograd.backward([y, final], [torch.ones_like(y), torch.ones_like(final)])
+        grads = {k: v.grad for k, v in leaves.items() if torch.is_tensor(v) and v.grad is not None}
+        results[backend] = (y, final, grads)
+    (y, final, grads), (y_ref, final_ref, grads_ref) = results["triton"], results["torch"]
+    assert rel_err(y, y_ref) < 1e-4 and rel_err(final, final_ref) < 1e-4
+    torch.testing.assert_close(final[[0, 2, 4]], inputs["initial_states"][[0, 2, 4]])
+    assert grads.keys() == grads_ref.keys() and "initial_states" in grads
+    for name in grads:
+        assert rel_err(grads[name], grads_ref[name]) < 1e-3, name
+
+
 @pytest.mark.parametrize("seqlen", [1, 7])
 def test_sequences_shorter_than_a_chunk_match_naive_with_gradients(make_ssd_inputs, seqlen: int) -> None:
     inputs = make_ssd_inputs(2, seqlen, 2, 32, 1, 16, torch.float32, DEVICE, requires_grad=True, with_D=True,
