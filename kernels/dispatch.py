@@ -80,8 +80,8 @@ def ssd_scan(
     ngroups, dstate), ngroups dividing nheads; D (nheads,) or (nheads, headdim); z like x; dt_bias (nheads,);
     initial_states (batch, nheads, headdim, dstate), or (nseqs, ...) with cu_seqlens (nseqs + 1,) int32/int64
     cumulative lengths of sequences packed along seqlen (batch 1); an empty sequence's final state is its initial
-    state (empty_sequences.py; the implementations themselves take none). Per head, dt' = clamp(softplus?(dt + dt_bias),
-    *dt_limit); h_t = exp(dt'_t A) h_{t-1} + dt'_t x_t B_t^T; y_t = h_t C_t + D x_t, times silu(z_t) if z.
+    state (empty_sequences.py; the implementations themselves take none). Per head, dt' = clamp(softplus?(dt +
+    dt_bias), *dt_limit); h_t = exp(dt'_t A) h_{t-1} + dt'_t x_t B_t^T; y_t = h_t C_t + D x_t, times silu(z_t) if z.
     Accumulates in float32. Returns y in x.dtype, or (y, final_states) with final_states float32
     (batch or nseqs, nheads, headdim, dstate) (float64 from the torch backend given float64 inputs).
     backend: "auto" (Triton on CUDA, else the chunked PyTorch reference), "triton" or "torch".
