@@ -384,9 +384,10 @@ def bwd_dcb_config(headdim: int, chunk_size: int) -> KernelConfig:
 def bwd_dbc_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     """Backward dB/dC kernel: block_m rows, block_k partner rows, block_p head_dim step, block_n d_state tile. With
     both gradients in one program, tiles of 64 in 4-warp programs beat 128 in 8-warp ones (H200, 8 x 8192, kernel
-    ms: 64 x 128 1.43 -> 1.27, 128 x 128 2.20 -> 2.08, 64 x 256 2.77 -> 2.48, 128 x 256 4.37 -> 4.03). num_stages is the depth of the copies the head
-    loop prefetches: 3 up to head_dim 64 (H200 as above, against the kernel before it prefetched: 64 x 64 0.68 ->
-    0.46 ms, 64 x 128 1.27 -> 0.86, 64 x 256 2.48 -> 1.71), 2 above (128 x 128 2.08 -> 1.76; 3 stages: 2.03).
+    ms: 64 x 128 1.43 -> 1.27, 128 x 128 2.20 -> 2.08, 64 x 256 2.77 -> 2.48, 128 x 256 4.37 -> 4.03). num_stages
+    is the depth of the copies the head loop prefetches: 3 up to head_dim 64 (H200 as above, against the kernel
+    before it prefetched: 64 x 64 0.68 -> 0.46 ms, 64 x 128 1.27 -> 0.86, 64 x 256 2.48 -> 1.71), 2 above (128 x
+    128 2.08 -> 1.76; 3 stages: 2.03).
     From d_state 128, dC and dB in separate programs (split) with d_state tiles of 128: each program keeps one
     accumulator and reads one of dy / x and one of the states / state gradients, and a d_state tile of 128 halves
     the re-reads of dy and x (H200, 8 x 8192, kernel ms both in one program with tiles of 64 -> split with tiles
