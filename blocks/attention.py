@@ -10,8 +10,8 @@ from torch import nn
 
 from archspec.blocks.cache import KVCache
 from archspec.blocks.norm import RMSNorm
-from archspec.blocks.packing import check_cu_seqlens, length_buckets, positions_in_sequence
-from archspec.kernels.conv import MAX_D_CONV, causal_conv1d
+from archspec.blocks.packing import check_cu_seqlens, length_buckets
+from archspec.kernels.conv import MAX_D_CONV, causal_conv1d, positions_in_sequences
 from archspec.kernels.offsets import host_offsets
 
 try:
@@ -161,7 +161,7 @@ class Attention(nn.Module):
             if cache is not None:
                 raise ValueError("cu_seqlens: packed sequences cannot be combined with a decode cache")
             check_cu_seqlens(cu_seqlens, batch, seqlen)
-            positions = positions_in_sequence(cu_seqlens, seqlen)
+            positions = positions_in_sequences(cu_seqlens, seqlen).long()
         else:
             offset = 0 if cache is None else cache.seqlen_offset
             if cache is not None and offset + seqlen > cache.max_seqlen:

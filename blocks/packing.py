@@ -58,15 +58,3 @@ def length_buckets(cu_seqlens: torch.Tensor) -> LengthBuckets:
                              None if identity else torch.argsort(gathered).to(device))
 
     return kept_for(cu_seqlens, ("length buckets", cu_seqlens.device), build)
-
-
-def sequence_index(cu_seqlens: torch.Tensor, seqlen: int) -> torch.Tensor:
-    """(seqlen,) int64: which packed sequence each token belongs to."""
-    t = torch.arange(seqlen, device=cu_seqlens.device)
-    return torch.searchsorted(cu_seqlens[1:].to(torch.int64), t, right=True)
-
-
-def positions_in_sequence(cu_seqlens: torch.Tensor, seqlen: int) -> torch.Tensor:
-    """(seqlen,) int64: each packed token's position inside its own sequence."""
-    t = torch.arange(seqlen, device=cu_seqlens.device)
-    return t - cu_seqlens.to(torch.int64)[sequence_index(cu_seqlens, seqlen)]
