@@ -58,6 +58,8 @@ class KernelConfig:
     power of two), so that one program's B (C) tile serves both; 1 a block of one head's head_dim.
     split (dB/dC kernel): 1 computes dC and dB in separate programs (two launches), each of which reads one of
     dy / x and one of the states / state gradients; 0 both in one program.
+    gemm (output and dx kernels per row tile): 1 takes their state term (C h^T, B dh^T) from one batched matmul
+    per call (state_products.py) instead of forming it per row tile; 0 forms it.
     """
 
     block_m: int
@@ -76,6 +78,7 @@ class KernelConfig:
     scale_b: int = 0
     whole: int = -1
     split: int = 0
+    gemm: int = 0
 
     def alignment(self, table_aligned: bool) -> bool:
         """The ALIGNED constexpr of a launch over a chunk table whose `aligned` is table_aligned."""

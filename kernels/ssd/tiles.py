@@ -22,6 +22,7 @@ from torch import Tensor
 from .common import chunk_tile_pair, exp_ftz, head_chunk_program, mm
 from .config import bwd_dx_config, cb_config, cb_table_fp32, scan_config
 from .layout import ChunkTable
+from .state_products import state_products
 
 __all__ = ["cb_table_dtype", "chunk_cb", "dx_tiles", "scan_tiles"]
 
@@ -53,14 +54,25 @@ def _cb_kernel(
 
 
 @triton.jit
+def _state_product_tile(products_ptr, chunk, group, head, offs_m, mask_m, offs_p, mask_p, ngroups, heads_per_group,
+                        headdim, CHUNK: tl.constexpr):
+    """Rows offs_m, columns offs_p of one head's block of state_products.state_products' P (nchunks, ngroups,
+    CHUNK, heads_per_group * headdim), float32."""
+    row = ((chunk * ngroups + group) * CHUNK + offs_m) * (heads_per_group * headdim)
+    col = (head - group * heads_per_group) * headdim + offs_p
+    return tl.load(products_ptr + row[:, None] + col[None, :], mask=mask_m[:, None] & mask_p[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _scan_tiles_kernel(
-    x_ptr, c_ptr, cb_ptr, states_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
+    x_ptr, c_ptr, cb_ptr, states_ptr, products_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
     chunk_start_ptr, chunk_len_ptr,
     stride_x_t, stride_x_h, stride_c_t, stride_c_g, stride_z_t, stride_z_h, stride_y_t, stride_y_h,
     ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr,
-    ALIGNED: tl.constexpr, PREC: tl.constexpr,
+    PRODUCTS: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
                                                                        heads_per_group, BLOCK_P, 2, ALIGNED)
@@ -73,17 +85,21 @@ def _scan_tiles_kernel(
         x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
         c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
 
-        # contribution of the state entering the chunk: exp(s_i) C_i h^T
-        acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
-        state_base = states_ptr + (chunk * nheads + head) * headdim * dstate
-        for n0 in range(0, dstate, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < dstate
-            c = tl.load(c_base + offs_m[:, None] * stride_c_t + offs_n[None, :],
-                        mask=mask_m[:, None] & mask_n[None, :], other=0.0)
-            h_t = tl.load(state_base + offs_p[None, :] * dstate + offs_n[:, None],
-                          mask=mask_n[:, None] & mask_p[None, :], other=0.0)
-            acc += mm(c, h_t.to(c.dtype), PREC)
+        # contribution of the state entering the chunk: exp(s_i) C_i h^T (C_i h^T read from products with PRODUCTS)
+        if PRODUCTS:
+            acc = _state_product_tile(products_ptr, chunk, group, head, offs_m, mask_m, offs_p, mask_p, ngroups,
+                                      heads_per_group, headdim, CHUNK)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+            state_base = states_ptr + (chunk * nheads + head) * headdim * dstate
+            for n0 in range(0, dstate, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                mask_n = offs_n < dstate
+                c = tl.load(c_base + offs_m[:, None] * stride_c_t + offs_n[None, :],
+                            mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+                h_t = tl.load(state_base + offs_p[None, :] * dstate + offs_n[:, None],
+                              mask=mask_n[:, None] & mask_p[None, :], other=0.0)
+                acc += mm(c, h_t.to(c.dtype), PREC)
         acc = acc * exp_ftz(s_m)[:, None]
 
         # within-chunk contribution, tiles on or below the diagonal
@@ -122,14 +138,14 @@ def _scan_tiles_kernel(
 
 @triton.jit
 def _dx_tiles_kernel(
-    x_ptr, dy_ptr, b_ptr, cb_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
+    x_ptr, dy_ptr, b_ptr, cb_ptr, dstates_ptr, products_ptr, s_ptr, dtp_ptr, d_ptr,
     dx_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g,
     stride_dx_t, stride_dx_h,
     ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, ALIGNED: tl.constexpr,
-    PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PRODUCTS: tl.constexpr,
+    ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
                                                                        heads_per_group, BLOCK_P, 2, ALIGNED)
@@ -148,17 +164,21 @@ def _dx_tiles_kernel(
         tile_j = offs_j[:, None] * stride_x_t + offs_p[None, :]
         tile_dy = offs_j[:, None] * stride_dy_t + offs_p[None, :]
 
-        # through the chunk's end state: exp(s_last - s_j) B_j dh^T
-        acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
-        state_off = (chunk * nheads + head) * headdim * dstate
-        for n0 in range(0, dstate, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < dstate
-            b = tl.load(b_base + offs_j[:, None] * stride_b_t + offs_n[None, :],
-                        mask=mask_j[:, None] & mask_n[None, :], other=0.0)
-            dh_t = tl.load(dstates_ptr + state_off + offs_p[None, :] * dstate + offs_n[:, None],
-                           mask=mask_n[:, None] & mask_p[None, :], other=0.0)
-            acc += mm(b, dh_t.to(b.dtype), PREC)
+        # through the chunk's end state: exp(s_last - s_j) B_j dh^T (B_j dh^T read from products with PRODUCTS)
+        if PRODUCTS:
+            acc = _state_product_tile(products_ptr, chunk, group, head, offs_j, mask_j, offs_p, mask_p, ngroups,
+                                      heads_per_group, headdim, CHUNK)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+            state_off = (chunk * nheads + head) * headdim * dstate
+            for n0 in range(0, dstate, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                mask_n = offs_n < dstate
+                b = tl.load(b_base + offs_j[:, None] * stride_b_t + offs_n[None, :],
+                            mask=mask_j[:, None] & mask_n[None, :], other=0.0)
+                dh_t = tl.load(dstates_ptr + state_off + offs_p[None, :] * dstate + offs_n[:, None],
+                               mask=mask_n[:, None] & mask_p[None, :], other=0.0)
+                acc += mm(b, dh_t.to(b.dtype), PREC)
         acc = acc * exp_ftz(s_last - s_j)[:, None]
 
         # through the outputs of the same chunk, tiles on or below the diagonal
@@ -222,15 +242,16 @@ def scan_tiles(x: Tensor, C: Tensor, cb: Tensor, states: Tensor, s: Tensor, dtp:
     ngroups, dstate = C.shape[1:]
     chunk = table.chunk_size
     cfg = scan_config(headdim, dstate, chunk)
+    products = state_products(C, states, table) if cfg.gemm else None
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
     _scan_tiles_kernel[grid](
-        x, C, cb, states, s, dtp, D, z, y, y_pre, table.chunk_start, table.chunk_len,
+        x, C, cb, states, products, s, dtp, D, z, y, y_pre, table.chunk_start, table.chunk_len,
         x.stride(0), x.stride(1), C.stride(0), C.stride(1),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),
         ntokens, nheads, headdim, dstate, ngroups, nheads // ngroups,
         CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
         HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        ALIGNED=cfg.alignment(table.aligned), PREC=prec, **cfg.launch_options(),
+        PRODUCTS=products is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec, **cfg.launch_options(),
     )
 
 
@@ -242,12 +263,13 @@ def dx_tiles(x: Tensor, dy: Tensor, B: Tensor, cb: Tensor, dstates: Tensor, s: T
     ngroups, dstate = B.shape[1:]
     chunk = table.chunk_size
     cfg = bwd_dx_config(headdim, dstate, chunk)
+    products = state_products(B, dstates, table) if cfg.gemm else None
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
     _dx_tiles_kernel[grid](
-        x, dy, B, cb, dstates, s, dtp, D, dx, ddtp, dD, table.chunk_start,
+        x, dy, B, cb, dstates, products, s, dtp, D, dx, ddtp, dD, table.chunk_start,
         table.chunk_len, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1),
         dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, ngroups,
         nheads // ngroups, CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p,
         BLOCK_N=cfg.block_n, HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2,
-        ALIGNED=cfg.alignment(table.aligned), PREC=prec, **cfg.launch_options(),
+        PRODUCTS=products is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec, **cfg.launch_options(),
     )

@@ -228,6 +228,20 @@ def test_chunk_walking_and_row_tile_kernels_both_match_naive(make_ssd_inputs, mo
     check_scan(inputs, 128, torch.float32, grads=True)
 
 
+@pytest.mark.parametrize("seqlens", [None, [70, 1, 229]], ids=["full_chunks", "packed"])
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_row_tile_kernels_reading_the_state_products_match_naive(make_ssd_inputs, monkeypatch, seqlens,
+                                                                  ngroups: int) -> None:
+    """gemm=1: the output and dx kernels per row tile take C h^T and B dh^T from one batched matmul
+    (state_products.py) instead of forming them; with every chunk full (the chunks' rows a view) and packed
+    sequences with ragged chunks (the rows gathered per chunk, zero past its end), for one group and two."""
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "walk=0,gemm=1")
+    monkeypatch.setenv("ARCHSPEC_SSD_DX", "walk=0,gemm=1")
+    inputs = make_ssd_inputs(1 if seqlens else 2, 300 if seqlens else 128, 4, 32, ngroups, 16, torch.float32, DEVICE,
+                             seqlens=seqlens, requires_grad=True, with_initial_states=True, with_D=True, with_z=True)
+    check_scan(inputs, 64, torch.float32, grads=True)
+
+
 def test_state_passes_split_over_head_dim_and_state_blocks_match_naive(make_ssd_inputs, monkeypatch) -> None:
     """The forward state pass and the backward state-gradient pass may split each head's state into
     block_p x block_n tiles walked by separate programs (config.py: block_n below d_state): the chunk
