@@ -278,11 +278,15 @@ def cb_table_fp32() -> bool:
 
 def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, walk_max_state: int,
                          walk_block_m: int, tiles_maxnreg: dict[int, int], walk_wgmma: int = 0,
-                         walk_max_p: int = 256, tiles_block_n: int = 64) -> KernelConfig:
+                         walk_max_p: int = 256, tiles_block_n: int = 64, tiles_stages: int = 2) -> KernelConfig:
     """Output or dx kernel: the chunk walk while d_state <= 128 and the whole state (pow2(d_state) x
     pow2(head_dim)) has at most walk_max_state elements, else the kernel per row tile, which steps through d_state
     in block_n slices; tiles_maxnreg maps the latter's num_warps to its register cap; walk_wgmma is the walk's
-    wgmma field, walk_max_p its largest head_dim block, tiles_block_n the row-tile kernel's d_state slice."""
+    wgmma field, walk_max_p its largest head_dim block, tiles_block_n the row-tile kernel's d_state slice and
+    tiles_stages its num_stages. The row-tile kernel takes its state term from one batched matmul (gemm) from
+    d_state 256 (H200, 8 x 8192 tokens, kernel ms output / dx: 64 x 256 1.313 / 1.728 -> 1.004 / 1.416 plus
+    0.27 each for the matmul, forward+backward 6.665 -> 6.549; 128 x 256 2.465 / 3.080 -> 1.909 / 2.527 plus
+    0.55, 11.756 -> 11.717)."""
     t = _token_tile(chunk_size)
     bn = pow2(dstate)
     fields = _overrides(name)
@@ -292,7 +296,8 @@ def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, 
     else:
         bp = min(pow2(headdim), 128)
         warps = 4 if bp <= 64 else 8
-        cfg = KernelConfig(t, t, bp, min(bn, tiles_block_n), warps, 2, 0, tiles_maxnreg.get(warps, 0))
+        cfg = KernelConfig(t, t, bp, min(bn, tiles_block_n), warps, tiles_stages, 0, tiles_maxnreg.get(warps, 0),
+                           gemm=int(bn > 128))
     return replace(cfg, **fields)
 
 
@@ -365,14 +370,17 @@ def bwd_dx_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = Fals
     # d_state 256 in two slices of 128 (H200, 8 x 8192: dx kernel 2.73 -> 2.37 ms at 64 x 256; at 128 x 128 slices
     # of 128 lose, 3.27 -> 3.37)
     tiles_block_n = 128 if pow2(dstate) > 128 else 64
+    # with the state term from the matmul, 4-warp programs prefetch two source tiles ahead (H200, 8 x 8192, 64 x 256:
+    # dx kernel 1.416 -> 1.375 ms; the 8-warp ones of 128 x 256 gain nothing)
+    tiles_stages = 3 if pow2(dstate) > 128 and pow2(headdim) <= 64 else 2
     if wgmma and _overrides("dx").get("wgmma", 1):
         cfg = _chunk_kernel_config("dx", headdim, dstate, chunk_size, 256 * 128, 64, tiles_maxnreg, walk_wgmma=1,
-                                   walk_max_p=64, tiles_block_n=tiles_block_n)
+                                   walk_max_p=64, tiles_block_n=tiles_block_n, tiles_stages=tiles_stages)
         # the Gluon walk runs faster without ChunkTable.aligned (H200, 8 x 8192, 128 x 128: 3.07 -> 2.92 ms; no
         # change at 64 x 64), the row-tile kernel with it (64 x 256: 2.37 -> 1.98)
         return cfg if not cfg.walk or "aligned" in _overrides("dx") else replace(cfg, aligned=0)
     return _chunk_kernel_config("dx", headdim, dstate, chunk_size, 64 * 64, 32 if dstate > 64 else 64,
-                                tiles_maxnreg, tiles_block_n=tiles_block_n)
+                                tiles_maxnreg, tiles_block_n=tiles_block_n, tiles_stages=tiles_stages)
 
 
 def bwd_dcb_config(headdim: int, chunk_size: int) -> KernelConfig:
