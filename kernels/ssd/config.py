@@ -284,9 +284,10 @@ def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, 
     in block_n slices; tiles_maxnreg maps the latter's num_warps to its register cap; walk_wgmma is the walk's
     wgmma field, walk_max_p its largest head_dim block, tiles_block_n the row-tile kernel's d_state slice and
     tiles_stages its num_stages. The row-tile kernel takes its state term from one batched matmul (gemm) from
-    d_state 256 (H200, 8 x 8192 tokens, kernel ms output / dx: 64 x 256 1.313 / 1.728 -> 1.004 / 1.416 plus
-    0.27 each for the matmul, forward+backward 6.665 -> 6.549; 128 x 256 2.465 / 3.080 -> 1.909 / 2.527 plus
-    0.55, 11.756 -> 11.717)."""
+    d_state 256 up to head_dim 64 (H200, 8 x 8192 tokens, kernel ms output / dx: 64 x 256 1.313 / 1.728 ->
+    1.004 / 1.416 plus 0.27 each for the matmul, forward+backward 6.665 -> 6.549); at head_dim 128 the matmul
+    takes what the kernels save (128 x 256: 2.465 / 3.080 -> 1.909 / 2.527 plus 0.55, 11.756 -> 11.717) and
+    its product, as large as y, would only add memory."""
     t = _token_tile(chunk_size)
     bn = pow2(dstate)
     fields = _overrides(name)
@@ -297,7 +298,7 @@ def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, 
         bp = min(pow2(headdim), 128)
         warps = 4 if bp <= 64 else 8
         cfg = KernelConfig(t, t, bp, min(bn, tiles_block_n), warps, tiles_stages, 0, tiles_maxnreg.get(warps, 0),
-                           gemm=int(bn > 128))
+                           gemm=int(bn > 128 and bp <= 64))
     return replace(cfg, **fields)
 
 

@@ -20,10 +20,10 @@ def test_output_kernel_walks_the_chunk_up_to_d_state_128_and_tiles_it_beyond() -
     assert scan_config(64, 256, 256).walk == 0
 
 
-def test_row_tile_kernels_take_the_state_term_from_the_matmul_from_d_state_256() -> None:
-    for headdim in (64, 128):
-        assert scan_config(headdim, 256, 256).gemm == 1
-        assert bwd_dx_config(headdim, 256, 256, wgmma=True).gemm == 1
+def test_row_tile_kernels_take_the_state_term_from_the_matmul_from_d_state_256_up_to_head_dim_64() -> None:
+    for headdim, gemm in ((32, 1), (64, 1), (128, 0)):
+        assert scan_config(headdim, 256, 256).gemm == gemm
+        assert bwd_dx_config(headdim, 256, 256, wgmma=True).gemm == gemm
     assert bwd_dx_config(64, 256, 256).num_stages == 3 and bwd_dx_config(128, 256, 256).num_stages == 2
     assert bwd_dx_config(64, 128, 256).gemm == 0 and bwd_dx_config(64, 128, 256).num_stages == 2
     assert scan_config(64, 128, 256).gemm == 0
