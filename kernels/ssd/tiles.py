@@ -6,6 +6,8 @@
   one program per (head and head_dim block, row tile, chunk), skipping tiles above the diagonal.
 - `_dx_tiles_kernel`: the same terms as backward.py's `_dx_kernel`, one program per (head and head_dim block,
   source row tile, chunk), reading every target tile on or below the diagonal.
+Both form their state term (C_i h_c, B_j dh_c^T) over d_state per row tile, or with PRODUCTS (config gemm) read
+it from state_products.py's batched matmul.
 The chunk-walking kernels of forward.py and backward.py do the same work with fewer loads but carry a
 d_state x head_dim tile in registers; config.py picks between them by shape (benchmarks/NOTES-ssd.md).
 """
