@@ -3,8 +3,8 @@
 `ssd_scan_triton` and `ssd_step_triton` take the arguments of archspec.kernels.ssd_scan / ssd_step (minus
 backend). Modules: layout (chunk table), config (tile sizes), common (step-size transform), forward,
 backward_states, backward and tiles (kernels), state_products (the row-tile kernels' state term as one matmul),
-wgmma, forward_wgmma and backward_wgmma (the Gluon walks for Hopper), autograd (the autograd.Function), step (decode), offline_build (builds every kernel for sm_90 without a
-GPU).
+wgmma, forward_wgmma and backward_wgmma (the Gluon walks for Hopper), autograd (the autograd.Function), step
+(decode), offline_build (builds every kernel for sm_90 without a GPU).
 """
 
 from .autograd import ssd_scan_triton
