@@ -5,14 +5,14 @@ from typing import NamedTuple
 
 import torch
 
-from archspec.kernels.offsets import host_offsets, kept_for, non_decreasing_to
+from archspec.kernels.offsets import host_offsets, is_offsets_tensor, kept_for, non_decreasing_to
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seqlen: int) -> None:
     """Raise ValueError unless cu_seqlens is (nseqs + 1,) integer, 0 .. seqlen, non-decreasing, and batch == 1."""
     if batch != 1:
         raise ValueError(f"cu_seqlens: packed sequences need batch size 1, got batch {batch}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+    if not is_offsets_tensor(cu_seqlens):
         raise ValueError(f"cu_seqlens: expected a 1-D int32/int64 tensor of nseqs + 1 >= 2 offsets, got "
                          f"shape {tuple(cu_seqlens.shape)} dtype {cu_seqlens.dtype}")
     offsets = host_offsets(cu_seqlens)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional, Sequence
 
-import torch
 from torch import Tensor
 
-from .offsets import host_offsets
+from .offsets import OFFSET_DTYPES, host_offsets
 
 __all__ = ["SSDDims", "SSDStepDims", "check_ssd_inputs", "check_ssd_step_inputs"]
 
@@ -93,7 +92,7 @@ def _check_devices(tensors: dict[str, Optional[Tensor]], reference: Tensor) -> N
 
 def _check_cu_seqlens(cu_seqlens: Tensor, batch: int, seqlen: int, check_values: bool) -> int:
     """Checks the packed-sequence offsets and returns the number of sequences."""
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+    if cu_seqlens.dtype not in OFFSET_DTYPES:
         raise ValueError(f"cu_seqlens must be an int32 or int64 tensor, got dtype {cu_seqlens.dtype}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must have shape (nseqs + 1,) with nseqs >= 1, got {_shape(cu_seqlens)}")

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .offsets import capturing, host_offsets, kept_for, non_decreasing_to
+from .offsets import capturing, host_offsets, is_offsets_tensor, kept_for, non_decreasing_to
 
 __all__ = ["has_empty_sequences", "scan_skipping_empty"]
 
@@ -22,8 +22,7 @@ def has_empty_sequences(cu_seqlens: Optional[Tensor], seqlen: int) -> bool:
     0, never decreasing) with two equal consecutive ones. Invalid offsets, and calls without tokens, are left to
     the scans' checks, which say what is wrong; never while a CUDA graph is being captured on its device, where
     its values cannot be read."""
-    if (cu_seqlens is None or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2
-            or cu_seqlens.dtype not in (torch.int32, torch.int64) or capturing(cu_seqlens.device)):
+    if cu_seqlens is None or not is_offsets_tensor(cu_seqlens) or capturing(cu_seqlens.device):
         return False
     offsets = host_offsets(cu_seqlens)
     empty = any(b == a for a, b in zip(offsets[:-1], offsets[1:]))

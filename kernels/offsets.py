@@ -17,7 +17,8 @@ from typing import Any, Callable, Hashable, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["capturing", "host_offsets", "kept_for", "non_decreasing_to", "read_back"]
+__all__ = ["OFFSET_DTYPES", "capturing", "host_offsets", "is_offsets_tensor", "kept_for", "non_decreasing_to",
+           "read_back"]
 
 T = TypeVar("T")
 
@@ -59,6 +60,14 @@ def _forget(key: int) -> Callable[[weakref.ref], None]:
 def host_offsets(cu_seqlens: Tensor) -> tuple[int, ...]:
     """cu_seqlens' values on the host (one device-to-host read per tensor and version)."""
     return kept_for(cu_seqlens, "offsets", lambda: read_back(cu_seqlens))
+
+
+OFFSET_DTYPES = (torch.int32, torch.int64)
+
+
+def is_offsets_tensor(cu_seqlens: Tensor) -> bool:
+    """Whether cu_seqlens has the form of packed-sequence offsets: 1-D, int32 or int64, at least two of them."""
+    return cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 2 and cu_seqlens.dtype in OFFSET_DTYPES
 
 
 def non_decreasing_to(offsets: tuple[int, ...], seqlen: int) -> bool:
