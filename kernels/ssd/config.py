@@ -59,7 +59,8 @@ class KernelConfig:
     split (dB/dC kernel): 1 computes dC and dB in separate programs (two launches), each of which reads one of
     dy / x and one of the states / state gradients; 0 both in one program.
     gemm (output and dx kernels per row tile): 1 takes their state term (C h^T, B dh^T) from one batched matmul
-    per call (state_products.py) instead of forming it per row tile; 0 forms it.
+    per call (state_products.py) instead of forming it per row tile (16-bit inputs, and float32 off the GPU:
+    state_products.matmul_matches_kernels); 0 forms it.
     """
 
     block_m: int

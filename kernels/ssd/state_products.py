@@ -15,7 +15,14 @@ from torch import Tensor
 
 from .layout import ChunkTable
 
-__all__ = ["chunk_rows", "state_products"]
+__all__ = ["chunk_rows", "matmul_matches_kernels", "state_products"]
+
+
+def matmul_matches_kernels(x: Tensor) -> bool:
+    """Whether torch.matmul on x's dtype and device is as exact as the kernels' own products: 16-bit inputs
+    (float32 accumulation) anywhere, float32 on the CPU. float32 on a GPU may run in TF32 (allow_tf32,
+    set_float32_matmul_precision), where the kernels' float32 products are exact, so there they form the term."""
+    return x.dtype != torch.float32 or not x.is_cuda
 
 
 def chunk_rows(rows: Tensor, table: ChunkTable) -> Tensor:

@@ -6,8 +6,9 @@
   one program per (head and head_dim block, row tile, chunk), skipping tiles above the diagonal.
 - `_dx_tiles_kernel`: the same terms as backward.py's `_dx_kernel`, one program per (head and head_dim block,
   source row tile, chunk), reading every target tile on or below the diagonal.
-Both form their state term (C_i h_c, B_j dh_c^T) over d_state per row tile, or with PRODUCTS (config gemm) read
-it from state_products.py's batched matmul.
+Both form their state term (C_i h_c, B_j dh_c^T) over d_state per row tile, or with PRODUCTS (config gemm, for
+inputs the matmul computes as exactly: state_products.matmul_matches_kernels) read it from state_products.py's
+batched matmul.
 The chunk-walking kernels of forward.py and backward.py do the same work with fewer loads but carry a
 d_state x head_dim tile in registers; config.py picks between them by shape (benchmarks/NOTES-ssd.md).
 """
@@ -24,7 +25,7 @@ from torch import Tensor
 from .common import chunk_tile_pair, exp_ftz, head_chunk_program, mm
 from .config import bwd_dx_config, cb_config, cb_table_fp32, scan_config
 from .layout import ChunkTable
-from .state_products import state_products
+from .state_products import matmul_matches_kernels, state_products
 
 __all__ = ["cb_table_dtype", "chunk_cb", "dx_tiles", "scan_tiles"]
 
@@ -244,7 +245,7 @@ def scan_tiles(x: Tensor, C: Tensor, cb: Tensor, states: Tensor, s: Tensor, dtp:
     ngroups, dstate = C.shape[1:]
     chunk = table.chunk_size
     cfg = scan_config(headdim, dstate, chunk)
-    products = state_products(C, states, table) if cfg.gemm else None
+    products = state_products(C, states, table) if cfg.gemm and matmul_matches_kernels(x) else None
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
     _scan_tiles_kernel[grid](
         x, C, cb, states, products, s, dtp, D, z, y, y_pre, table.chunk_start, table.chunk_len,
@@ -265,7 +266,7 @@ def dx_tiles(x: Tensor, dy: Tensor, B: Tensor, cb: Tensor, dstates: Tensor, s: T
     ngroups, dstate = B.shape[1:]
     chunk = table.chunk_size
     cfg = bwd_dx_config(headdim, dstate, chunk)
-    products = state_products(B, dstates, table) if cfg.gemm else None
+    products = state_products(B, dstates, table) if cfg.gemm and matmul_matches_kernels(x) else None
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
     _dx_tiles_kernel[grid](
         x, dy, B, cb, dstates, products, s, dtp, D, dx, ddtp, dD, table.chunk_start,

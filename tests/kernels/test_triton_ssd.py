@@ -23,6 +23,7 @@ from archspec.kernels.ssd.layout import build_chunk_table  # noqa: E402
 from archspec.kernels.ssd import autograd, backward, forward, segments  # noqa: E402
 from archspec.kernels.ssd.config import state_config  # noqa: E402
 from archspec.kernels.ssd.segments import build_segment_table  # noqa: E402
+from archspec.kernels.ssd.state_products import matmul_matches_kernels  # noqa: E402
 from errors import float64_leaves, rel_err  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -234,12 +235,24 @@ def test_row_tile_kernels_reading_the_state_products_match_naive(make_ssd_inputs
                                                                   ngroups: int) -> None:
     """gemm=1: the output and dx kernels per row tile take C h^T and B dh^T from one batched matmul
     (state_products.py) instead of forming them; with every chunk full (the chunks' rows a view) and packed
-    sequences with ragged chunks (the rows gathered per chunk, zero past its end), for one group and two."""
+    sequences with ragged chunks (the rows gathered per chunk, zero past its end), for one group and two. float32
+    on the CPU, bfloat16 on a GPU (where float32 forms the term in the kernels)."""
     monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "walk=0,gemm=1")
     monkeypatch.setenv("ARCHSPEC_SSD_DX", "walk=0,gemm=1")
-    inputs = make_ssd_inputs(1 if seqlens else 2, 300 if seqlens else 128, 4, 32, ngroups, 16, torch.float32, DEVICE,
+    dtype = torch.float32 if DEVICE == "cpu" else torch.bfloat16
+    inputs = make_ssd_inputs(1 if seqlens else 2, 300 if seqlens else 128, 4, 32, ngroups, 16, dtype, DEVICE,
                              seqlens=seqlens, requires_grad=True, with_initial_states=True, with_D=True, with_z=True)
-    check_scan(inputs, 64, torch.float32, grads=True)
+    assert matmul_matches_kernels(inputs["x"])
+    check_scan(inputs, 64, dtype, grads=True)
+
+
+def test_state_products_only_where_the_matmul_is_as_exact_as_the_kernels() -> None:
+    """16-bit inputs anywhere, float32 on the CPU; not float32 on a GPU, whose matmul may run in TF32."""
+    assert matmul_matches_kernels(torch.zeros(1, dtype=torch.bfloat16))
+    assert matmul_matches_kernels(torch.zeros(1, dtype=torch.float32))
+    if torch.cuda.is_available():
+        assert not matmul_matches_kernels(torch.zeros(1, device="cuda"))
+        assert matmul_matches_kernels(torch.zeros(1, device="cuda", dtype=torch.float16))
 
 
 def test_state_passes_split_over_head_dim_and_state_blocks_match_naive(make_ssd_inputs, monkeypatch) -> None:
