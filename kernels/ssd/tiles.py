@@ -57,14 +57,28 @@ def _cb_kernel(
 
 
 @triton.jit
-def _state_product_tile(products_ptr, chunk, group, head, offs_m, mask_m, offs_p, mask_p, ngroups, heads_per_group,
-                        headdim, CHUNK: tl.constexpr):
-    """Rows offs_m, columns offs_p of one head's block of state_products.state_products' P (nchunks, ngroups,
-    CHUNK, heads_per_group * headdim), float32."""
-    row = ((chunk * ngroups + group) * CHUNK + offs_m) * (heads_per_group * headdim)
-    col = (head - group * heads_per_group) * headdim + offs_p
-    return tl.load(products_ptr + row[:, None] + col[None, :], mask=mask_m[:, None] & mask_p[None, :],
-                   other=0.0).to(tl.float32)
+def _state_term(rows_base, stride_t, state_ptr, products_ptr, chunk, group, head, offs_m, mask_m, offs_p, mask_p,
+                dstate, ngroups, heads_per_group, headdim, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+                PRODUCTS: tl.constexpr, PREC: tl.constexpr):
+    """The row tile's state term before its decay, float32 (BLOCK_M x BLOCK_P): rows offs_m of the chunk's rows
+    (C or B, from rows_base with token stride stride_t) times its head's state (or state gradient) at state_ptr
+    (headdim x dstate) transposed, over d_state in BLOCK_N slices; with PRODUCTS read from state_products.py's
+    P (nchunks, ngroups, CHUNK, heads_per_group * headdim) instead."""
+    if PRODUCTS:
+        row = ((chunk * ngroups + group) * CHUNK + offs_m) * (heads_per_group * headdim)
+        col = (head - group * heads_per_group) * headdim + offs_p
+        return tl.load(products_ptr + row[:, None] + col[None, :], mask=mask_m[:, None] & mask_p[None, :],
+                       other=0.0).to(tl.float32)
+    acc = tl.zeros((offs_m.shape[0], offs_p.shape[0]), dtype=tl.float32)
+    for n0 in range(0, dstate, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < dstate
+        r = tl.load(rows_base + offs_m[:, None] * stride_t + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :],
+                    other=0.0)
+        h_t = tl.load(state_ptr + offs_p[None, :] * dstate + offs_n[:, None], mask=mask_n[:, None] & mask_p[None, :],
+                      other=0.0)
+        acc += mm(r, h_t.to(r.dtype), PREC)
+    return acc
 
 
 @triton.jit
@@ -88,21 +102,10 @@ def _scan_tiles_kernel(
         x_base = x_ptr + c0 * stride_x_t + head * stride_x_h
         c_base = c_ptr + c0 * stride_c_t + group * stride_c_g
 
-        # contribution of the state entering the chunk: exp(s_i) C_i h^T (C_i h^T read from products with PRODUCTS)
-        if PRODUCTS:
-            acc = _state_product_tile(products_ptr, chunk, group, head, offs_m, mask_m, offs_p, mask_p, ngroups,
-                                      heads_per_group, headdim, CHUNK)
-        else:
-            acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
-            state_base = states_ptr + (chunk * nheads + head) * headdim * dstate
-            for n0 in range(0, dstate, BLOCK_N):
-                offs_n = n0 + tl.arange(0, BLOCK_N)
-                mask_n = offs_n < dstate
-                c = tl.load(c_base + offs_m[:, None] * stride_c_t + offs_n[None, :],
-                            mask=mask_m[:, None] & mask_n[None, :], other=0.0)
-                h_t = tl.load(state_base + offs_p[None, :] * dstate + offs_n[:, None],
-                              mask=mask_n[:, None] & mask_p[None, :], other=0.0)
-                acc += mm(c, h_t.to(c.dtype), PREC)
+        # contribution of the state entering the chunk: exp(s_i) C_i h^T
+        acc = _state_term(c_base, stride_c_t, states_ptr + (chunk * nheads + head) * headdim * dstate, products_ptr,
+                          chunk, group, head, offs_m, mask_m, offs_p, mask_p, dstate, ngroups, heads_per_group,
+                          headdim, CHUNK, BLOCK_N, PRODUCTS, PREC)
         acc = acc * exp_ftz(s_m)[:, None]
 
         # within-chunk contribution, tiles on or below the diagonal
@@ -167,21 +170,10 @@ def _dx_tiles_kernel(
         tile_j = offs_j[:, None] * stride_x_t + offs_p[None, :]
         tile_dy = offs_j[:, None] * stride_dy_t + offs_p[None, :]
 
-        # through the chunk's end state: exp(s_last - s_j) B_j dh^T (B_j dh^T read from products with PRODUCTS)
-        if PRODUCTS:
-            acc = _state_product_tile(products_ptr, chunk, group, head, offs_j, mask_j, offs_p, mask_p, ngroups,
-                                      heads_per_group, headdim, CHUNK)
-        else:
-            acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
-            state_off = (chunk * nheads + head) * headdim * dstate
-            for n0 in range(0, dstate, BLOCK_N):
-                offs_n = n0 + tl.arange(0, BLOCK_N)
-                mask_n = offs_n < dstate
-                b = tl.load(b_base + offs_j[:, None] * stride_b_t + offs_n[None, :],
-                            mask=mask_j[:, None] & mask_n[None, :], other=0.0)
-                dh_t = tl.load(dstates_ptr + state_off + offs_p[None, :] * dstate + offs_n[:, None],
-                               mask=mask_n[:, None] & mask_p[None, :], other=0.0)
-                acc += mm(b, dh_t.to(b.dtype), PREC)
+        # through the chunk's end state: exp(s_last - s_j) B_j dh^T
+        acc = _state_term(b_base, stride_b_t, dstates_ptr + (chunk * nheads + head) * headdim * dstate,
+                          products_ptr, chunk, group, head, offs_j, mask_j, offs_p, mask_p, dstate, ngroups,
+                          heads_per_group, headdim, CHUNK, BLOCK_N, PRODUCTS, PREC)
         acc = acc * exp_ftz(s_last - s_j)[:, None]
 
         # through the outputs of the same chunk, tiles on or below the diagonal
