@@ -27,14 +27,21 @@ def matmul_matches_kernels(x: Tensor) -> bool:
 
 def chunk_rows(rows: Tensor, table: ChunkTable) -> Tensor:
     """rows (T, ngroups, dstate) as (nchunks, chunk_size, ngroups, dstate), zero past each chunk's end: a view
-    when every chunk is full (they then lie end to end in order), else a copy gathered by the chunk table."""
+    when every chunk is full (they then lie end to end in order), else a copy gathered by the chunk table (whose
+    indices are made once per table: ChunkTable.kept)."""
     nchunks, chunk = table.nchunks, table.chunk_size
     if table.ntokens == nchunks * chunk:
         return rows.view(nchunks, chunk, *rows.shape[1:])
-    offs = torch.arange(chunk, device=rows.device, dtype=table.chunk_start.dtype)
+    index, outside = table.kept("chunk rows", lambda: _gather_index(table))
+    return rows[index].masked_fill_(outside[:, :, None, None], 0)
+
+
+def _gather_index(table: ChunkTable) -> tuple[Tensor, Tensor]:
+    """(nchunks, chunk_size) int64 token of each chunk row (clamped into the tokens), and where a row lies past its
+    chunk's end."""
+    offs = torch.arange(table.chunk_size, device=table.chunk_start.device, dtype=table.chunk_start.dtype)
     index = (table.chunk_start[:, None] + offs).clamp_(max=max(table.ntokens - 1, 0)).long()
-    inside = offs < table.chunk_len[:, None]
-    return rows[index].masked_fill_(~inside[:, :, None, None], 0)
+    return index, offs >= table.chunk_len[:, None]
 
 
 def state_products(rows: Tensor, states: Tensor, table: ChunkTable) -> Tensor:
