@@ -279,21 +279,24 @@ def cb_table_fp32() -> bool:
 
 def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, walk_max_state: int,
                          walk_block_m: int, tiles_maxnreg: dict[int, int], walk_wgmma: int = 0,
-                         walk_max_p: int = 256, tiles_block_n: int = 64, tiles_stages: int = 2) -> KernelConfig:
+                         walk_max_p: int = 256, tiles_block_n: int = 64, tiles_stages: int = 2,
+                         walk_slice: int = 0) -> KernelConfig:
     """Output or dx kernel: the chunk walk while d_state <= 128 and the whole state (pow2(d_state) x
     pow2(head_dim)) has at most walk_max_state elements, else the kernel per row tile, which steps through d_state
     in block_n slices; tiles_maxnreg maps the latter's num_warps to its register cap; walk_wgmma is the walk's
     wgmma field, walk_max_p its largest head_dim block, tiles_block_n the row-tile kernel's d_state slice and
-    tiles_stages its num_stages. The row-tile kernel takes its state term from one batched matmul (gemm) from
+    tiles_stages its num_stages; walk_slice (0: none) a d_state tile in whose slices wider d_states walk, one launch
+    each (forward.py's `_output_walks`). The row-tile kernel takes its state term from one batched matmul (gemm) from
     d_state 256 up to head_dim 64 (H200, 8 x 8192 tokens, kernel ms output / dx: 64 x 256 1.313 / 1.728 ->
     1.004 / 1.416 plus 0.27 each for the matmul, forward+backward 6.665 -> 6.549); at head_dim 128 the matmul
     takes what the kernels save (128 x 256: 2.465 / 3.080 -> 1.909 / 2.527 plus 0.55, 11.756 -> 11.717) and
     its product, as large as y, would only add memory."""
     t = _token_tile(chunk_size)
     bn = pow2(dstate)
+    wn = min(bn, walk_slice) if walk_slice else bn
     fields = _overrides(name)
-    if fields.get("walk", int(bn <= 128 and bn * pow2(headdim) <= walk_max_state)):
-        cfg = KernelConfig(min(walk_block_m, t), t, min(pow2(headdim), max(16, 8192 // bn), walk_max_p), bn, 4, 2,
+    if fields.get("walk", int(wn <= 128 and wn * pow2(headdim) <= walk_max_state)):
+        cfg = KernelConfig(min(walk_block_m, t), t, min(pow2(headdim), max(16, 8192 // wn), walk_max_p), wn, 4, 2,
                            1, wgmma=walk_wgmma)
     else:
         bp = min(pow2(headdim), 128)
@@ -303,16 +306,20 @@ def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, 
     return replace(cfg, **fields)
 
 
-def scan_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
+def scan_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False) -> KernelConfig:
     """Forward output kernel. H200, 65,536 tokens, 64 heads: the walk wins up to d_state 128 (head_dim 64, d_state
     128: 2.0 vs 3.1 ms for the whole forward; head_dim 128: 3.9 vs 4.7) and loses at 256 (5.1 vs 4.2). There the
     per-row-tile kernel's 4-warp programs run best capped at 128 registers (head_dim 64: 4.20 -> 3.96 ms; the
     8-warp ones of head_dim 128 gain nothing from it), the 8-warp ones step through d_state in slices of 128
     (128 x 256: 2.668 -> 2.406 ms for the kernel). The walk runs as the Gluon kernel where it can (whole
     forward at 8K tokens per sequence: 64 x 64 1.43 -> 1.17 ms, 64 x 128 1.92 -> 1.69, 128 x 64 2.61 -> 2.13,
-    128 x 128 3.75 -> 3.31)."""
+    128 x 128 3.75 -> 3.31). wgmma: whether forward_wgmma.py's Gluon walk can run (bf16 / fp16 on sm_90); with it,
+    d_state 256 walks in two slices of 128, one launch each, in place of the state pass, its matmul and the row
+    tiles (H200, 8 x 8192 tokens, forward: 64 x 256 2.06 -> 1.59 ms, 128 x 256 3.82 -> 3.13; where the walks
+    cover whole sequences: forward._output_config); ARCHSPEC_SSD_SCAN=wgmma=0 keeps the Triton kernels' rule."""
     return _chunk_kernel_config("scan", headdim, dstate, chunk_size, 128 * 128, 64, tiles_maxnreg={4: 128},
-                                walk_wgmma=1, tiles_block_n=128 if pow2(headdim) > 64 else 64)
+                                walk_wgmma=1, tiles_block_n=128 if pow2(headdim) > 64 else 64,
+                                walk_slice=128 if wgmma and _overrides("scan").get("wgmma", 1) else 0)
 
 
 WALK_TOKENS = 1024

@@ -17,7 +17,9 @@ Three launches (see benchmarks/NOTES-ssd.md for why this split):
    bf16 / fp16 on Hopper, forward_wgmma.py's Gluon version of this walk, whose products overlap.
 Where one walk per sequence, head and head_dim block fills the GPU (config.whole_walks) and there are no initial
 states, step 2 does not run: the walks cover whole sequences from zero and store the chunk states (for a backward)
-and the final states themselves, since they compute every chunk's state on their way anyway.
+and the final states themselves, since they compute every chunk's state on their way anyway. There, on Hopper, a
+d_state too wide for the Gluon walk's state tile (256) walks in slices of 128, one launch each, the later adding
+their output to the earlier's y (`_output_walks`: C h and C B^T are sums over d_state).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from torch import Tensor
 
 from .common import (dot_precision, dt_head_rows, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
                      raw_dt_rows, state_tile, step_factors, step_log_decays, step_tokens, tile_heads)
-from .config import dt_head_block, overlap, pow2, scan_config, state_config, whole_walks
-from .layout import ChunkTable
+from .config import KernelConfig, dt_head_block, overlap, pow2, scan_config, state_config, whole_walks
+from .layout import ChunkTable, WalkTable
 from .segments import carry_forward, chunk_walks, sm_count, state_walk
 from .streams import Fork
 from .tiles import cb_table_dtype, chunk_cb, scan_tiles
@@ -143,16 +145,18 @@ def _scan_fwd_kernel(
     x_ptr, b_ptr, c_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
     walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
-    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, heads_per_group,
+    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, state_stride, heads_per_group,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, STEPS_PER_CHUNK: tl.constexpr,
-    WHOLE: tl.constexpr, STORE_STATES: tl.constexpr,
+    WHOLE: tl.constexpr, STORE_STATES: tl.constexpr, ADD_Y: tl.constexpr,
     HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (head and head_dim block, walk of layout.WalkTable): from the state entering the walk's first
     chunk, through its chunks in BLOCK_T-token steps (STEPS_PER_CHUNK to a chunk), carrying h in float32 from one
     chunk into the next; s, the log-decay, restarts from 0 at each chunk. WHOLE: walk w is all of sequence w, which
     starts from zero (no initial states) instead of a stored chunk state, and ends by storing its final state into
-    final_ptr; STORE_STATES: it stores the state entering each of its chunks into states_ptr."""
+    final_ptr; STORE_STATES: it stores the state entering each of its chunks into states_ptr. B, C, the states and
+    the final states may be a slice of d_state (`dstate` wide, rows `state_stride` apart in the state arrays); ADD_Y:
+    y holds the output of the d_state slices before this one, which this slice's output adds to."""
     head, group, offs_p, mask_p, walk, c0, clen = head_chunk_program(walk_start_ptr, walk_len_ptr, headdim,
                                                                       heads_per_group, BLOCK_P, 1, ALIGNED)
     chunk = tl.load(walk_chunk_ptr + walk).to(tl.int64)
@@ -165,15 +169,15 @@ def _scan_fwd_kernel(
     y_off = c0 * stride_y_t + head * stride_y_h
 
     # h^T (d_state x head_dim block): the state after the tokens walked so far, decayed to the last of them
-    h_tile = offs_p[None, :] * dstate + offs_n[:, None]
+    h_tile = offs_p[None, :] * state_stride + offs_n[:, None]
     h_mask = mask_n[:, None] & mask_p[None, :]
     if WHOLE:
         h = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
         if STORE_STATES:
-            tl.store(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile,
+            tl.store(states_ptr + (chunk * nheads + head) * headdim * state_stride + h_tile,
                      h.to(states_ptr.dtype.element_ty), mask=h_mask)
     else:
-        h = tl.load(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile, mask=h_mask,
+        h = tl.load(states_ptr + (chunk * nheads + head) * headdim * state_stride + h_tile, mask=h_mask,
                     other=0.0).to(tl.float32)
     s_prev = tl.zeros((), dtype=tl.float32)
     for t0 in range(0, clen, BLOCK_T):
@@ -204,16 +208,18 @@ def _scan_fwd_kernel(
         if STORE_STATES:
             if chunk_end & (t0 + BLOCK_T < clen):
                 entered = chunk + (t0 // BLOCK_T + 1) // STEPS_PER_CHUNK
-                tl.store(states_ptr + (entered * nheads + head) * headdim * dstate + h_tile,
+                tl.store(states_ptr + (entered * nheads + head) * headdim * state_stride + h_tile,
                          h.to(states_ptr.dtype.element_ty), mask=h_mask)
 
+        tile = offs_t[:, None] * stride_y_t + offs_p[None, :]
+        if ADD_Y:
+            acc += tl.load(y_ptr + y_off + tile, mask=mask, other=0.0).to(tl.float32)
         if HAS_D:
             if D_HAS_HDIM:
                 dvec = tl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
                 acc += xt.to(tl.float32) * dvec[None, :]
             else:
                 acc += xt.to(tl.float32) * tl.load(d_ptr + head).to(tl.float32)
-        tile = offs_t[:, None] * stride_y_t + offs_p[None, :]
         if HAS_Z:
             tl.store(ypre_ptr + y_off + tile, acc.to(ypre_ptr.dtype.element_ty), mask=mask)
             zt = tl.load(z_ptr + c0 * stride_z_t + head * stride_z_h + offs_t[:, None] * stride_z_t + offs_p[None, :],
@@ -221,7 +227,7 @@ def _scan_fwd_kernel(
             acc = acc * zt * tl.sigmoid(zt)
         tl.store(y_ptr + y_off + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)
     if WHOLE:
-        tl.store(final_ptr + (walk * nheads + head) * headdim * dstate + h_tile, h, mask=h_mask)
+        tl.store(final_ptr + (walk * nheads + head) * headdim * state_stride + h_tile, h, mask=h_mask)
 
 
 class ForwardResult(NamedTuple):
@@ -273,10 +279,8 @@ def ssd_forward(
     dev = x.device
     has_lo, has_hi, lo, hi = dt_limit_flags(dt_limit)
 
-    out_cfg = scan_config(headdim, dstate, chunk)
+    out_cfg, whole = _output_config(x, dstate, table, initial_states is None)
     blocks = nheads * triton.cdiv(headdim, out_cfg.block_p)
-    whole = bool(out_cfg.walk) and initial_states is None and whole_walks(out_cfg, chunk, blocks * table.nseqs,
-                                                                           sm_count(dev))
     stored = table.nchunks if keep_states or not whole else 0
     states = torch.empty(stored, nheads, headdim, dstate, device=dev, dtype=x.dtype)
     final = torch.empty(table.nseqs, nheads, headdim, dstate, device=dev, dtype=torch.float32)
@@ -307,25 +311,61 @@ def ssd_forward(
 
     y = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)
     y_pre = torch.empty_like(y) if z is not None else None
-    cfg = out_cfg
-    if not cfg.walk:
-        scan_tiles(x, C, cb, states, s, dtp, D, z, y, y_pre, table, prec)
+    if out_cfg.walk:
+        _output_walks(x, B, C, states, final, s, dtp, D, z, y, y_pre, walks, whole, keep_states, table, out_cfg,
+                      prec)
     else:
-        grid = (blocks, walks.count)
-        args = (x, B, C, states, final, s, dtp, D, z, y, y_pre, walks.chunk, walks.start, walks.length,
-                x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+        scan_tiles(x, C, cb, states, s, dtp, D, z, y, y_pre, table, prec)
+    return ForwardResult(y, y_pre, final, states, s, dtp, cb)
+
+
+def _output_config(x: Tensor, dstate: int, table: ChunkTable, from_zero: bool) -> tuple[KernelConfig, bool]:
+    """The output kernel's config (config.scan_config) and whether its walks cover whole sequences
+    (config.whole_walks; only for sequences that start from zero). A d_state wider than the Gluon walk's tile walks
+    in slices only in whole walks: after a state pass the slices' walks cost more than the row-tile kernel (H200,
+    2 x 32768 tokens, 64 x 256 forward 2.05 -> 2.40 ms), and so do whole walks of fewer programs than SMs (there
+    2.06 -> 2.25 ms)."""
+    nheads, headdim = x.shape[1:]
+    chunk = table.chunk_size
+    gluon = scan_fwd_wgmma is not None and wgmma_supported(x, min(chunk, 64), min(pow2(dstate), 128))
+
+    def whole(cfg: KernelConfig) -> bool:
+        programs = nheads * triton.cdiv(headdim, cfg.block_p) * table.nseqs
+        return bool(cfg.walk) and from_zero and whole_walks(cfg, chunk, programs, sm_count(x.device))
+
+    cfg = scan_config(headdim, dstate, chunk, wgmma=gluon)
+    if gluon and cfg.walk and cfg.block_n < dstate and not whole(cfg):
+        cfg = scan_config(headdim, dstate, chunk)
+    return cfg, whole(cfg)
+
+
+def _output_walks(x: Tensor, B: Tensor, C: Tensor, states: Tensor, final: Tensor, s: Tensor, dtp: Tensor,
+                  D: Optional[Tensor], z: Optional[Tensor], y: Tensor, y_pre: Optional[Tensor], walks: WalkTable,
+                  whole: bool, keep_states: bool, table: ChunkTable, cfg: KernelConfig, prec: str) -> None:
+    """Writes y (and y_pre) by the output walk over `walks` (the Gluon one where cfg.wgmma asks and it can run),
+    once per d_state slice of cfg.block_n: each launch reads its slice of B, C and the chunk states (whole walks:
+    stores its slice of them and of the final states), and adds its output to the y of the slices before it; the
+    last adds D x and the gate. Arguments as in ssd_forward."""
+    ntokens, nheads, headdim = x.shape
+    dstate = B.shape[2]
+    grid = (nheads * triton.cdiv(headdim, cfg.block_p), walks.count)
+    gluon = cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n)
+    for n0 in range(0, dstate, cfg.block_n):
+        part = (..., slice(n0, n0 + cfg.block_n))
+        last = n0 + cfg.block_n >= dstate
+        args = (x, B[part], C[part], states[part], final[part], s, dtp, D, z, y, y_pre, walks.chunk, walks.start,
+                walks.length, x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
                 z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),
-                ntokens, nheads, headdim, dstate, per_group)
+                ntokens, nheads, headdim, min(cfg.block_n, dstate - n0), dstate, nheads // B.shape[1])
         consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-                      STEPS_PER_CHUNK=triton.cdiv(chunk, cfg.block_m), WHOLE=whole, STORE_STATES=whole and keep_states,
-                      HAS_D=D is not None,
-                      D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
+                      STEPS_PER_CHUNK=triton.cdiv(table.chunk_size, cfg.block_m), WHOLE=whole,
+                      STORE_STATES=whole and keep_states, ADD_Y=n0 > 0, HAS_D=D is not None and last,
+                      D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None and last,
                       ALIGNED=cfg.alignment(table.aligned))
-        if cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n):
+        if gluon:
             scan_fwd_wgmma(grid, args, consts, cfg.register_cap())
         else:
             _scan_fwd_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
-    return ForwardResult(y, y_pre, final, states, s, dtp, cb)
 
 
 def _state_pass(x: Tensor, B: Tensor, s: Tensor, dtp: Tensor, h0: Optional[Tensor], states: Tensor, final: Tensor,

@@ -10,12 +10,13 @@ for each wgmma right after issuing it, benchmarks/NOTES-ssd.md):
     then W x accumulated onto decay_in * C h.
 
 Tiles of x, B and C are copied into shared memory one step ahead (cp.async, two buffers); y leaves through shared
-memory in 16-byte row pieces. Differences from the Triton walk, both within bf16 rounding: a D per head is added
+memory in 16-byte row pieces. Differences from the Triton walk, all within bf16 rounding: a D per head is added
 to the diagonal of W (so D x_i comes out of the W x product, with D rounded to the dot dtype: y differs from
-mamba_ssm by ~2.7e-3 instead of ~1e-3, relative), and with z the gate multiplies y after its rounding to the
-output dtype. For bf16 / fp16 inputs on sm_90 with the walk's tile sizes (d_state tiles of 64 or 128);
-forward.py runs the Triton kernel everywhere else, and the CPU interpreter cannot run Gluon, so the tests compare
-the two on a GPU (tests/kernels/test_ssd_wgmma.py).
+mamba_ssm by ~2.7e-3 instead of ~1e-3, relative), with z the gate multiplies y after its rounding to the output
+dtype, and a later d_state slice (ADD_Y) adds the earlier slices' y to its own after that rounding. For bf16 /
+fp16 inputs on sm_90 with the walk's tile sizes (d_state tiles of 64 or 128); forward.py runs the Triton kernel
+everywhere else, and the CPU interpreter cannot run Gluon, so the tests compare the two on a GPU
+(tests/kernels/test_ssd_wgmma.py).
 """
 
 from __future__ import annotations
@@ -35,17 +36,18 @@ __all__ = ["scan_fwd_wgmma"]
 
 
 @gluon.jit
-def _store_state(base, h_smem, p0, dstate, headdim, BLOCK_N: gl.constexpr, BLOCK_P: gl.constexpr):
+def _store_state(base, h_smem, p0, dstate, state_stride, headdim, BLOCK_N: gl.constexpr, BLOCK_P: gl.constexpr):
     """Stores the walk's h^T, as it is in h_smem (d_state x head_dim block, the dot dtype), into the (headdim,
-    dstate) state at base, 32 d_state rows at a time, read back in columns of 8 rows per thread so that each
-    thread writes 16 contiguous bytes. Stored from the wgmma layout, with a 64-bit pointer per element, the 128 x
-    128 whole walk spilled 472 bytes (triton 3.9; 112 without whole walks, 256 with these stores)."""
+    dstate) state at base (rows state_stride apart), 32 d_state rows at a time, read back in columns of 8 rows per
+    thread so that each thread writes 16 contiguous bytes. Stored from the wgmma layout, with a 64-bit pointer per
+    element, the 128 x 128 whole walk spilled 472 bytes (triton 3.9; 112 without whole walks, 256 with these
+    stores)."""
     ROWS: gl.constexpr = 32
     layout: gl.constexpr = gl.BlockedLayout([8, 1], [ROWS // 8, 32 // (ROWS // 8)], [1, gl.num_warps()], [0, 1])
     offs_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, layout))
     for n0 in gl.static_range(0, BLOCK_N, ROWS):
         offs_n = n0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
-        gl.store(base + offs_p[None, :] * dstate + offs_n[:, None], h_smem.slice(n0, ROWS).load(layout),
+        gl.store(base + offs_p[None, :] * state_stride + offs_n[:, None], h_smem.slice(n0, ROWS).load(layout),
                  mask=(offs_n[:, None] < dstate) & (offs_p < headdim)[None, :])
 
 
@@ -54,9 +56,9 @@ def _scan_fwd_wgmma_kernel(
     x_ptr, b_ptr, c_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
     walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
-    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, heads_per_group,
+    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, state_stride, heads_per_group,
     BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr, STEPS_PER_CHUNK: gl.constexpr,
-    WHOLE: gl.constexpr, STORE_STATES: gl.constexpr, HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr,
+    WHOLE: gl.constexpr, STORE_STATES: gl.constexpr, ADD_Y: gl.constexpr, HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr,
     HAS_Z: gl.constexpr, ALIGNED: gl.constexpr,
 ):
     dtype: gl.constexpr = x_ptr.dtype.element_ty
@@ -93,14 +95,14 @@ def _scan_fwd_wgmma_kernel(
     offs_hn = gl.arange(0, BLOCK_N, layout=rows_p)
     offs_p = p0 + gl.arange(0, BLOCK_P, layout=cols_p)
     mask_p = offs_p < headdim
-    h_tile = offs_p[None, :] * dstate + offs_hn[:, None]
+    h_tile = offs_p[None, :] * state_stride + offs_hn[:, None]
     h_mask = (offs_hn[:, None] < dstate) & mask_p[None, :]
     if WHOLE:  # walk w is all of sequence w, from zero
         h = gl.zeros((BLOCK_N, BLOCK_P), gl.float32, mma_p)
         if STORE_STATES:
-            gl.store(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile, h.to(dtype), mask=h_mask)
+            gl.store(states_ptr + (chunk * nheads + head) * headdim * state_stride + h_tile, h.to(dtype), mask=h_mask)
     else:
-        h = gl.load(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile, mask=h_mask,
+        h = gl.load(states_ptr + (chunk * nheads + head) * headdim * state_stride + h_tile, mask=h_mask,
                     other=0.0).to(gl.float32)
     h_smem.store(h.to(dtype))
     fence_async_shared()
@@ -131,6 +133,7 @@ def _scan_fwd_wgmma_kernel(
         copy_tile(b_smem.index(nxt), b_base, stride_b_t, t0 + BLOCK_T, clen, dstate, BLOCK_T, BLOCK_N)
         copy_tile(x_smem.index(nxt), x_base, stride_x_t, t0 + BLOCK_T, clen, headdim - p0, BLOCK_T, BLOCK_P)
         async_copy.commit_group()
+        mask_r = t0 + offs_r < clen
         async_copy.wait_group(1)
         fence_async_shared()
         c_tile = c_smem.index(buf)
@@ -142,7 +145,6 @@ def _scan_fwd_wgmma_kernel(
         ch = warpgroup_mma(c_tile, h_smem, gl.zeros((BLOCK_T, BLOCK_P), gl.float32, mma_p),
                            use_acc=False, is_async=True)
 
-        mask_r = t0 + offs_r < clen
         x_reg = x_tile.load(mma_p)
         decay_out = gl.where(mask_r, exp_ftz(s_last - s_r) * dt_r, 0.0)
         xw_smem.store((x_reg.to(gl.float32) * decay_out[:, None]).to(dtype))
@@ -172,15 +174,16 @@ def _scan_fwd_wgmma_kernel(
         if STORE_STATES:
             if chunk_end & (step + 1 < nsteps):
                 entered = chunk + (step + 1) // STEPS_PER_CHUNK
-                _store_state(states_ptr + (entered * nheads + head) * headdim * dstate, h_smem, p0, dstate, headdim,
-                             BLOCK_N, BLOCK_P)
+                _store_state(states_ptr + (entered * nheads + head) * headdim * state_stride, h_smem, p0, dstate,
+                             state_stride, headdim, BLOCK_N, BLOCK_P)
         s_r = s_r_next
         dt_r = dt_r_next
         s_last = s_last_next
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        if D_HAS_HDIM:  # from x in registers: reading x_tile again here gave wrong values on the H200 (triton 3.6)
-            dvec = gl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(gl.float32)
-            acc += x_reg.to(gl.float32) * dvec[None, :]
+        if HAS_D:
+            if D_HAS_HDIM:  # from x in registers: reading x_tile again here gave wrong values on the H200 (triton 3.6)
+                dvec = gl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(gl.float32)
+                acc += x_reg.to(gl.float32) * dvec[None, :]
 
         # y through shared memory (xw's buffer, free once h is updated) into rows of 16-byte pieces per thread
         xw_smem.store(acc.to(dtype))
@@ -188,6 +191,9 @@ def _scan_fwd_wgmma_kernel(
         offs_t = c0 + t0 + offs_io_t
         mask = (offs_io_t < clen - t0)[:, None] & (offs_io_p < headdim)[None, :]
         offs_y = offs_t[:, None] * stride_y_t + head * stride_y_h + offs_io_p[None, :]
+        if ADD_Y:  # the earlier d_state slices' y, added to this slice's rounded y (added to the accumulator, it
+            # cost 16 -> 176 bytes of spills and 5% of the time, H200, triton 3.6)
+            out = (out.to(gl.float32) + gl.load(y_ptr + offs_y, mask=mask, other=0.0).to(gl.float32)).to(dtype)
         if HAS_Z:
             gl.store(ypre_ptr + offs_y, out, mask=mask)
             zt = gl.load(z_ptr + offs_t[:, None] * stride_z_t + head * stride_z_h + offs_io_p[None, :],
@@ -200,7 +206,8 @@ def _scan_fwd_wgmma_kernel(
         out_layout: gl.constexpr = gl.BlockedLayout([4, 1], [8, 4], [1, gl.num_warps()], [0, 1])
         offs_fn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_layout))
         offs_fp = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, out_layout))
-        gl.store(final_ptr + (walk * nheads + head) * headdim * dstate + offs_fp[None, :] * dstate + offs_fn[:, None],
+        gl.store(final_ptr + (walk * nheads + head) * headdim * state_stride + offs_fp[None, :] * state_stride
+                 + offs_fn[:, None],
                  gl.convert_layout(h, out_layout), mask=(offs_fn[:, None] < dstate) & (offs_fp < headdim)[None, :])
 
 

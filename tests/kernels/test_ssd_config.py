@@ -8,9 +8,11 @@ from typing import Callable
 import pytest
 import torch
 
+from archspec.kernels.ssd import forward
 from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config, bwd_dcb_config,
                                          bwd_dx_config, dt_head_block, fill_sms, overlap, scan_config,
                                          state_bwd_config, state_config, walk_span, whole_walks)
+from archspec.kernels.ssd.layout import build_chunk_table
 from archspec.kernels.ssd.wgmma import wgmma_supported
 
 
@@ -299,3 +301,17 @@ def test_dcb_prefetches_two_heads_ahead_and_every_kernel_takes_the_tables_alignm
     assert bwd_dcb_config(64, 256).aligned == bwd_dbc_config(64, 64, 256).aligned == 1
     monkeypatch.setenv("ARCHSPEC_SSD_DX", "aligned=1")
     assert bwd_dx_config(64, 64, 256, wgmma=True).aligned == 1
+
+
+@pytest.mark.parametrize("batch,seqlen,from_zero,sliced", [(8, 8192, True, True), (2, 32768, True, False),
+                                                           (8, 8192, False, False)])
+def test_d_state_256_walks_in_slices_only_as_whole_sequence_walks(monkeypatch, batch: int, seqlen: int,
+                                                                   from_zero: bool, sliced: bool) -> None:
+    """Where the Gluon walk can run, d_state 256 walks in two slices of 128 if the walks cover whole sequences
+    (enough of them to fill the GPU, none from initial states); otherwise the row-tile kernel runs."""
+    monkeypatch.setattr(forward, "wgmma_supported", lambda *args: True)
+    monkeypatch.setattr(forward, "sm_count", lambda device: 132)
+    x = torch.zeros(batch * seqlen, 64, 64, dtype=torch.bfloat16)
+    table = build_chunk_table(batch, seqlen, 256, None, x.device)
+    cfg, whole = forward._output_config(x, 256, table, from_zero)
+    assert (cfg.walk, cfg.block_n, whole) == ((1, 128, True) if sliced else (0, 64, False))
