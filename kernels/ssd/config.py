@@ -315,7 +315,7 @@ def scan_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False)
     forward at 8K tokens per sequence: 64 x 64 1.43 -> 1.17 ms, 64 x 128 1.92 -> 1.69, 128 x 64 2.61 -> 2.13,
     128 x 128 3.75 -> 3.31). wgmma: whether forward_wgmma.py's Gluon walk can run (bf16 / fp16 on sm_90); with it,
     d_state 256 walks in two slices of 128, one launch each, in place of the state pass, its matmul and the row
-    tiles (H200, 8 x 8192 tokens, forward: 64 x 256 2.06 -> 1.59 ms, 128 x 256 3.82 -> 3.13; where the walks
+    tiles (H200, 8 x 8192 tokens, forward: 64 x 256 2.06 -> 1.40 ms, 128 x 256 3.82 -> 2.70; where the walks
     cover whole sequences: forward._output_config); ARCHSPEC_SSD_SCAN=wgmma=0 keeps the Triton kernels' rule."""
     return _chunk_kernel_config("scan", headdim, dstate, chunk_size, 128 * 128, 64, tiles_maxnreg={4: 128},
                                 walk_wgmma=1, tiles_block_n=128 if pow2(headdim) > 64 else 64,

@@ -19,7 +19,8 @@ Where one walk per sequence, head and head_dim block fills the GPU (config.whole
 states, step 2 does not run: the walks cover whole sequences from zero and store the chunk states (for a backward)
 and the final states themselves, since they compute every chunk's state on their way anyway. There, on Hopper, a
 d_state too wide for the Gluon walk's state tile (256) walks in slices of 128, one launch each, the later adding
-their output to the earlier's y (`_output_walks`: C h and C B^T are sums over d_state).
+their output to the earlier's y (`_output_walks`: C h is a sum over d_state), the last with the within-chunk term
+from the whole C B^T, read from `_cb_kernel`'s table.
 """
 
 from __future__ import annotations
@@ -142,12 +143,12 @@ def _state_fwd_kernel(
 
 @triton.jit
 def _scan_fwd_kernel(
-    x_ptr, b_ptr, c_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
+    x_ptr, b_ptr, c_ptr, cb_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
     walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
-    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, state_stride, heads_per_group,
+    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, state_stride, ngroups, heads_per_group, chunk_size,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, STEPS_PER_CHUNK: tl.constexpr,
-    WHOLE: tl.constexpr, STORE_STATES: tl.constexpr, ADD_Y: tl.constexpr,
+    WHOLE: tl.constexpr, STORE_STATES: tl.constexpr, ADD_Y: tl.constexpr, INTRA: tl.constexpr,
     HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (head and head_dim block, walk of layout.WalkTable): from the state entering the walk's first
@@ -156,7 +157,9 @@ def _scan_fwd_kernel(
     starts from zero (no initial states) instead of a stored chunk state, and ends by storing its final state into
     final_ptr; STORE_STATES: it stores the state entering each of its chunks into states_ptr. B, C, the states and
     the final states may be a slice of d_state (`dstate` wide, rows `state_stride` apart in the state arrays); ADD_Y:
-    y holds the output of the d_state slices before this one, which this slice's output adds to."""
+    y holds the output of the d_state slices before this one, which this slice's output adds to. INTRA: the
+    within-chunk term from this launch's C B^T (1), from the whole d_state's, read from the per-chunk table at
+    cb_ptr (2: tiles.chunk_cb, (nchunks, ngroups, chunk_size, chunk_size)), or left to another slice (0)."""
     head, group, offs_p, mask_p, walk, c0, clen = head_chunk_program(walk_start_ptr, walk_len_ptr, headdim,
                                                                       heads_per_group, BLOCK_P, 1, ALIGNED)
     chunk = tl.load(walk_chunk_ptr + walk).to(tl.int64)
@@ -195,10 +198,19 @@ def _scan_fwd_kernel(
 
         decay_in = tl.where(mask_t, exp_ftz(s_t - s_prev), 0.0)
         acc = mm(c, h.to(c.dtype), PREC) * decay_in[:, None]
-        cb = mm(c, tl.trans(b), PREC)
-        w = cb * exp_ftz(tl.minimum(s_t[:, None] - s_t[None, :], 0.0)) * dt_t[None, :]
-        w = tl.where(offs_t[None, :] <= offs_t[:, None], w, 0.0)
-        acc += mm(w.to(xt.dtype), xt, PREC)
+        if INTRA > 0:
+            if INTRA == 1:
+                cb = mm(c, tl.trans(b), PREC)
+            else:  # the step's diagonal tile of its chunk's C B^T (chunk k of the walk, rows r of that chunk)
+                k = t0 // BLOCK_T // STEPS_PER_CHUNK
+                r = offs_t - k * chunk_size
+                inside = r < tl.minimum(chunk_size, clen - k * chunk_size)
+                cb = tl.load(cb_ptr + ((chunk + k) * ngroups + group) * chunk_size * chunk_size
+                             + r[:, None] * chunk_size + r[None, :], mask=inside[:, None] & inside[None, :],
+                             other=0.0).to(tl.float32)
+            w = cb * exp_ftz(tl.minimum(s_t[:, None] - s_t[None, :], 0.0)) * dt_t[None, :]
+            w = tl.where(offs_t[None, :] <= offs_t[:, None], w, 0.0)
+            acc += mm(w.to(xt.dtype), xt, PREC)
 
         decay_out = tl.where(mask_t, exp_ftz(s_last - s_t) * dt_t, 0.0)
         xw = (xt.to(tl.float32) * decay_out[:, None]).to(b.dtype)
@@ -287,11 +299,12 @@ def ssd_forward(
     s = torch.empty(nheads, ntokens, device=dev, dtype=torch.float32)
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
-    # the output kernel per row tile reads the chunks' C B^T: formed on a second stream alongside the state pass,
-    # into a table allocated before the fork (streams.Fork)
-    cb = None if out_cfg.walk else torch.empty(table.nchunks, ngroups, chunk, chunk, device=dev,
-                                               dtype=cb_table_dtype(x.dtype))
-    fork = Fork(dev, overlap("forward") and not out_cfg.walk)
+    # the output kernel per row tile and the walks in d_state slices read the chunks' C B^T: formed on a second
+    # stream alongside the state pass, into a table allocated before the fork (streams.Fork)
+    sliced = bool(out_cfg.walk) and out_cfg.block_n < dstate
+    cb = None if out_cfg.walk and not sliced else torch.empty(table.nchunks, ngroups, chunk, chunk, device=dev,
+                                                              dtype=cb_table_dtype(x.dtype))
+    fork = Fork(dev, overlap("forward") and cb is not None)
     block_h = dt_head_block(nheads)
     _decay_fwd_kernel[(table.nchunks, triton.cdiv(nheads, block_h))](
         dt, A, dt_bias, s, dtp, table.chunk_start, table.chunk_len, dt.stride(0), dt.stride(1), ntokens, nheads,
@@ -312,8 +325,8 @@ def ssd_forward(
     y = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)
     y_pre = torch.empty_like(y) if z is not None else None
     if out_cfg.walk:
-        _output_walks(x, B, C, states, final, s, dtp, D, z, y, y_pre, walks, whole, keep_states, table, out_cfg,
-                      prec)
+        _output_walks(x, B, C, cb, states, final, s, dtp, D, z, y, y_pre, walks, whole, keep_states, table,
+                      out_cfg, prec)
     else:
         scan_tiles(x, C, cb, states, s, dtp, D, z, y, y_pre, table, prec)
     return ForwardResult(y, y_pre, final, states, s, dtp, cb)
@@ -339,27 +352,34 @@ def _output_config(x: Tensor, dstate: int, table: ChunkTable, from_zero: bool) -
     return cfg, whole(cfg)
 
 
-def _output_walks(x: Tensor, B: Tensor, C: Tensor, states: Tensor, final: Tensor, s: Tensor, dtp: Tensor,
-                  D: Optional[Tensor], z: Optional[Tensor], y: Tensor, y_pre: Optional[Tensor], walks: WalkTable,
-                  whole: bool, keep_states: bool, table: ChunkTable, cfg: KernelConfig, prec: str) -> None:
+def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states: Tensor, final: Tensor, s: Tensor,
+                  dtp: Tensor, D: Optional[Tensor], z: Optional[Tensor], y: Tensor, y_pre: Optional[Tensor],
+                  walks: WalkTable, whole: bool, keep_states: bool, table: ChunkTable, cfg: KernelConfig,
+                  prec: str) -> None:
     """Writes y (and y_pre) by the output walk over `walks` (the Gluon one where cfg.wgmma asks and it can run),
     once per d_state slice of cfg.block_n: each launch reads its slice of B, C and the chunk states (whole walks:
     stores its slice of them and of the final states), and adds its output to the y of the slices before it; the
-    last adds D x and the gate. Arguments as in ssd_forward."""
+    last adds the within-chunk term, from the whole C B^T in the table cb (tiles.chunk_cb), D x and the gate (H200,
+    8 x 8192 tokens, forward: 64 x 256 1.588 -> 1.397 ms, 128 x 256 3.134 -> 2.705 against every slice adding the
+    term of its own C B^T, which it still does without the table). Arguments as in ssd_forward."""
     ntokens, nheads, headdim = x.shape
     dstate = B.shape[2]
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), walks.count)
     gluon = cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n)
+    # the last slice reads the table's tiles where the walk's steps divide the chunk; else every slice forms its own
+    read_table = cb is not None and table.chunk_size % cfg.block_m == 0
     for n0 in range(0, dstate, cfg.block_n):
         part = (..., slice(n0, n0 + cfg.block_n))
         last = n0 + cfg.block_n >= dstate
-        args = (x, B[part], C[part], states[part], final[part], s, dtp, D, z, y, y_pre, walks.chunk, walks.start,
-                walks.length, x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-                z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0), y.stride(1),
-                ntokens, nheads, headdim, min(cfg.block_n, dstate - n0), dstate, nheads // B.shape[1])
+        args = (x, B[part], C[part], cb, states[part], final[part], s, dtp, D, z, y, y_pre, walks.chunk,
+                walks.start, walks.length, x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0),
+                C.stride(1), z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0),
+                y.stride(1), ntokens, nheads, headdim, min(cfg.block_n, dstate - n0), dstate, B.shape[1],
+                nheads // B.shape[1], table.chunk_size)
         consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
                       STEPS_PER_CHUNK=triton.cdiv(table.chunk_size, cfg.block_m), WHOLE=whole,
-                      STORE_STATES=whole and keep_states, ADD_Y=n0 > 0, HAS_D=D is not None and last,
+                      STORE_STATES=whole and keep_states, ADD_Y=n0 > 0,
+                      INTRA=(2 if last else 0) if read_table else 1, HAS_D=D is not None and last,
                       D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None and last,
                       ALIGNED=cfg.alignment(table.aligned))
         if gluon:

@@ -9,6 +9,10 @@ for each wgmma right after issuing it, benchmarks/NOTES-ssd.md):
     C B^T, C h, B^T (decay_out * x) issued at once; the masked decay of C B^T computed while the last two run;
     then W x accumulated onto decay_in * C h.
 
+A walk over a slice of d_state (forward.py's `_output_walks`) may instead read C B^T's tile from the per-chunk
+table (INTRA 2, one more shared buffer: 112 KB, still two programs per SM) or leave the W x term to another
+slice (INTRA 0: two products per step).
+
 Tiles of x, B and C are copied into shared memory one step ahead (cp.async, two buffers); y leaves through shared
 memory in 16-byte row pieces. Differences from the Triton walk, all within bf16 rounding: a D per head is added
 to the diagonal of W (so D x_i comes out of the W x product, with D rounded to the dot dtype: y differs from
@@ -30,7 +34,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .wgmma import copy_layout, copy_tile, exp_ftz, mma_layout, walk_program
+from .wgmma import barrier as _barrier, copy_layout, copy_tile, exp_ftz, mma_layout, walk_program
 
 __all__ = ["scan_fwd_wgmma"]
 
@@ -52,14 +56,29 @@ def _store_state(base, h_smem, p0, dstate, state_stride, headdim, BLOCK_N: gl.co
 
 
 @gluon.jit
+def _copy_cb_tile(smem, cb_ptr, chunk, group, ngroups, chunk_size, clen, step, BLOCK_T: gl.constexpr,
+                  STEPS_PER_CHUNK: gl.constexpr):
+    """Starts the copy of step `step`'s diagonal tile of its chunk's C B^T (chunk k of the walk from `chunk`,
+    length clen, in steps of BLOCK_T tokens, which divide chunk_size) from the per-chunk table at cb_ptr (nchunks,
+    ngroups, chunk_size, chunk_size) into smem: rows past the chunk's end (or the walk's) are 0, columns past it
+    whatever the table holds there (W masks them). A column mask at the chunk's end, which the compiler cannot
+    prove to fall on 16-byte pieces unless ALIGNED, makes cp.async fail to build (triton 3.6)."""
+    k = step // STEPS_PER_CHUNK
+    r0 = (step % STEPS_PER_CHUNK) * BLOCK_T
+    valid = gl.minimum(chunk_size, clen - k * chunk_size)
+    base = cb_ptr + ((chunk + k) * ngroups + group) * chunk_size * chunk_size + r0
+    copy_tile(smem, base, chunk_size, r0, valid, BLOCK_T, BLOCK_T, BLOCK_T)
+
+
+@gluon.jit
 def _scan_fwd_wgmma_kernel(
-    x_ptr, b_ptr, c_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
+    x_ptr, b_ptr, c_ptr, cb_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
     walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
-    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, state_stride, heads_per_group,
+    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, state_stride, ngroups, heads_per_group, chunk_size,
     BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr, STEPS_PER_CHUNK: gl.constexpr,
-    WHOLE: gl.constexpr, STORE_STATES: gl.constexpr, ADD_Y: gl.constexpr, HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr,
-    HAS_Z: gl.constexpr, ALIGNED: gl.constexpr,
+    WHOLE: gl.constexpr, STORE_STATES: gl.constexpr, ADD_Y: gl.constexpr, INTRA: gl.constexpr, HAS_D: gl.constexpr,
+    D_HAS_HDIM: gl.constexpr, HAS_Z: gl.constexpr, ALIGNED: gl.constexpr,
 ):
     dtype: gl.constexpr = x_ptr.dtype.element_ty
     mma_p: gl.constexpr = mma_layout(BLOCK_P, gl.num_warps())  # y (tokens x head_dim), h^T (d_state x head_dim)
@@ -89,6 +108,11 @@ def _scan_fwd_wgmma_kernel(
     copy_tile(c_smem.index(0), c_base, stride_c_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
     copy_tile(b_smem.index(0), b_base, stride_b_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
     copy_tile(x_smem.index(0), x_base, stride_x_t, 0, clen, headdim - p0, BLOCK_T, BLOCK_P)
+    if INTRA == 2:  # one buffer: each step's C B^T tile is copied once the step before has read its own
+        cb_dtype: gl.constexpr = cb_ptr.dtype.element_ty
+        cb_smem = gl.allocate_shared_memory(cb_dtype, [BLOCK_T, BLOCK_T],
+                                            gl.NVMMASharedLayout.get_default_for([BLOCK_T, BLOCK_T], cb_dtype))
+        _copy_cb_tile(cb_smem, cb_ptr, chunk, group, ngroups, chunk_size, clen, 0, BLOCK_T, STEPS_PER_CHUNK)
     async_copy.commit_group()
 
     # h^T (d_state x head_dim block): the state after the tokens walked so far, decayed to the last of them
@@ -140,8 +164,9 @@ def _scan_fwd_wgmma_kernel(
         b_tile = b_smem.index(buf)
         x_tile = x_smem.index(buf)
 
-        cb = warpgroup_mma(c_tile, b_tile.permute((1, 0)), gl.zeros((BLOCK_T, BLOCK_T), gl.float32, mma_t),
-                           use_acc=False, is_async=True)
+        if INTRA == 1:
+            cb = warpgroup_mma(c_tile, b_tile.permute((1, 0)), gl.zeros((BLOCK_T, BLOCK_T), gl.float32, mma_t),
+                               use_acc=False, is_async=True)
         ch = warpgroup_mma(c_tile, h_smem, gl.zeros((BLOCK_T, BLOCK_P), gl.float32, mma_p),
                            use_acc=False, is_async=True)
 
@@ -151,22 +176,33 @@ def _scan_fwd_wgmma_kernel(
         fence_async_shared()
         h_next = warpgroup_mma(b_tile.permute((1, 0)), xw_smem, h * exp_ftz(s_last - s_prev), is_async=True)
 
-        s_i = gl.convert_layout(s_r, rows_t)
-        s_j = gl.convert_layout(s_r, cols_t)
-        dt_j = gl.convert_layout(dt_r, cols_t)
-        cb = warpgroup_mma_wait(num_outstanding=2, deps=(cb,))
-        w = cb * exp_ftz(gl.minimum(s_i[:, None] - s_j[None, :], 0.0)) * dt_j[None, :]
-        w = gl.where(offs_j[None, :] <= offs_i[:, None], w, 0.0)
-        if HAS_D:
-            if not D_HAS_HDIM:  # D x_i as D on the diagonal of the scores (D rounded to the dot dtype)
-                w = gl.where(offs_j[None, :] == offs_i[:, None], w + gl.load(d_ptr + head).to(gl.float32), w)
-        w = gl.convert_layout(w.to(dtype), w_layout)
+        if INTRA > 0:
+            s_i = gl.convert_layout(s_r, rows_t)
+            s_j = gl.convert_layout(s_r, cols_t)
+            dt_j = gl.convert_layout(dt_r, cols_t)
+            if INTRA == 1:
+                cb = warpgroup_mma_wait(num_outstanding=2, deps=(cb,))
+            else:
+                cb = cb_smem.load(mma_t).to(gl.float32)
+                _barrier()  # every warp has read the tile before the next one overwrites it
+                _copy_cb_tile(cb_smem, cb_ptr, chunk, group, ngroups, chunk_size, clen, step + 1, BLOCK_T,
+                              STEPS_PER_CHUNK)
+                async_copy.commit_group()
+            w = cb * exp_ftz(gl.minimum(s_i[:, None] - s_j[None, :], 0.0)) * dt_j[None, :]
+            w = gl.where(offs_j[None, :] <= offs_i[:, None], w, 0.0)
+            if HAS_D:
+                if not D_HAS_HDIM:  # D x_i as D on the diagonal of the scores (D rounded to the dot dtype)
+                    w = gl.where(offs_j[None, :] == offs_i[:, None], w + gl.load(d_ptr + head).to(gl.float32), w)
+            w = gl.convert_layout(w.to(dtype), w_layout)
 
         ch = warpgroup_mma_wait(num_outstanding=1, deps=(ch,))
         decay_in = gl.where(mask_r, exp_ftz(s_r - s_prev), 0.0)
-        acc = warpgroup_mma(w, x_tile, ch * decay_in[:, None], is_async=True)
-
-        h = warpgroup_mma_wait(num_outstanding=1, deps=(h_next,))
+        if INTRA > 0:
+            acc = warpgroup_mma(w, x_tile, ch * decay_in[:, None], is_async=True)
+            h = warpgroup_mma_wait(num_outstanding=1, deps=(h_next,))
+        else:  # a slice without the within-chunk term (and so without D per head, which rides on W)
+            acc = ch * decay_in[:, None]
+            h = warpgroup_mma_wait(num_outstanding=0, deps=(h_next,))
         h_smem.store(h.to(dtype))
         fence_async_shared()
         chunk_end = (step + 1) % STEPS_PER_CHUNK == 0
@@ -179,7 +215,8 @@ def _scan_fwd_wgmma_kernel(
         s_r = s_r_next
         dt_r = dt_r_next
         s_last = s_last_next
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        if INTRA > 0:
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         if HAS_D:
             if D_HAS_HDIM:  # from x in registers: reading x_tile again here gave wrong values on the H200 (triton 3.6)
                 dvec = gl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(gl.float32)

@@ -23,6 +23,8 @@ __all__ = ["copy_layout", "copy_tile", "exp_ftz", "mma_layout", "walk_program", 
 # cp.async into shared memory: `async_load` after triton 3.6 (the device's version), `async_copy_global_to_shared`
 # in 3.6
 _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+# a CTA barrier: `barrier` after triton 3.6, `thread_barrier` in 3.6
+barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 _ALIGNMENT = gl.constexpr(ALIGNMENT)
 _LOG2E = gl.constexpr(1.4426950408889634)
 

@@ -229,19 +229,23 @@ def test_chunk_walking_and_row_tile_kernels_both_match_naive(make_ssd_inputs, mo
     check_scan(inputs, 128, torch.float32, grads=True)
 
 
-@pytest.mark.parametrize("initial_states", [False, True], ids=["whole_walks", "walks_from_the_state_pass"])
+@pytest.mark.parametrize("chunk_size,block_m,initial_states", [(128, 64, False), (128, 64, True), (32, 64, True)],
+                         ids=["whole_walks", "walks_from_the_state_pass", "steps_not_dividing_the_chunk"])
 @pytest.mark.parametrize("d_per_channel", [False, True], ids=["D_per_head", "D_per_channel"])
-def test_output_walk_in_d_state_slices_matches_naive(make_ssd_inputs, monkeypatch, initial_states: bool,
-                                                     d_per_channel: bool) -> None:
+def test_output_walk_in_d_state_slices_matches_naive(make_ssd_inputs, monkeypatch, chunk_size: int, block_m: int,
+                                                     initial_states: bool, d_per_channel: bool) -> None:
     """The output walk takes a d_state wider than its block_n in slices, one launch each (on Hopper, d_state 256 in
-    two slices of 128): each later slice adds its output to the y of those before, the last adds D x and the
-    gate; whole-sequence walks store every slice of the chunk states (read by the backward) and final states, walks
-    after the state pass read theirs. Here d_state 40 in slices of 16, 16 and 8 (a masked one), packed
-    sequences."""
-    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "walk=1,block_n=16" + ("" if initial_states else ",whole=1"))
+    two slices of 128): each later slice adds its output to the y of those before; the last adds the within-chunk
+    term, from the whole C B^T read from the per-chunk table where the walk's steps divide the chunk (else every
+    slice adds that of its own C B^T: the Gluon walk's copies of the table's tiles would run past a chunk shorter
+    than a step), D x and the gate. Whole-sequence walks store every slice of the chunk states
+    (read by the backward) and final states, walks after the state pass read theirs. Here d_state 40 in slices of
+    16, 16 and 8 (a masked one), packed sequences."""
+    whole = "" if initial_states else ",whole=1"
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"walk=1,block_n=16,block_m={block_m}{whole}")
     inputs = make_ssd_inputs(1, 300, 2, 32, 1, 40, torch.float32, DEVICE, seqlens=[70, 1, 229], requires_grad=True,
                              with_initial_states=initial_states, with_D=True, D_has_hdim=d_per_channel, with_z=True)
-    check_scan(inputs, 128, torch.float32, grads=True)
+    check_scan(inputs, chunk_size, torch.float32, grads=True)
 
 
 @pytest.mark.parametrize("seqlens", [None, [70, 1, 229]], ids=["full_chunks", "packed"])
