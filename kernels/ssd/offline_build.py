@@ -216,16 +216,18 @@ def scan_launches() -> list[Launch]:
     per head (the per-row-tile kernels), both with and without aligned sequences, 64 x 64 with the state passes in
     segments (segments.py), 64 x 128 with the state passes' tiles that config.fill_sms picks for few programs on
     a GPU (the CPU has no SM count), the output walks over whole sequences (config.whole_walks) at 64 x 64 and
-    128 x 128, the output walk in the d_state slices of 64 x 256 (whole and not), and the dx walk at 128 x 128 in
-    the GPU's tiles."""
+    128 x 128, the output walk in the d_state slices of 64 x 256 (whole and not, sequences aligned and not), and
+    the dx walk at 128 x 128 in the GPU's tiles."""
     with forced_config(state="segment=1", state_bwd="segment=1"):
         segmented = record_scan(64, 64, False)
     with forced_config(scan="whole=1"):
         whole = [launch for shape in ((64, 64), (128, 128))
                  for launch in record_scan(*shape, True, initial_states=False) if launch.fn is forward._scan_fwd_kernel]
-    # the output walk in d_state slices of 128 that d_state 256 takes on a GPU, after the state pass and whole
+    # the output walk in d_state slices of 128 that d_state 256 takes on a GPU, after the state pass (sequences
+    # aligned and not: the last slice's copies of C B^T tiles) and whole
     with forced_config(scan="walk=1,block_n=128,block_p=64"):
-        sliced = [launch for launch in record_scan(64, 256, False, True) if launch.fn is forward._scan_fwd_kernel]
+        sliced = [launch for aligned in (False, True) for launch in record_scan(64, 256, True, aligned)
+                  if launch.fn is forward._scan_fwd_kernel]
     with forced_config(scan="walk=1,block_n=128,block_p=64,whole=1"):
         sliced += [launch for launch in record_scan(64, 256, False, True, initial_states=False)
                    if launch.fn is forward._scan_fwd_kernel]
