@@ -23,7 +23,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import chunk_tile_pair, exp_ftz, head_chunk_program, mm
-from .config import bwd_dx_config, cb_config, cb_table_fp32, scan_config
+from .config import KernelConfig, bwd_dx_config, cb_config, cb_table_fp32, scan_config
 from .layout import ChunkTable
 from .state_products import matmul_matches_kernels, state_products
 
@@ -230,6 +230,13 @@ def chunk_cb(B: Tensor, C: Tensor, table: ChunkTable, prec: str, out: Optional[T
     return cb
 
 
+def _state_products(cfg: KernelConfig, rows: Tensor, states: Tensor, table: ChunkTable) -> Optional[Tensor]:
+    """state_products.state_products(rows, states, table) where the row-tile kernel's config asks for it (gemm) and
+    the matmul is as exact as the kernels' own product (matmul_matches_kernels; rows has the inputs' dtype), else
+    None: the kernel forms its state term itself."""
+    return state_products(rows, states, table) if cfg.gemm and matmul_matches_kernels(rows) else None
+
+
 def scan_tiles(x: Tensor, C: Tensor, cb: Tensor, states: Tensor, s: Tensor, dtp: Tensor, D: Optional[Tensor],
                z: Optional[Tensor], y: Tensor, y_pre: Optional[Tensor], table: ChunkTable, prec: str) -> None:
     """Writes y (and y_pre) by `_scan_tiles_kernel`; arguments as in forward.ssd_forward."""
@@ -237,7 +244,7 @@ def scan_tiles(x: Tensor, C: Tensor, cb: Tensor, states: Tensor, s: Tensor, dtp:
     ngroups, dstate = C.shape[1:]
     chunk = table.chunk_size
     cfg = scan_config(headdim, dstate, chunk)
-    products = state_products(C, states, table) if cfg.gemm and matmul_matches_kernels(x) else None
+    products = _state_products(cfg, C, states, table)
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
     _scan_tiles_kernel[grid](
         x, C, cb, states, products, s, dtp, D, z, y, y_pre, table.chunk_start, table.chunk_len,
@@ -258,7 +265,7 @@ def dx_tiles(x: Tensor, dy: Tensor, B: Tensor, cb: Tensor, dstates: Tensor, s: T
     ngroups, dstate = B.shape[1:]
     chunk = table.chunk_size
     cfg = bwd_dx_config(headdim, dstate, chunk)
-    products = state_products(B, dstates, table) if cfg.gemm and matmul_matches_kernels(x) else None
+    products = _state_products(cfg, B, dstates, table)
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
     _dx_tiles_kernel[grid](
         x, dy, B, cb, dstates, products, s, dtp, D, dx, ddtp, dD, table.chunk_start,
