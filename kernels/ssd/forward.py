@@ -300,11 +300,12 @@ def ssd_forward(
     s = torch.empty(nheads, ntokens, device=dev, dtype=torch.float32)
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
-    # the output kernel per row tile and the walks in d_state slices read the chunks' C B^T: formed on a second
-    # stream alongside the state pass, into a table allocated before the fork (streams.Fork)
-    sliced = bool(out_cfg.walk) and out_cfg.block_n < dstate
-    cb = None if out_cfg.walk and not sliced else torch.empty(table.nchunks, ngroups, chunk, chunk, device=dev,
-                                                              dtype=cb_table_dtype(x.dtype))
+    # the output kernel per row tile reads the chunks' C B^T, and so does the last of the walks in d_state slices
+    # where their steps divide the chunk (else every slice forms its own): formed on a second stream alongside the
+    # state pass, into a table allocated before the fork (streams.Fork)
+    reads_cb = not out_cfg.walk or (out_cfg.block_n < dstate and chunk % out_cfg.block_m == 0)
+    cb = (torch.empty(table.nchunks, ngroups, chunk, chunk, device=dev, dtype=cb_table_dtype(x.dtype)) if reads_cb
+          else None)
     fork = Fork(dev, overlap("forward") and cb is not None)
     block_h = dt_head_block(nheads)
     _decay_fwd_kernel[(table.nchunks, triton.cdiv(nheads, block_h))](
@@ -360,15 +361,13 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
     """Writes y (and y_pre) by the output walk over `walks` (the Gluon one where cfg.wgmma asks and it can run),
     once per d_state slice of cfg.block_n: each launch reads its slice of B, C and the chunk states (whole walks:
     stores its slice of them and of the final states), and adds its output to the y of the slices before it; the
-    last adds the within-chunk term, from the whole C B^T in the table cb (tiles.chunk_cb), D x and the gate (H200,
-    8 x 8192 tokens, forward: 64 x 256 1.588 -> 1.397 ms, 128 x 256 3.134 -> 2.705 against every slice adding the
-    term of its own C B^T, which it still does without the table). Arguments as in ssd_forward."""
+    last adds the within-chunk term, from the whole C B^T in the table cb (tiles.chunk_cb; None: every slice adds
+    that of its own C B^T), D x and the gate (H200, 8 x 8192 tokens, forward: 64 x 256 1.588 -> 1.397 ms, 128 x 256
+    3.134 -> 2.705 against every slice adding its own). Arguments as in ssd_forward."""
     ntokens, nheads, headdim = x.shape
     dstate = B.shape[2]
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), walks.count)
     gluon = cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n)
-    # the last slice reads the table's tiles where the walk's steps divide the chunk; else every slice forms its own
-    read_table = cb is not None and table.chunk_size % cfg.block_m == 0
     for n0 in range(0, dstate, cfg.block_n):
         part = (..., slice(n0, n0 + cfg.block_n))
         last = n0 + cfg.block_n >= dstate
@@ -380,7 +379,7 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
         consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
                       STEPS_PER_CHUNK=triton.cdiv(table.chunk_size, cfg.block_m), WHOLE=whole,
                       STORE_STATES=whole and keep_states, ADD_Y=n0 > 0,
-                      INTRA=(2 if last else 0) if read_table else 1, HAS_D=D is not None and last,
+                      INTRA=(2 if last else 0) if cb is not None else 1, HAS_D=D is not None and last,
                       D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None and last,
                       ALIGNED=cfg.alignment(table.aligned))
         if gluon:
