@@ -8,7 +8,7 @@ two are padded up to the next one inside a tile and masked. `KernelConfig` holds
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Optional
 
 import triton
 
@@ -16,7 +16,7 @@ from ..overrides import env_overrides
 
 __all__ = ["KernelConfig", "pow2", "dt_head_block", "state_config", "state_bwd_config", "scan_config", "cb_config",
            "bwd_dx_config", "bwd_dcb_config", "bwd_dbc_config", "MIN_CHUNK", "SEGMENT_CHUNKS", "auto_segment",
-           "fill_sms", "walk_span", "whole_walks"]
+           "fill_sms", "scan_wide_config", "walk_reads_cb", "walk_span", "whole_walks", "WIDE_WALK_FILL"]
 
 MIN_CHUNK = 16
 
@@ -54,6 +54,9 @@ class KernelConfig:
     state itself, so that the forward runs no state pass (calls without initial states only: the Gluon walk
     loading them gave wrong outputs at 128 x 128 on the H200, not understood); 0 never; -1 lets `whole_walks`
     choose per call.
+    table (output walk): 1 takes the within-chunk term from the per-chunk C B^T table (tiles.chunk_cb) in the
+    walk's last d_state slice, and the other slices leave it out; 0 has every slice form its own C B^T; -1 lets
+    `walk_reads_cb` choose per call.
     heads (state passes): 2 makes a tile the whole head_dim of two heads of one group (block_p = 2 x head_dim, a
     power of two), so that one program's B (C) tile serves both; 1 a block of one head's head_dim.
     split (dB/dC kernel): 1 computes dC and dB in separate programs (two launches), each of which reads one of
@@ -80,14 +83,15 @@ class KernelConfig:
     whole: int = -1
     split: int = 0
     gemm: int = 0
+    table: int = -1
 
     def alignment(self, table_aligned: bool) -> bool:
         """The ALIGNED constexpr of a launch over a chunk table whose `aligned` is table_aligned."""
         return table_aligned and bool(self.aligned)
 
     def register_cap(self) -> dict[str, int]:
-        """{"maxnreg": maxnreg} when a cap is set, else {}: the launch option of the Gluon walks, whose warps are
-        fixed."""
+        """{"maxnreg": maxnreg} when a cap is set, else {}: with num_warps, the launch options of the Gluon
+        walks."""
         return {"maxnreg": self.maxnreg} if self.maxnreg else {}
 
     def launch_options(self) -> dict[str, int]:
@@ -322,6 +326,34 @@ def scan_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False)
                                 walk_slice=128 if wgmma and _overrides("scan").get("wgmma", 1) else 0)
 
 
+def scan_wide_config(headdim: int, dstate: int, chunk_size: int) -> Optional[KernelConfig]:
+    """The Gluon output walk over the whole of a d_state of 256 in one launch: 8 warps as two warpgroups, each
+    carrying half of a 64-column head_dim block's state (64 registers per thread for it; 219-248 registers, no
+    spills, 188-196 KB of shared memory, so one program per SM: triton 3.6, sm_90); None where it does not apply
+    (d_state tiles other than 256, head_dim blocks under 64, steps other than 64 tokens). Where whole-sequence walks
+    in slices of 128 would be fewer than the SMs, it runs the whole walks (forward._output_config; H200, 2 x 32768
+    tokens, 64 x 256 forward: 2.047 ms for the state pass and the row tiles, 1.446 for its whole walks). Elsewhere
+    it loses: to the slices with two programs per SM (8 x 8192: 1.398 against 1.452; 128 x 256 at 2 x 32768:
+    2.698 against 2.825) and to the row tiles after a state pass (2.047 against 2.236)."""
+    cfg = scan_config(headdim, dstate, chunk_size, wgmma=True)
+    if pow2(dstate) != 256 or not cfg.walk or cfg.block_m != 64 or cfg.block_p != 64:
+        return None
+    return replace(cfg, **{"block_n": 256, "num_warps": 8, **_overrides("scan")})
+
+
+def walk_reads_cb(cfg: KernelConfig, dstate: int, chunk_size: int) -> bool:
+    """Whether the output walk (cfg) takes its within-chunk term from the per-chunk C B^T table: cfg.table when 0
+    or 1; else where steps of cfg.block_m divide the chunk (the Gluon walk copies one step's tile of the table at a
+    time) and the walk runs in d_state slices (H200, 8 x 8192 tokens, forward: 64 x 256 1.588 -> 1.397 ms,
+    128 x 256 3.134 -> 2.705 against every slice forming its own) or over a d_state tile wider than 128 (the
+    two-warpgroup walk, scan_wide_config: 64 x 256 at 2 x 32768 1.550 -> 1.446)."""
+    if cfg.table == 1 and chunk_size % cfg.block_m:
+        raise ValueError(f"ARCHSPEC_SSD_SCAN: table=1 needs block_m={cfg.block_m} to divide chunk_size={chunk_size}")
+    if cfg.table >= 0:
+        return bool(cfg.table)
+    return chunk_size % cfg.block_m == 0 and (cfg.block_n < dstate or cfg.block_n > 128)
+
+
 WALK_TOKENS = 1024
 
 
@@ -345,11 +377,17 @@ def walk_span(cfg: KernelConfig, chunk_size: int, programs: Callable[[int], int]
     return span
 
 
-def whole_walks(cfg: KernelConfig, chunk_size: int, programs: int, sm_count: int) -> bool:
+WIDE_WALK_FILL = 0.75
+
+
+def whole_walks(cfg: KernelConfig, chunk_size: int, programs: int, sm_count: int, fill: float = 1.0) -> bool:
     """Whether the output walk (cfg) runs each whole sequence in one program and stores the chunk states itself,
     in place of the forward's state pass: cfg.whole when it is 0 or 1; else when no span is set, steps of
     cfg.block_m tokens divide the chunk, and the walk's `programs` (sequences x heads x head_dim blocks) are at
-    least the sm_count SMs (never when the SM count is unknown, 0). A walk computes every chunk's state on its
+    least `fill` times the sm_count SMs (never when the SM count is unknown, 0). WIDE_WALK_FILL is the fill of the
+    two-warpgroup walk (scan_wide_config), one program per SM: at 128 programs on 132 SMs it ran the 64 x 256
+    forward in 1.446 ms against 2.047 for the state pass and row tiles, so with fewer programs, each as much longer,
+    it would still win down to ~90 (not measured below 128). A walk computes every chunk's state on its
     way anyway; the state pass only let shorter walks start mid-sequence. H200, 64 heads, chunk 256, forward-only
     kernel ms, walks of 4 chunks / whole sequences, and the state pass they need: 128 x 128 at 8 x 8192 (1,024
     programs) 1.413 / 1.399 + 0.586; at 2 x 32768 (256) 1.412 / 1.399 + 0.587; at 32 x 2048 1.411 / 1.391 +
@@ -359,7 +397,7 @@ def whole_walks(cfg: KernelConfig, chunk_size: int, programs: int, sm_count: int
         raise ValueError(f"ARCHSPEC_SSD_SCAN: whole=1 needs block_m={cfg.block_m} to divide chunk_size={chunk_size}")
     if cfg.whole >= 0:
         return bool(cfg.whole)
-    return not cfg.span and chunk_size % cfg.block_m == 0 and sm_count > 0 and programs >= sm_count
+    return not cfg.span and chunk_size % cfg.block_m == 0 and sm_count > 0 and programs >= fill * sm_count
 
 
 def bwd_dx_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False) -> KernelConfig:

@@ -20,7 +20,8 @@ states, step 2 does not run: the walks cover whole sequences from zero and store
 and the final states themselves, since they compute every chunk's state on their way anyway. There, on Hopper, a
 d_state too wide for the Gluon walk's state tile (256) walks in slices of 128, one launch each, the later adding
 their output to the earlier's y (`_output_walks`: C h is a sum over d_state), the last with the within-chunk term
-from the whole C B^T, read from `_cb_kernel`'s table.
+from the whole C B^T, read from `_cb_kernel`'s table; where those walks would be fewer than the SMs, the Gluon walk
+takes the whole d_state in one launch of two warpgroups (config.scan_wide_config), reading the same table.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from torch import Tensor
 
 from .common import (dot_precision, dt_head_rows, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
                      raw_dt_rows, state_tile, step_factors, step_log_decays, step_tokens, tile_heads)
-from .config import KernelConfig, dt_head_block, overlap, pow2, scan_config, state_config, whole_walks
+from .config import (WIDE_WALK_FILL, KernelConfig, dt_head_block, overlap, pow2, scan_config, scan_wide_config,
+                     state_config, walk_reads_cb, whole_walks)
 from .layout import ChunkTable, WalkTable
 from .segments import carry_forward, chunk_walks, sm_count, state_walk
 from .streams import Fork
@@ -300,10 +302,9 @@ def ssd_forward(
     s = torch.empty(nheads, ntokens, device=dev, dtype=torch.float32)
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
-    # the output kernel per row tile reads the chunks' C B^T, and so does the last of the walks in d_state slices
-    # where their steps divide the chunk (else every slice forms its own): formed on a second stream alongside the
-    # state pass, into a table allocated before the fork (streams.Fork)
-    reads_cb = not out_cfg.walk or (out_cfg.block_n < dstate and chunk % out_cfg.block_m == 0)
+    # the output kernel per row tile reads the chunks' C B^T, and so may the walk (config.walk_reads_cb): formed on
+    # a second stream alongside the state pass, into a table allocated before the fork (streams.Fork)
+    reads_cb = not out_cfg.walk or walk_reads_cb(out_cfg, dstate, chunk)
     cb = (torch.empty(table.nchunks, ngroups, chunk, chunk, device=dev, dtype=cb_table_dtype(x.dtype)) if reads_cb
           else None)
     fork = Fork(dev, overlap("forward") and cb is not None)
@@ -339,17 +340,21 @@ def _output_config(x: Tensor, dstate: int, table: ChunkTable, from_zero: bool) -
     (config.whole_walks; only for sequences that start from zero). A d_state wider than the Gluon walk's tile walks
     in slices only in whole walks: after a state pass the slices' walks cost more than the row-tile kernel (H200,
     2 x 32768 tokens, 64 x 256 forward 2.05 -> 2.40 ms), and so do whole walks of fewer programs than SMs (there
-    2.06 -> 2.25 ms)."""
+    2.08 -> 1.99, but 6.53 -> 6.90 ms forward+backward). There the two-warpgroup walk (config.scan_wide_config)
+    runs the whole walks instead, where they are at least WIDE_WALK_FILL of the SMs (2.05 -> 1.45 ms)."""
     nheads, headdim = x.shape[1:]
     chunk = table.chunk_size
     gluon = scan_fwd_wgmma is not None and wgmma_supported(x, min(chunk, 64), min(pow2(dstate), 128))
 
-    def whole(cfg: KernelConfig) -> bool:
+    def whole(cfg: KernelConfig, fill: float = 1.0) -> bool:
         programs = nheads * triton.cdiv(headdim, cfg.block_p) * table.nseqs
-        return bool(cfg.walk) and from_zero and whole_walks(cfg, chunk, programs, sm_count(x.device))
+        return bool(cfg.walk) and from_zero and whole_walks(cfg, chunk, programs, sm_count(x.device), fill)
 
     cfg = scan_config(headdim, dstate, chunk, wgmma=gluon)
     if gluon and cfg.walk and cfg.block_n < dstate and not whole(cfg):
+        wide = scan_wide_config(headdim, dstate, chunk)
+        if wide is not None and whole(wide, WIDE_WALK_FILL):
+            return wide, True
         cfg = scan_config(headdim, dstate, chunk)
     return cfg, whole(cfg)
 
@@ -367,7 +372,7 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
     ntokens, nheads, headdim = x.shape
     dstate = B.shape[2]
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), walks.count)
-    gluon = cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n)
+    gluon = cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n, cfg.num_warps)
     for n0 in range(0, dstate, cfg.block_n):
         part = (..., slice(n0, n0 + cfg.block_n))
         last = n0 + cfg.block_n >= dstate
@@ -383,7 +388,7 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
                       D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None and last,
                       ALIGNED=cfg.alignment(table.aligned))
         if gluon:
-            scan_fwd_wgmma(grid, args, consts, cfg.register_cap())
+            scan_fwd_wgmma(grid, args, consts, cfg.num_warps, cfg.register_cap())
         else:
             _scan_fwd_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
 

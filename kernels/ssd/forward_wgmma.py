@@ -13,12 +13,16 @@ A walk over a slice of d_state (forward.py's `_output_walks`) may instead read C
 table (INTRA 2, one more shared buffer: 112 KB, still two programs per SM) or leave the W x term to another
 slice (INTRA 0: two products per step).
 
+In 4 warps (one warpgroup) the state tile is 64 or 128 d_state rows; in 8 warps (two warpgroups, wgmma.mma_layout)
+each warpgroup takes half of every product's columns, so half of the head_dim block, and the state tile may be
+the whole d_state of 256 (192-200 KB of shared memory: one program per SM).
+
 Tiles of x, B and C are copied into shared memory one step ahead (cp.async, two buffers); y leaves through shared
 memory in 16-byte row pieces. Differences from the Triton walk, all within bf16 rounding: a D per head is added
 to the diagonal of W (so D x_i comes out of the W x product, with D rounded to the dot dtype: y differs from
 mamba_ssm by ~2.7e-3 instead of ~1e-3, relative), with z the gate multiplies y after its rounding to the output
 dtype, and a later d_state slice (ADD_Y) adds the earlier slices' y to its own after that rounding. For bf16 /
-fp16 inputs on sm_90 with the walk's tile sizes (d_state tiles of 64 or 128); forward.py runs the Triton kernel
+fp16 inputs on sm_90 with the walk's tile sizes (wgmma.wgmma_tiles); forward.py runs the Triton kernel
 everywhere else, and the CPU interpreter cannot run Gluon, so the tests compare the two on a GPU
 (tests/kernels/test_ssd_wgmma.py).
 """
@@ -248,8 +252,9 @@ def _scan_fwd_wgmma_kernel(
                  gl.convert_layout(h, out_layout), mask=(offs_fn[:, None] < dstate) & (offs_fp < headdim)[None, :])
 
 
-def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, options: dict[str, int]) -> None:
-    """Launches the Gluon output walk, one warpgroup per program, on `_scan_fwd_kernel`'s arguments and
-    constexprs (its PREC left out: the products take the inputs' 16-bit dtype); options: KernelConfig.register_cap()."""
-    _scan_fwd_wgmma_kernel[grid](*args, **consts, num_warps=4, **options)
+def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, num_warps: int, options: dict[str, int]) -> None:
+    """Launches the Gluon output walk in num_warps (4: one warpgroup; 8: two, each with half the head_dim block) on
+    `_scan_fwd_kernel`'s arguments and constexprs (its PREC left out: the products take the inputs' 16-bit dtype);
+    options: KernelConfig.register_cap()."""
+    _scan_fwd_wgmma_kernel[grid](*args, **consts, num_warps=num_warps, **options)
 

@@ -216,8 +216,8 @@ def scan_launches() -> list[Launch]:
     per head (the per-row-tile kernels), both with and without aligned sequences, 64 x 64 with the state passes in
     segments (segments.py), 64 x 128 with the state passes' tiles that config.fill_sms picks for few programs on
     a GPU (the CPU has no SM count), the output walks over whole sequences (config.whole_walks) at 64 x 64 and
-    128 x 128, the output walk in the d_state slices of 64 x 256 (whole and not, sequences aligned and not), and
-    the dx walk at 128 x 128 in the GPU's tiles."""
+    128 x 128, the output walk in the d_state slices of 64 x 256 (whole and not, sequences aligned and not) and
+    over its whole d_state in two warpgroups (whole), and the dx walk at 128 x 128 in the GPU's tiles."""
     with forced_config(state="segment=1", state_bwd="segment=1"):
         segmented = record_scan(64, 64, False)
     with forced_config(scan="whole=1"):
@@ -230,6 +230,11 @@ def scan_launches() -> list[Launch]:
                   if launch.fn is forward._scan_fwd_kernel]
     with forced_config(scan="walk=1,block_n=128,block_p=64,whole=1"):
         sliced += [launch for launch in record_scan(64, 256, False, True, initial_states=False)
+                   if launch.fn is forward._scan_fwd_kernel]
+    # the whole walks of d_state 256 in two warpgroups (config.scan_wide_config), sequences aligned and not
+    with forced_config(scan="walk=1,block_n=256,block_p=64,num_warps=8,whole=1"):
+        sliced += [launch for aligned in (False, True)
+                   for launch in record_scan(64, 256, not aligned, aligned, initial_states=False)
                    if launch.fn is forward._scan_fwd_kernel]
     # the Gluon dx walk with the d_state tiles of 128 it takes on a GPU (the CPU's config picks the row-tile kernel)
     gpu_dx = bwd_dx_config(128, 128, 256, wgmma=True)
@@ -245,10 +250,14 @@ def scan_launches() -> list[Launch]:
     return list(distinct.values())
 
 
+def _warps(launch: Launch) -> int:
+    return launch.options.get("num_warps", 4)
+
+
 def gluon_twin(launch: Launch) -> Optional[tuple[JITFunction, dict[str, Any]]]:
     """The Gluon walk that runs instead of launch's Triton walk on Hopper, with its arguments; None if none does."""
     twin = _GLUON_TWINS.get(launch.fn)
-    if twin is None or not wgmma_tiles(launch.args["BLOCK_T"], launch.args["BLOCK_N"]):
+    if twin is None or not wgmma_tiles(launch.args["BLOCK_T"], launch.args["BLOCK_N"], _warps(launch)):
         return None
     return twin, {p.name: launch.args[p.name] for p in twin.params}
 
@@ -258,7 +267,7 @@ def _builds() -> Iterator[tuple[JITFunction, dict[str, Any], dict[str, int]]]:
         yield launch.fn, launch.args, launch.options
         twin = gluon_twin(launch)
         if twin is not None:
-            yield twin[0], twin[1], dict(num_warps=4)
+            yield twin[0], twin[1], dict(num_warps=_warps(launch))
 
 
 def main() -> int:

@@ -31,8 +31,11 @@ _LOG2E = gl.constexpr(1.4426950408889634)
 
 @constexpr_function
 def mma_layout(n, num_warps):
-    """Accumulator layout of a wgmma whose output has n columns (64 rows per warpgroup)."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
+    """Accumulator layout of a wgmma whose output has n columns: 4 warps (one warpgroup) take all n columns in
+    steps of 64 rows; 8 warps split the columns between two warpgroups (each n / 2 of them, all rows), so that
+    outputs of 64 rows (a token tile) still take both."""
+    groups = num_warps // 4
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, groups], instr_shape=[16, n // groups, 16])
 
 
 @constexpr_function
@@ -81,14 +84,15 @@ def walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim, heads_per_gro
     return head, p0, group, chunk, c0, clen, head * ntokens + c0
 
 
-def wgmma_tiles(block_t: int, block_n: int) -> bool:
-    """Whether a Gluon walk has the tiles it runs with: 64-token steps and d_state tiles of 64 or 128 (the state
-    products need 64 rows per warpgroup)."""
-    return block_t == 64 and block_n in (64, 128)
+def wgmma_tiles(block_t: int, block_n: int, num_warps: int = 4) -> bool:
+    """Whether a Gluon walk has the tiles it runs with: 64-token steps and, in one warpgroup (4 warps), d_state
+    tiles of 64 or 128 (the state products need 64 rows per warpgroup); in two (8 warps, each with half the
+    head_dim block), d_state tiles of 256."""
+    return block_t == 64 and block_n in ((64, 128) if num_warps == 4 else (256,) if num_warps == 8 else ())
 
 
-def wgmma_supported(x: torch.Tensor, block_t: int, block_n: int) -> bool:
+def wgmma_supported(x: torch.Tensor, block_t: int, block_n: int, num_warps: int = 4) -> bool:
     """Whether a Gluon walk can run: `wgmma_tiles`, bf16 / fp16 x on an sm_90 GPU, not under the Triton
     interpreter."""
-    return (wgmma_tiles(block_t, block_n) and os.environ.get("TRITON_INTERPRET") != "1" and x.is_cuda
+    return (wgmma_tiles(block_t, block_n, num_warps) and os.environ.get("TRITON_INTERPRET") != "1" and x.is_cuda
             and x.dtype in (torch.bfloat16, torch.float16) and torch.cuda.get_device_capability(x.device) == (9, 0))

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from archspec.kernels.ssd import forward
-from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config, bwd_dcb_config,
-                                         bwd_dx_config, dt_head_block, fill_sms, overlap, scan_config,
-                                         state_bwd_config, state_config, walk_span, whole_walks)
+from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, WIDE_WALK_FILL, KernelConfig, auto_segment, bwd_dbc_config,
+                                         bwd_dcb_config, bwd_dx_config, dt_head_block, fill_sms, overlap, scan_config,
+                                         scan_wide_config, state_bwd_config, state_config, walk_reads_cb, walk_span,
+                                         whole_walks)
 from archspec.kernels.ssd.layout import build_chunk_table
-from archspec.kernels.ssd.wgmma import wgmma_supported
+from archspec.kernels.ssd.wgmma import wgmma_supported, wgmma_tiles
 
 
 def test_output_kernel_walks_the_chunk_up_to_d_state_128_and_tiles_it_beyond() -> None:
@@ -303,15 +304,62 @@ def test_dcb_prefetches_two_heads_ahead_and_every_kernel_takes_the_tables_alignm
     assert bwd_dx_config(64, 64, 256, wgmma=True).aligned == 1
 
 
-@pytest.mark.parametrize("batch,seqlen,from_zero,sliced", [(8, 8192, True, True), (2, 32768, True, False),
-                                                           (8, 8192, False, False)])
-def test_d_state_256_walks_in_slices_only_as_whole_sequence_walks(monkeypatch, batch: int, seqlen: int,
-                                                                   from_zero: bool, sliced: bool) -> None:
+@pytest.mark.parametrize("batch,seqlen,headdim,from_zero,walk", [
+    (8, 8192, 64, True, "slices"), (2, 32768, 128, True, "slices"), (2, 32768, 64, True, "two_warpgroups"),
+    (1, 65536, 64, True, "tiles"), (8, 8192, 64, False, "tiles"), (2, 32768, 64, False, "tiles")])
+def test_d_state_256_walks_in_slices_or_two_warpgroups_only_as_whole_sequence_walks(
+        monkeypatch, batch: int, seqlen: int, headdim: int, from_zero: bool, walk: str) -> None:
     """Where the Gluon walk can run, d_state 256 walks in two slices of 128 if the walks cover whole sequences
-    (enough of them to fill the GPU, none from initial states); otherwise the row-tile kernel runs."""
+    (enough of them to fill the GPU, none from initial states); where those would be fewer than the SMs but at
+    least WIDE_WALK_FILL of them (64 heads x 2 sequences on 132 SMs), the whole d_state in one walk of two
+    warpgroups; otherwise (64 programs; initial states) the row-tile kernel runs. The walks read the C B^T table."""
     monkeypatch.setattr(forward, "wgmma_supported", lambda *args: True)
     monkeypatch.setattr(forward, "sm_count", lambda device: 132)
-    x = torch.zeros(batch * seqlen, 64, 64, dtype=torch.bfloat16)
+    x = torch.zeros(batch * seqlen, 64, headdim, dtype=torch.bfloat16)
     table = build_chunk_table(batch, seqlen, 256, None, x.device)
     cfg, whole = forward._output_config(x, 256, table, from_zero)
-    assert (cfg.walk, cfg.block_n, whole) == ((1, 128, True) if sliced else (0, 64, False))
+    expected = {"slices": (1, 128, 4, True), "two_warpgroups": (1, 256, 8, True),
+                "tiles": (0, 64 if headdim == 64 else 128, 4 if headdim == 64 else 8, False)}[walk]
+    assert (cfg.walk, cfg.block_n, cfg.num_warps, whole) == expected
+    if cfg.walk:
+        assert cfg.block_p == 64 and walk_reads_cb(cfg, 256, 256)
+
+
+def test_two_warpgroup_walk_config_only_for_d_state_256_in_64_column_head_dim_blocks(monkeypatch) -> None:
+    wide = scan_wide_config(128, 256, 256)
+    assert (wide.walk, wide.wgmma, wide.block_m, wide.block_p, wide.block_n, wide.num_warps) == (1, 1, 64, 64, 256, 8)
+    assert scan_wide_config(64, 200, 256).block_n == 256
+    assert scan_wide_config(64, 128, 256) is None
+    assert scan_wide_config(32, 256, 256) is None, "head_dim blocks of 32"
+    assert scan_wide_config(64, 256, 32) is None, "32-token steps"
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "maxnreg=240,block_n=128")
+    assert (scan_wide_config(64, 256, 256).maxnreg, scan_wide_config(64, 256, 256).block_n) == (240, 128)
+
+
+def test_whole_walks_of_the_two_warpgroup_walk_need_only_a_fill_of_the_sms() -> None:
+    cfg = scan_wide_config(64, 256, 256)
+    assert whole_walks(cfg, 256, programs=128, sm_count=132, fill=WIDE_WALK_FILL)
+    assert whole_walks(cfg, 256, programs=99, sm_count=132, fill=WIDE_WALK_FILL)
+    assert not whole_walks(cfg, 256, programs=98, sm_count=132, fill=WIDE_WALK_FILL)
+    assert not whole_walks(cfg, 256, programs=128, sm_count=132)
+
+
+def test_output_walk_reads_the_cb_table_in_d_state_slices_and_tiles_over_128_where_its_steps_divide_the_chunk(
+        monkeypatch) -> None:
+    """ARCHSPEC_SSD_SCAN table=0 / table=1 decide; table=1 where the steps cannot divide the chunk is an error."""
+    walk = scan_config(64, 128, 256)
+    assert not walk_reads_cb(walk, 128, 256), "one slice of at most 128 forms its own C B^T"
+    assert walk_reads_cb(walk, 256, 256), "slices of 128"
+    assert walk_reads_cb(scan_wide_config(64, 256, 256), 256, 256), "one tile of 256"
+    assert not walk_reads_cb(walk, 256, 96), "64-token steps and 32 left"
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "table=1")
+    assert walk_reads_cb(scan_config(64, 128, 256), 128, 256)
+    with pytest.raises(ValueError, match="table=1 needs block_m=64 to divide chunk_size=96"):
+        walk_reads_cb(scan_config(64, 128, 96), 128, 96)
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "table=0")
+    assert not walk_reads_cb(scan_config(64, 128, 256), 256, 256)
+
+
+def test_gluon_walk_tiles_are_64_or_128_d_state_rows_in_one_warpgroup_and_256_in_two() -> None:
+    assert wgmma_tiles(64, 64) and wgmma_tiles(64, 128) and wgmma_tiles(64, 256, num_warps=8)
+    assert not wgmma_tiles(64, 256) and not wgmma_tiles(64, 128, num_warps=8) and not wgmma_tiles(32, 256, 8)

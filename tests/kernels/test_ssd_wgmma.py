@@ -171,3 +171,30 @@ def test_gluon_whole_sequence_walk_matches_triton_and_reference(make_ssd_inputs,
         assert rel_err(got, want) < 1.5 * rel_err(triton_, want) + 1e-3, name
         assert rel_err(got, triton_) < 1e-2, name
     _check_gluon_gradients(monkeypatch, inputs, chunk_size, "SCAN", "walk=1,whole=1", "walk=1,wgmma=0,whole=1", ())
+
+
+TWO_WARPGROUPS = "walk=1,block_n=256,block_p=64,num_warps=8"
+
+
+@pytest.mark.parametrize("headdim", [64, 128, 96])
+@pytest.mark.parametrize("chunk_size,span,whole", [(64, 3, 0), (256, 1, 0), (256, 4, 0), (64, 0, 1), (256, 0, 1)])
+def test_gluon_walk_of_d_state_256_in_two_warpgroups_matches_reference(make_ssd_inputs, monkeypatch, headdim: int,
+                                                                       chunk_size: int, span: int, whole: int) -> None:
+    """8 warps walk the whole d_state of 256 in one launch, each warpgroup with half the head_dim block: after the
+    state pass (with initial states) in walks of one chunk and of several, and as whole-sequence walks that store
+    the chunk states (gradients through them) and the final states; packed sequences as above."""
+    inputs = make_ssd_inputs(1, 900, 4, headdim, 2, 256, torch.bfloat16, "cuda", seqlens=[70, 1, 600, 229],
+                             with_D=True, D_has_hdim=True, with_z=True, with_dt_bias=True, dt_softplus=True,
+                             with_initial_states=not whole)
+    assert wgmma_supported(inputs["x"], 64, 256, 8) and not wgmma_supported(inputs["x"], 64, 256)
+    y_gluon, final_gluon = _forward(monkeypatch, inputs, chunk_size, 1, span, whole, more="," + TWO_WARPGROUPS)
+    y_triton, final_triton = _forward(monkeypatch, inputs, chunk_size, 0, span)
+    ref = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+    y_ref, final_ref = ssd_naive(chunk_size=chunk_size, return_final_states=True, **ref)
+    for name, got, triton_, want in (("y", y_gluon, y_triton, y_ref), ("final", final_gluon, final_triton, final_ref)):
+        assert torch.isfinite(got).all(), name
+        assert rel_err(got, want) < 1.5e-2, f"{name}: {rel_err(got, want):.2e}"
+        assert rel_err(got, want) < 1.5 * rel_err(triton_, want) + 1e-3, name
+        assert rel_err(got, triton_) < 1e-2, name
+    if whole:
+        _check_gluon_gradients(monkeypatch, inputs, chunk_size, "SCAN", f"{TWO_WARPGROUPS},whole=1", "wgmma=0", ())

@@ -248,6 +248,21 @@ def test_output_walk_in_d_state_slices_matches_naive(make_ssd_inputs, monkeypatc
     check_scan(inputs, chunk_size, torch.float32, grads=True)
 
 
+@pytest.mark.parametrize("scan", ["walk=1,block_n=64,table=1", "walk=1,block_n=16,table=0"],
+                         ids=["one_tile_reading_the_table", "slices_forming_their_own"])
+@pytest.mark.parametrize("initial_states", [False, True], ids=["whole_walks", "walks_from_the_state_pass"])
+def test_output_walk_takes_the_within_chunk_term_from_the_cb_table_or_forms_it(make_ssd_inputs, monkeypatch,
+                                                                              scan: str, initial_states: bool) -> None:
+    """table=1: a walk over the whole d_state in one tile (as the two-warpgroup Gluon walk takes d_state 256) adds
+    the within-chunk term from the per-chunk C B^T table; table=0: every d_state slice forms its own C B^T and adds
+    its own term. Here d_state 40, packed sequences, D per channel and z."""
+    whole = "" if initial_states else ",whole=1"
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"{scan},block_m=64{whole}")
+    inputs = make_ssd_inputs(1, 300, 2, 32, 1, 40, torch.float32, DEVICE, seqlens=[70, 1, 229], requires_grad=True,
+                             with_initial_states=initial_states, with_D=True, D_has_hdim=True, with_z=True)
+    check_scan(inputs, 128, torch.float32, grads=True)
+
+
 @pytest.mark.parametrize("seqlens", [None, [70, 1, 229]], ids=["full_chunks", "packed"])
 @pytest.mark.parametrize("ngroups", [1, 2])
 def test_row_tile_kernels_reading_the_state_products_match_naive(make_ssd_inputs, monkeypatch, seqlens,
