@@ -16,7 +16,7 @@ from ..overrides import env_overrides
 
 __all__ = ["KernelConfig", "pow2", "dt_head_block", "state_config", "state_bwd_config", "scan_config", "cb_config",
            "bwd_dx_config", "bwd_dcb_config", "bwd_dbc_config", "MIN_CHUNK", "SEGMENT_CHUNKS", "auto_segment",
-           "fill_sms", "scan_wide_config", "walk_reads_cb", "walk_span", "whole_walks", "WIDE_WALK_FILL"]
+           "fill_sms", "scan_one_per_sm_config", "walk_reads_cb", "walk_span", "whole_walks", "ONE_PER_SM_FILL"]
 
 MIN_CHUNK = 16
 
@@ -326,19 +326,29 @@ def scan_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False)
                                 walk_slice=128 if wgmma and _overrides("scan").get("wgmma", 1) else 0)
 
 
-def scan_wide_config(headdim: int, dstate: int, chunk_size: int) -> Optional[KernelConfig]:
-    """The Gluon output walk over the whole of a d_state of 256 in one launch: 8 warps as two warpgroups, each
-    carrying half of a 64-column head_dim block's state (64 registers per thread for it; 219-248 registers, no
-    spills, 188-196 KB of shared memory, so one program per SM: triton 3.6, sm_90); None where it does not apply
-    (d_state tiles other than 256, head_dim blocks under 64, steps other than 64 tokens). Where whole-sequence walks
-    in slices of 128 would be fewer than the SMs, it runs the whole walks (forward._output_config; H200, 2 x 32768
-    tokens, 64 x 256 forward: 2.047 ms for the state pass and the row tiles, 1.446 for its whole walks). Elsewhere
-    it loses: to the slices with two programs per SM (8 x 8192: 1.398 against 1.452; 128 x 256 at 2 x 32768:
-    2.698 against 2.825) and to the row tiles after a state pass (2.047 against 2.236)."""
+def scan_one_per_sm_config(headdim: int, dstate: int, chunk_size: int) -> Optional[KernelConfig]:
+    """The Gluon output walk's config for whole-sequence walks fewer than the SMs (at least ONE_PER_SM_FILL of
+    them: forward._output_config), one program per SM; None where the Gluon walk's tiles do not apply. Two
+    warpgroups (8 warps, each taking half of every product's columns) where that leaves each 64 head_dim columns,
+    and at d_state 256 over the whole d_state in 64-column head_dim blocks (64 registers per thread for its half of
+    the state; 219-255 registers, no spills, 196 KB of shared memory: triton 3.6, sm_90); else one warpgroup.
+    H200, 2 x 32768 tokens (128 programs for 132 SMs), forward ms, against the state pass and walks of 4 chunks
+    (64 x 256: the row tiles): 64 x 64 0.822-0.882 -> 0.755 (8 warps: 0.830), 64 x 128 1.121-1.128 ->
+    0.918-0.923 (8 warps: 1.092-1.096), 128 x 64 in 8 warps 1.306-1.318 -> 1.151-1.161, forward+backward 5.30-5.36
+    -> 5.01-5.03 (4 warps: 1.286-1.299 and 5.67-5.70), 64 x 256 2.047 -> 1.446 (in d_state slices of 128: 1.99).
+    With two programs per SM one warpgroup wins (8 x 8192: 64 x 64 0.556 against 0.829 in 8 warps, 128 x 64 0.898
+    against 1.160; 64 x 256 in slices 1.398 against 1.452), and so do the row tiles after a state pass (64 x 256:
+    2.047 against 2.236)."""
     cfg = scan_config(headdim, dstate, chunk_size, wgmma=True)
-    if pow2(dstate) != 256 or not cfg.walk or cfg.block_m != 64 or cfg.block_p != 64:
+    if not cfg.walk or cfg.block_m != 64:
         return None
-    return replace(cfg, **{"block_n": 256, "num_warps": 8, **_overrides("scan")})
+    if cfg.block_n < pow2(dstate):
+        if pow2(dstate) != 256 or cfg.block_p != 64:
+            return None
+        fields = {"block_n": 256, "num_warps": 8}
+    else:
+        fields = {"num_warps": 8 if cfg.block_p >= 128 else 4}
+    return replace(cfg, **{**fields, **_overrides("scan")})
 
 
 def walk_reads_cb(cfg: KernelConfig, dstate: int, chunk_size: int) -> bool:
@@ -346,7 +356,7 @@ def walk_reads_cb(cfg: KernelConfig, dstate: int, chunk_size: int) -> bool:
     or 1; else where steps of cfg.block_m divide the chunk (the Gluon walk copies one step's tile of the table at a
     time) and the walk runs in d_state slices (H200, 8 x 8192 tokens, forward: 64 x 256 1.588 -> 1.397 ms,
     128 x 256 3.134 -> 2.705 against every slice forming its own) or over a d_state tile wider than 128 (the
-    two-warpgroup walk, scan_wide_config: 64 x 256 at 2 x 32768 1.550 -> 1.446)."""
+    two-warpgroup walk, scan_one_per_sm_config: 64 x 256 at 2 x 32768 1.550 -> 1.446)."""
     if cfg.table == 1 and chunk_size % cfg.block_m:
         raise ValueError(f"ARCHSPEC_SSD_SCAN: table=1 needs block_m={cfg.block_m} to divide chunk_size={chunk_size}")
     if cfg.table >= 0:
@@ -377,17 +387,17 @@ def walk_span(cfg: KernelConfig, chunk_size: int, programs: Callable[[int], int]
     return span
 
 
-WIDE_WALK_FILL = 0.75
+ONE_PER_SM_FILL = 0.75
 
 
 def whole_walks(cfg: KernelConfig, chunk_size: int, programs: int, sm_count: int, fill: float = 1.0) -> bool:
     """Whether the output walk (cfg) runs each whole sequence in one program and stores the chunk states itself,
     in place of the forward's state pass: cfg.whole when it is 0 or 1; else when no span is set, steps of
     cfg.block_m tokens divide the chunk, and the walk's `programs` (sequences x heads x head_dim blocks) are at
-    least `fill` times the sm_count SMs (never when the SM count is unknown, 0). WIDE_WALK_FILL is the fill of the
-    two-warpgroup walk (scan_wide_config), one program per SM: at 128 programs on 132 SMs it ran the 64 x 256
-    forward in 1.446 ms against 2.047 for the state pass and row tiles, so with fewer programs, each as much longer,
-    it would still win down to ~90 (not measured below 128). A walk computes every chunk's state on its
+    least `fill` times the sm_count SMs (never when the SM count is unknown, 0). ONE_PER_SM_FILL is the fill of the
+    walks of scan_one_per_sm_config: at 128 programs on 132 SMs the 64 x 256 forward ran in 1.446 ms against 2.047
+    for the state pass and row tiles, so with fewer programs, each as much longer, it would still win down to ~90
+    (not measured below 128). A walk computes every chunk's state on its
     way anyway; the state pass only let shorter walks start mid-sequence. H200, 64 heads, chunk 256, forward-only
     kernel ms, walks of 4 chunks / whole sequences, and the state pass they need: 128 x 128 at 8 x 8192 (1,024
     programs) 1.413 / 1.399 + 0.586; at 2 x 32768 (256) 1.412 / 1.399 + 0.587; at 32 x 2048 1.411 / 1.391 +

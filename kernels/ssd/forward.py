@@ -20,8 +20,9 @@ states, step 2 does not run: the walks cover whole sequences from zero and store
 and the final states themselves, since they compute every chunk's state on their way anyway. There, on Hopper, a
 d_state too wide for the Gluon walk's state tile (256) walks in slices of 128, one launch each, the later adding
 their output to the earlier's y (`_output_walks`: C h is a sum over d_state), the last with the within-chunk term
-from the whole C B^T, read from `_cb_kernel`'s table; where those walks would be fewer than the SMs, the Gluon walk
-takes the whole d_state in one launch of two warpgroups (config.scan_wide_config), reading the same table.
+from the whole C B^T, read from `_cb_kernel`'s table. Where the whole walks would be somewhat fewer than the SMs, the
+Gluon walk runs them anyway, one program per SM (config.scan_one_per_sm_config): in two warpgroups where each then
+has 64 head_dim columns, and at d_state 256 over the whole d_state in one launch, reading the same table.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from torch import Tensor
 
 from .common import (dot_precision, dt_head_rows, exp_ftz, head_chunk_program, known_multiple, mm, prepare_dt,
                      raw_dt_rows, state_tile, step_factors, step_log_decays, step_tokens, tile_heads)
-from .config import (WIDE_WALK_FILL, KernelConfig, dt_head_block, overlap, pow2, scan_config, scan_wide_config,
-                     state_config, walk_reads_cb, whole_walks)
+from .config import (ONE_PER_SM_FILL, KernelConfig, dt_head_block, overlap, pow2, scan_config,
+                     scan_one_per_sm_config, state_config, walk_reads_cb, whole_walks)
 from .layout import ChunkTable, WalkTable
 from .segments import carry_forward, chunk_walks, sm_count, state_walk
 from .streams import Fork
@@ -337,11 +338,11 @@ def ssd_forward(
 
 def _output_config(x: Tensor, dstate: int, table: ChunkTable, from_zero: bool) -> tuple[KernelConfig, bool]:
     """The output kernel's config (config.scan_config) and whether its walks cover whole sequences
-    (config.whole_walks; only for sequences that start from zero). A d_state wider than the Gluon walk's tile walks
-    in slices only in whole walks: after a state pass the slices' walks cost more than the row-tile kernel (H200,
-    2 x 32768 tokens, 64 x 256 forward 2.05 -> 2.40 ms), and so do whole walks of fewer programs than SMs (there
-    2.08 -> 1.99, but 6.53 -> 6.90 ms forward+backward). There the two-warpgroup walk (config.scan_wide_config)
-    runs the whole walks instead, where they are at least WIDE_WALK_FILL of the SMs (2.05 -> 1.45 ms)."""
+    (config.whole_walks; only for sequences that start from zero). Where those walks would be fewer than the SMs
+    but at least ONE_PER_SM_FILL of them, the Gluon walk runs them anyway, one program per SM
+    (config.scan_one_per_sm_config). A d_state wider than the Gluon walk's tile walks in slices only in whole walks
+    of at least one program per SM: after a state pass the slices' walks cost more than the row-tile kernel (H200,
+    2 x 32768 tokens, 64 x 256 forward 2.05 -> 2.40 ms)."""
     nheads, headdim = x.shape[1:]
     chunk = table.chunk_size
     gluon = scan_fwd_wgmma is not None and wgmma_supported(x, min(chunk, 64), min(pow2(dstate), 128))
@@ -351,12 +352,14 @@ def _output_config(x: Tensor, dstate: int, table: ChunkTable, from_zero: bool) -
         return bool(cfg.walk) and from_zero and whole_walks(cfg, chunk, programs, sm_count(x.device), fill)
 
     cfg = scan_config(headdim, dstate, chunk, wgmma=gluon)
-    if gluon and cfg.walk and cfg.block_n < dstate and not whole(cfg):
-        wide = scan_wide_config(headdim, dstate, chunk)
-        if wide is not None and whole(wide, WIDE_WALK_FILL):
-            return wide, True
+    if whole(cfg):
+        return cfg, True
+    one_per_sm = scan_one_per_sm_config(headdim, dstate, chunk) if gluon else None
+    if one_per_sm is not None and whole(one_per_sm, ONE_PER_SM_FILL):
+        return one_per_sm, True
+    if gluon and cfg.walk and cfg.block_n < dstate:
         cfg = scan_config(headdim, dstate, chunk)
-    return cfg, whole(cfg)
+    return cfg, False
 
 
 def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states: Tensor, final: Tensor, s: Tensor,

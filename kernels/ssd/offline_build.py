@@ -216,8 +216,9 @@ def scan_launches() -> list[Launch]:
     per head (the per-row-tile kernels), both with and without aligned sequences, 64 x 64 with the state passes in
     segments (segments.py), 64 x 128 with the state passes' tiles that config.fill_sms picks for few programs on
     a GPU (the CPU has no SM count), the output walks over whole sequences (config.whole_walks) at 64 x 64 and
-    128 x 128, the output walk in the d_state slices of 64 x 256 (whole and not, sequences aligned and not) and
-    over its whole d_state in two warpgroups (whole), and the dx walk at 128 x 128 in the GPU's tiles."""
+    128 x 128, the output walk in the d_state slices of 64 x 256 (whole and not, sequences aligned and not), whole
+    walks in two warpgroups (64 x 256 over the whole d_state, 128 x 64), and the dx walk at 128 x 128 in the GPU's
+    tiles."""
     with forced_config(state="segment=1", state_bwd="segment=1"):
         segmented = record_scan(64, 64, False)
     with forced_config(scan="whole=1"):
@@ -231,10 +232,14 @@ def scan_launches() -> list[Launch]:
     with forced_config(scan="walk=1,block_n=128,block_p=64,whole=1"):
         sliced += [launch for launch in record_scan(64, 256, False, True, initial_states=False)
                    if launch.fn is forward._scan_fwd_kernel]
-    # the whole walks of d_state 256 in two warpgroups (config.scan_wide_config), sequences aligned and not
+    # the whole walks in two warpgroups (config.scan_one_per_sm_config): over all of d_state 256 (sequences aligned
+    # and not), and in the 128-column head_dim blocks of 128 x 64
     with forced_config(scan="walk=1,block_n=256,block_p=64,num_warps=8,whole=1"):
         sliced += [launch for aligned in (False, True)
                    for launch in record_scan(64, 256, not aligned, aligned, initial_states=False)
+                   if launch.fn is forward._scan_fwd_kernel]
+    with forced_config(scan="num_warps=8,whole=1"):
+        sliced += [launch for launch in record_scan(128, 64, False, True, initial_states=False)
                    if launch.fn is forward._scan_fwd_kernel]
     # the Gluon dx walk with the d_state tiles of 128 it takes on a GPU (the CPU's config picks the row-tile kernel)
     gpu_dx = bwd_dx_config(128, 128, 256, wgmma=True)

@@ -86,9 +86,9 @@ def walk_program(chunk_start_ptr, chunk_len_ptr, ntokens, headdim, heads_per_gro
 
 def wgmma_tiles(block_t: int, block_n: int, num_warps: int = 4) -> bool:
     """Whether a Gluon walk has the tiles it runs with: 64-token steps and, in one warpgroup (4 warps), d_state
-    tiles of 64 or 128 (the state products need 64 rows per warpgroup); in two (8 warps, each with half the
-    head_dim block), d_state tiles of 256."""
-    return block_t == 64 and block_n in ((64, 128) if num_warps == 4 else (256,) if num_warps == 8 else ())
+    tiles of 64 or 128 (the state products need 64 rows per warpgroup); in two (8 warps, each with half of every
+    product's columns), also of 256."""
+    return block_t == 64 and block_n in ((64, 128) if num_warps == 4 else (64, 128, 256) if num_warps == 8 else ())
 
 
 def wgmma_supported(x: torch.Tensor, block_t: int, block_n: int, num_warps: int = 4) -> bool:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from archspec.kernels.ssd import forward
-from archspec.kernels.ssd.config import (SEGMENT_CHUNKS, WIDE_WALK_FILL, KernelConfig, auto_segment, bwd_dbc_config,
+from archspec.kernels.ssd.config import (ONE_PER_SM_FILL, SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config,
                                          bwd_dcb_config, bwd_dx_config, dt_head_block, fill_sms, overlap, scan_config,
-                                         scan_wide_config, state_bwd_config, state_config, walk_reads_cb, walk_span,
-                                         whole_walks)
+                                         scan_one_per_sm_config, state_bwd_config, state_config, walk_reads_cb,
+                                         walk_span, whole_walks)
 from archspec.kernels.ssd.layout import build_chunk_table
 from archspec.kernels.ssd.wgmma import wgmma_supported, wgmma_tiles
 
@@ -311,13 +311,9 @@ def test_d_state_256_walks_in_slices_or_two_warpgroups_only_as_whole_sequence_wa
         monkeypatch, batch: int, seqlen: int, headdim: int, from_zero: bool, walk: str) -> None:
     """Where the Gluon walk can run, d_state 256 walks in two slices of 128 if the walks cover whole sequences
     (enough of them to fill the GPU, none from initial states); where those would be fewer than the SMs but at
-    least WIDE_WALK_FILL of them (64 heads x 2 sequences on 132 SMs), the whole d_state in one walk of two
+    least ONE_PER_SM_FILL of them (64 heads x 2 sequences on 132 SMs), the whole d_state in one walk of two
     warpgroups; otherwise (64 programs; initial states) the row-tile kernel runs. The walks read the C B^T table."""
-    monkeypatch.setattr(forward, "wgmma_supported", lambda *args: True)
-    monkeypatch.setattr(forward, "sm_count", lambda device: 132)
-    x = torch.zeros(batch * seqlen, 64, headdim, dtype=torch.bfloat16)
-    table = build_chunk_table(batch, seqlen, 256, None, x.device)
-    cfg, whole = forward._output_config(x, 256, table, from_zero)
+    cfg, whole = _gpu_output_config(monkeypatch, batch, seqlen, headdim, 256, from_zero)
     expected = {"slices": (1, 128, 4, True), "two_warpgroups": (1, 256, 8, True),
                 "tiles": (0, 64 if headdim == 64 else 128, 4 if headdim == 64 else 8, False)}[walk]
     assert (cfg.walk, cfg.block_n, cfg.num_warps, whole) == expected
@@ -325,22 +321,50 @@ def test_d_state_256_walks_in_slices_or_two_warpgroups_only_as_whole_sequence_wa
         assert cfg.block_p == 64 and walk_reads_cb(cfg, 256, 256)
 
 
-def test_two_warpgroup_walk_config_only_for_d_state_256_in_64_column_head_dim_blocks(monkeypatch) -> None:
-    wide = scan_wide_config(128, 256, 256)
+def _gpu_output_config(monkeypatch: pytest.MonkeyPatch, batch: int, seqlen: int, headdim: int, dstate: int,
+                       from_zero: bool) -> tuple[KernelConfig, bool]:
+    """forward._output_config for 64 heads on a 132-SM GPU where the Gluon walk can run."""
+    monkeypatch.setattr(forward, "wgmma_supported", lambda *args: True)
+    monkeypatch.setattr(forward, "sm_count", lambda device: 132)
+    x = torch.zeros(batch * seqlen, 64, headdim, dtype=torch.bfloat16)
+    return forward._output_config(x, dstate, build_chunk_table(batch, seqlen, 256, None, x.device), from_zero)
+
+
+@pytest.mark.parametrize("headdim,dstate,warps", [(64, 64, 4), (64, 128, 4), (128, 64, 8)])
+def test_whole_walks_fewer_than_the_sms_run_one_per_sm_in_two_warpgroups_where_each_has_64_columns(
+        monkeypatch, headdim: int, dstate: int, warps: int) -> None:
+    """64 heads x 2 sequences (128 programs on 132 SMs): whole walks, in 8 warps where the head_dim block is 128
+    wide; 64 heads x 1 sequence: the state pass and walks of several chunks; 8 sequences: 4 warps."""
+    cfg, whole = _gpu_output_config(monkeypatch, 2, 32768, headdim, dstate, True)
+    assert (cfg.walk, cfg.wgmma, cfg.num_warps, cfg.block_n, whole) == (1, 1, warps, dstate, True)
+    cfg, whole = _gpu_output_config(monkeypatch, 1, 65536, headdim, dstate, True)
+    assert (cfg.walk, cfg.num_warps, whole) == (1, 4, False)
+    cfg, whole = _gpu_output_config(monkeypatch, 8, 8192, headdim, dstate, True)
+    assert (cfg.walk, cfg.num_warps, whole) == (1, 4, True)
+    assert not _gpu_output_config(monkeypatch, 2, 32768, headdim, dstate, False)[1], "initial states"
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "whole=0")
+    assert not _gpu_output_config(monkeypatch, 2, 32768, headdim, dstate, True)[1]
+
+
+def test_one_per_sm_walk_config_is_the_gluon_walks_in_two_warpgroups_for_d_state_256_or_128_wide_head_dim_blocks(
+        monkeypatch) -> None:
+    wide = scan_one_per_sm_config(128, 256, 256)
     assert (wide.walk, wide.wgmma, wide.block_m, wide.block_p, wide.block_n, wide.num_warps) == (1, 1, 64, 64, 256, 8)
-    assert scan_wide_config(64, 200, 256).block_n == 256
-    assert scan_wide_config(64, 128, 256) is None
-    assert scan_wide_config(32, 256, 256) is None, "head_dim blocks of 32"
-    assert scan_wide_config(64, 256, 32) is None, "32-token steps"
+    assert scan_one_per_sm_config(64, 200, 256).block_n == 256
+    assert scan_one_per_sm_config(128, 64, 256).num_warps == 8 and scan_one_per_sm_config(128, 64, 256).block_p == 128
+    assert scan_one_per_sm_config(64, 128, 256).num_warps == 4
+    assert scan_one_per_sm_config(32, 256, 256) is None, "head_dim blocks of 32"
+    assert scan_one_per_sm_config(64, 256, 32) is None, "32-token steps"
     monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "maxnreg=240,block_n=128")
-    assert (scan_wide_config(64, 256, 256).maxnreg, scan_wide_config(64, 256, 256).block_n) == (240, 128)
+    cfg = scan_one_per_sm_config(64, 256, 256)
+    assert (cfg.maxnreg, cfg.block_n) == (240, 128)
 
 
-def test_whole_walks_of_the_two_warpgroup_walk_need_only_a_fill_of_the_sms() -> None:
-    cfg = scan_wide_config(64, 256, 256)
-    assert whole_walks(cfg, 256, programs=128, sm_count=132, fill=WIDE_WALK_FILL)
-    assert whole_walks(cfg, 256, programs=99, sm_count=132, fill=WIDE_WALK_FILL)
-    assert not whole_walks(cfg, 256, programs=98, sm_count=132, fill=WIDE_WALK_FILL)
+def test_whole_walks_one_per_sm_need_only_a_fill_of_the_sms() -> None:
+    cfg = scan_one_per_sm_config(64, 256, 256)
+    assert whole_walks(cfg, 256, programs=128, sm_count=132, fill=ONE_PER_SM_FILL)
+    assert whole_walks(cfg, 256, programs=99, sm_count=132, fill=ONE_PER_SM_FILL)
+    assert not whole_walks(cfg, 256, programs=98, sm_count=132, fill=ONE_PER_SM_FILL)
     assert not whole_walks(cfg, 256, programs=128, sm_count=132)
 
 
@@ -350,7 +374,7 @@ def test_output_walk_reads_the_cb_table_in_d_state_slices_and_tiles_over_128_whe
     walk = scan_config(64, 128, 256)
     assert not walk_reads_cb(walk, 128, 256), "one slice of at most 128 forms its own C B^T"
     assert walk_reads_cb(walk, 256, 256), "slices of 128"
-    assert walk_reads_cb(scan_wide_config(64, 256, 256), 256, 256), "one tile of 256"
+    assert walk_reads_cb(scan_one_per_sm_config(64, 256, 256), 256, 256), "one tile of 256"
     assert not walk_reads_cb(walk, 256, 96), "64-token steps and 32 left"
     monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "table=1")
     assert walk_reads_cb(scan_config(64, 128, 256), 128, 256)
@@ -360,6 +384,7 @@ def test_output_walk_reads_the_cb_table_in_d_state_slices_and_tiles_over_128_whe
     assert not walk_reads_cb(scan_config(64, 128, 256), 256, 256)
 
 
-def test_gluon_walk_tiles_are_64_or_128_d_state_rows_in_one_warpgroup_and_256_in_two() -> None:
+def test_gluon_walk_tiles_are_64_or_128_d_state_rows_in_one_warpgroup_and_also_256_in_two() -> None:
     assert wgmma_tiles(64, 64) and wgmma_tiles(64, 128) and wgmma_tiles(64, 256, num_warps=8)
-    assert not wgmma_tiles(64, 256) and not wgmma_tiles(64, 128, num_warps=8) and not wgmma_tiles(32, 256, 8)
+    assert wgmma_tiles(64, 64, num_warps=8) and wgmma_tiles(64, 128, num_warps=8)
+    assert not wgmma_tiles(64, 256) and not wgmma_tiles(32, 256, 8) and not wgmma_tiles(64, 64, num_warps=2)

@@ -173,21 +173,21 @@ def test_gluon_whole_sequence_walk_matches_triton_and_reference(make_ssd_inputs,
     _check_gluon_gradients(monkeypatch, inputs, chunk_size, "SCAN", "walk=1,whole=1", "walk=1,wgmma=0,whole=1", ())
 
 
-TWO_WARPGROUPS = "walk=1,block_n=256,block_p=64,num_warps=8"
-
-
-@pytest.mark.parametrize("headdim", [64, 128, 96])
+@pytest.mark.parametrize("headdim,dstate,block_p", [(64, 256, 64), (128, 256, 64), (96, 256, 64), (128, 64, 128),
+                                                   (256, 64, 128), (64, 128, 64)])
 @pytest.mark.parametrize("chunk_size,span,whole", [(64, 3, 0), (256, 1, 0), (256, 4, 0), (64, 0, 1), (256, 0, 1)])
-def test_gluon_walk_of_d_state_256_in_two_warpgroups_matches_reference(make_ssd_inputs, monkeypatch, headdim: int,
-                                                                       chunk_size: int, span: int, whole: int) -> None:
-    """8 warps walk the whole d_state of 256 in one launch, each warpgroup with half the head_dim block: after the
-    state pass (with initial states) in walks of one chunk and of several, and as whole-sequence walks that store
-    the chunk states (gradients through them) and the final states; packed sequences as above."""
-    inputs = make_ssd_inputs(1, 900, 4, headdim, 2, 256, torch.bfloat16, "cuda", seqlens=[70, 1, 600, 229],
+def test_gluon_walk_in_two_warpgroups_matches_reference(make_ssd_inputs, monkeypatch, headdim: int, dstate: int,
+                                                        block_p: int, chunk_size: int, span: int, whole: int) -> None:
+    """8 warps, each warpgroup with half of the head_dim block (config.scan_one_per_sm_config), at d_state 256 over
+    the whole d_state in one launch: after the state pass (with initial states) in walks of one chunk and of
+    several, and as whole-sequence walks that store the chunk states (gradients through them) and the final
+    states; packed sequences as above."""
+    inputs = make_ssd_inputs(1, 900, 4, headdim, 2, dstate, torch.bfloat16, "cuda", seqlens=[70, 1, 600, 229],
                              with_D=True, D_has_hdim=True, with_z=True, with_dt_bias=True, dt_softplus=True,
                              with_initial_states=not whole)
-    assert wgmma_supported(inputs["x"], 64, 256, 8) and not wgmma_supported(inputs["x"], 64, 256)
-    y_gluon, final_gluon = _forward(monkeypatch, inputs, chunk_size, 1, span, whole, more="," + TWO_WARPGROUPS)
+    assert wgmma_supported(inputs["x"], 64, dstate, 8)
+    two_warpgroups = f"walk=1,block_n={dstate},block_p={block_p},num_warps=8"
+    y_gluon, final_gluon = _forward(monkeypatch, inputs, chunk_size, 1, span, whole, more="," + two_warpgroups)
     y_triton, final_triton = _forward(monkeypatch, inputs, chunk_size, 0, span)
     ref = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
     y_ref, final_ref = ssd_naive(chunk_size=chunk_size, return_final_states=True, **ref)
@@ -197,4 +197,4 @@ def test_gluon_walk_of_d_state_256_in_two_warpgroups_matches_reference(make_ssd_
         assert rel_err(got, want) < 1.5 * rel_err(triton_, want) + 1e-3, name
         assert rel_err(got, triton_) < 1e-2, name
     if whole:
-        _check_gluon_gradients(monkeypatch, inputs, chunk_size, "SCAN", f"{TWO_WARPGROUPS},whole=1", "wgmma=0", ())
+        _check_gluon_gradients(monkeypatch, inputs, chunk_size, "SCAN", f"{two_warpgroups},whole=1", "wgmma=0", ())
