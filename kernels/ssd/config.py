@@ -340,7 +340,7 @@ def scan_one_per_sm_config(headdim: int, dstate: int, chunk_size: int) -> Option
     against 1.160; 64 x 256 in slices 1.398 against 1.452), and so do the row tiles after a state pass (64 x 256:
     2.047 against 2.236)."""
     cfg = scan_config(headdim, dstate, chunk_size, wgmma=True)
-    if not cfg.walk or cfg.block_m != 64:
+    if not (cfg.walk and cfg.wgmma) or cfg.block_m != 64:
         return None
     if cfg.block_n < pow2(dstate):
         if pow2(dstate) != 256 or cfg.block_p != 64:
@@ -394,15 +394,14 @@ def whole_walks(cfg: KernelConfig, chunk_size: int, programs: int, sm_count: int
     """Whether the output walk (cfg) runs each whole sequence in one program and stores the chunk states itself,
     in place of the forward's state pass: cfg.whole when it is 0 or 1; else when no span is set, steps of
     cfg.block_m tokens divide the chunk, and the walk's `programs` (sequences x heads x head_dim blocks) are at
-    least `fill` times the sm_count SMs (never when the SM count is unknown, 0). ONE_PER_SM_FILL is the fill of the
-    walks of scan_one_per_sm_config: at 128 programs on 132 SMs the 64 x 256 forward ran in 1.446 ms against 2.047
-    for the state pass and row tiles, so with fewer programs, each as much longer, it would still win down to ~90
-    (not measured below 128). A walk computes every chunk's state on its
-    way anyway; the state pass only let shorter walks start mid-sequence. H200, 64 heads, chunk 256, forward-only
+    least `fill` times the sm_count SMs (never when the SM count is unknown, 0). A walk computes every chunk's state
+    on its way anyway; the state pass only let shorter walks start mid-sequence. H200, 64 heads, chunk 256, forward-only
     kernel ms, walks of 4 chunks / whole sequences, and the state pass they need: 128 x 128 at 8 x 8192 (1,024
     programs) 1.413 / 1.399 + 0.586; at 2 x 32768 (256) 1.412 / 1.399 + 0.587; at 32 x 2048 1.411 / 1.391 +
     0.624; 64 x 64 at 8 x 8192 0.554 / 0.532 + 0.227; at 2 x 32768 (128 programs, fewer than the 132 SMs)
-    0.556 / 0.732 + 0.225."""
+    0.556 / 0.732 + 0.225. ONE_PER_SM_FILL is the fill of the walks of scan_one_per_sm_config: at 128 programs on
+    132 SMs the 64 x 256 forward ran in 1.446 ms against 2.047 for the state pass and row tiles, so with fewer
+    programs, each as much longer, it would still win down to ~90 (not measured below 128)."""
     if cfg.whole == 1 and chunk_size % cfg.block_m:
         raise ValueError(f"ARCHSPEC_SSD_SCAN: whole=1 needs block_m={cfg.block_m} to divide chunk_size={chunk_size}")
     if cfg.whole >= 0:

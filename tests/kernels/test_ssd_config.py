@@ -358,6 +358,8 @@ def test_one_per_sm_walk_config_is_the_gluon_walks_in_two_warpgroups_for_d_state
     monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "maxnreg=240,block_n=128")
     cfg = scan_one_per_sm_config(64, 256, 256)
     assert (cfg.maxnreg, cfg.block_n) == (240, 128)
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "wgmma=0")
+    assert scan_one_per_sm_config(128, 64, 256) is None, "the Triton kernels' rule"
 
 
 def test_whole_walks_one_per_sm_need_only_a_fill_of_the_sms() -> None:
