@@ -20,7 +20,8 @@ import sys
 
 import torch
 
-# the GPU tests' input builder, error measure and float64 copy, so that the sweep draws and measures exactly what they do
+# the GPU tests' input builder, error measure and float64 copy, so that the sweep draws and measures exactly what
+# they do
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "kernels"))
 from conftest import make_ssd_inputs  # noqa: E402
 from errors import float64_leaves, rel_err  # noqa: E402
