@@ -253,8 +253,8 @@ class ForwardResult(NamedTuple):
     entering each chunk, in the dot dtype (with keep_states False, only the rows of the output walks' first
     chunks are written, and with whole-sequence walks there are no rows);
     s, dtp (nheads, T) float32: within-chunk cumulative log-decay and the transformed step; cb (nchunks, ngroups,
-    chunk, chunk) in tiles.cb_table_dtype: C B^T per chunk when the tiled output kernel (tiles.py) or the output
-    walk in d_state slices ran, else None.
+    chunk, chunk) in tiles.cb_table_dtype: C B^T per chunk when the tiled output kernel (tiles.py) ran or the output
+    walk read it (config.walk_reads_cb), else None.
     """
 
     y: Tensor
