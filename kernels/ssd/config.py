@@ -55,7 +55,7 @@ class KernelConfig:
     loading them gave wrong outputs at 128 x 128 on the H200, not understood); 0 never; -1 lets `whole_walks`
     choose per call.
     table (output walk): 1 takes the within-chunk term from the per-chunk C B^T table (tiles.chunk_cb) in the
-    walk's last d_state slice, and the other slices leave it out; 0 has every slice form its own C B^T; -1 lets
+    walk's first d_state slice, and the other slices leave it out; 0 has every slice form its own C B^T; -1 lets
     `walk_reads_cb` choose per call.
     heads (state passes): 2 makes a tile the whole head_dim of two heads of one group (block_p = 2 x head_dim, a
     power of two), so that one program's B (C) tile serves both; 1 a block of one head's head_dim.

@@ -19,7 +19,7 @@ Where one walk per sequence, head and head_dim block fills the GPU (config.whole
 states, step 2 does not run: the walks cover whole sequences from zero and store the chunk states (for a backward)
 and the final states themselves, since they compute every chunk's state on their way anyway. There, on Hopper, a
 d_state too wide for the Gluon walk's state tile (256) walks in slices of 128, one launch each, the later adding
-their output to the earlier's y (`_output_walks`: C h is a sum over d_state), the last with the within-chunk term
+their output to the earlier's y (`_output_walks`: C h is a sum over d_state), the first with the within-chunk term
 from the whole C B^T, read from `_cb_kernel`'s table. Where the whole walks would be somewhat fewer than the SMs, the
 Gluon walk runs them anyway, one program per SM (config.scan_one_per_sm_config): in two warpgroups where each then
 has 64 head_dim columns, and at d_state 256 over the whole d_state in one launch, reading the same table.
@@ -368,17 +368,19 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
                   prec: str) -> None:
     """Writes y (and y_pre) by the output walk over `walks` (the Gluon one where cfg.wgmma asks and it can run),
     once per d_state slice of cfg.block_n: each launch reads its slice of B, C and the chunk states (whole walks:
-    stores its slice of them and of the final states), and adds its output to the y of the slices before it; the
-    last adds the within-chunk term, from the whole C B^T in the table cb (tiles.chunk_cb; None: every slice adds
-    that of its own C B^T), D x and the gate (H200, 8 x 8192 tokens, forward: 64 x 256 1.588 -> 1.397 ms, 128 x 256
-    3.134 -> 2.705 against every slice adding its own). Arguments as in ssd_forward."""
+    stores its slice of them and of the final states), and adds its output to the y of the slices before it. The
+    first adds the within-chunk term, from the whole C B^T in the table cb (tiles.chunk_cb; None: every slice adds
+    that of its own C B^T), and D x (H200, 8 x 8192 tokens, forward: 64 x 256 1.588 -> 1.397 ms, 128 x 256 3.134 ->
+    2.705 against every slice adding its own); the last the gate. The first, not the last, reads the table so that
+    the slice that adds the earlier y (prefetched a step ahead) is the one with registers to spare: forward 64 x 256
+    1.38-1.40 -> 1.31 ms, 128 x 256 2.67 -> 2.51. Arguments as in ssd_forward."""
     ntokens, nheads, headdim = x.shape
     dstate = B.shape[2]
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), walks.count)
     gluon = cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n, cfg.num_warps)
     for n0 in range(0, dstate, cfg.block_n):
         part = (..., slice(n0, n0 + cfg.block_n))
-        last = n0 + cfg.block_n >= dstate
+        first, last = n0 == 0, n0 + cfg.block_n >= dstate
         args = (x, B[part], C[part], cb, states[part], final[part], s, dtp, D, z, y, y_pre, walks.chunk,
                 walks.start, walks.length, x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0),
                 C.stride(1), z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0),
@@ -386,8 +388,9 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
                 nheads // B.shape[1], table.chunk_size)
         consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
                       STEPS_PER_CHUNK=triton.cdiv(table.chunk_size, cfg.block_m), WHOLE=whole,
-                      STORE_STATES=whole and keep_states, ADD_Y=n0 > 0,
-                      INTRA=(2 if last else 0) if cb is not None else 1, HAS_D=D is not None and last,
+                      STORE_STATES=whole and keep_states, ADD_Y=not first,
+                      INTRA=(2 if first else 0) if cb is not None else 1,
+                      HAS_D=D is not None and (first if cb is not None else last),
                       D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None and last,
                       ALIGNED=cfg.alignment(table.aligned))
         if gluon:

@@ -60,6 +60,18 @@ def _store_state(base, h_smem, p0, dstate, state_stride, headdim, BLOCK_N: gl.co
 
 
 @gluon.jit
+def _store_y(y_ptr, y, c0, t0, clen, head, headdim, stride_y_t, stride_y_h, p0, BLOCK_T: gl.constexpr,
+             BLOCK_P: gl.constexpr):
+    """Stores the walk's y tile of tokens t0.. (from c0) and head_dim columns p0.., in `copy_layout`, rows from
+    clen on and columns from headdim on left out."""
+    layout: gl.constexpr = copy_layout(BLOCK_P, gl.num_warps())
+    offs_t = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, layout))
+    offs_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, layout))
+    gl.store(y_ptr + (c0 + t0 + offs_t)[:, None] * stride_y_t + head * stride_y_h + offs_p[None, :], y,
+             mask=(offs_t < clen - t0)[:, None] & (offs_p < headdim)[None, :])
+
+
+@gluon.jit
 def _copy_cb_tile(smem, cb_ptr, chunk, group, ngroups, chunk_size, clen, step, BLOCK_T: gl.constexpr,
                   STEPS_PER_CHUNK: gl.constexpr):
     """Starts the copy of step `step`'s diagonal tile of its chunk's C B^T (chunk k of the walk from `chunk`,
@@ -142,12 +154,25 @@ def _scan_fwd_wgmma_kernel(
     offs_io_t = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, io_p))
     offs_io_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, io_p))
     s_prev = gl.zeros((), dtype=gl.float32)
+    if HAS_D:  # loaded once (a load in the loop stays there: the compiler cannot prove y's stores miss D)
+        if D_HAS_HDIM:
+            dvec = gl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(gl.float32)
+        else:
+            d_head = gl.load(d_ptr + head).to(gl.float32)
     # each step's log-decays s and steps dt' (and s at its last token) are loaded a step ahead, so that their
     # latency hides behind the step before (loaded where used, they held the walk up: 0.80 -> 0.58 ms at 64 x 64)
     s_r = gl.load(s_ptr + row + offs_r, mask=offs_r < clen, other=0.0)
     dt_r = gl.load(dtp_ptr + row + offs_r, mask=offs_r < clen, other=0.0)
     s_last = gl.load(s_ptr + row + gl.minimum(BLOCK_T, clen) - 1)
     nsteps = gl.cdiv(clen, BLOCK_T)
+    # y leaves through stores that the next fence_async_shared (MEMBAR.ALL.CTA in the SASS) waits for: where the
+    # registers allow, each step's y is stored once the next step has passed its first two fences
+    DELAY_Y: gl.constexpr = INTRA == 2 and not ADD_Y
+    y_prev = gl.zeros((BLOCK_T, BLOCK_P), dtype, io_p)
+    if ADD_Y:
+        if INTRA == 0:  # the earlier d_state slices' y, loaded a step ahead where the registers allow
+            y_before = gl.load(y_ptr + (c0 + offs_io_t)[:, None] * stride_y_t + head * stride_y_h + offs_io_p[None, :],
+                               mask=(offs_io_t < clen)[:, None] & (offs_io_p < headdim)[None, :], other=0.0)
     for step in range(0, nsteps):
         t0 = step * BLOCK_T
         t_next = t0 + BLOCK_T
@@ -178,7 +203,14 @@ def _scan_fwd_wgmma_kernel(
         decay_out = gl.where(mask_r, exp_ftz(s_last - s_r) * dt_r, 0.0)
         xw_smem.store((x_reg.to(gl.float32) * decay_out[:, None]).to(dtype))
         fence_async_shared()
+        if DELAY_Y:
+            if step > 0:
+                _store_y(y_ptr, y_prev, c0, t0 - BLOCK_T, clen, head, headdim, stride_y_t, stride_y_h, p0, BLOCK_T,
+                         BLOCK_P)
         h_next = warpgroup_mma(b_tile.permute((1, 0)), xw_smem, h * exp_ftz(s_last - s_prev), is_async=True)
+        offs_t = c0 + t0 + offs_io_t
+        mask = (offs_io_t < clen - t0)[:, None] & (offs_io_p < headdim)[None, :]
+        offs_y = offs_t[:, None] * stride_y_t + head * stride_y_h + offs_io_p[None, :]
 
         if INTRA > 0:
             s_i = gl.convert_layout(s_r, rows_t)
@@ -196,7 +228,7 @@ def _scan_fwd_wgmma_kernel(
             w = gl.where(offs_j[None, :] <= offs_i[:, None], w, 0.0)
             if HAS_D:
                 if not D_HAS_HDIM:  # D x_i as D on the diagonal of the scores (D rounded to the dot dtype)
-                    w = gl.where(offs_j[None, :] == offs_i[:, None], w + gl.load(d_ptr + head).to(gl.float32), w)
+                    w = gl.where(offs_j[None, :] == offs_i[:, None], w + d_head, w)
             w = gl.convert_layout(w.to(dtype), w_layout)
 
         ch = warpgroup_mma_wait(num_outstanding=1, deps=(ch,))
@@ -223,24 +255,34 @@ def _scan_fwd_wgmma_kernel(
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         if HAS_D:
             if D_HAS_HDIM:  # from x in registers: reading x_tile again here gave wrong values on the H200 (triton 3.6)
-                dvec = gl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(gl.float32)
                 acc += x_reg.to(gl.float32) * dvec[None, :]
 
         # y through shared memory (xw's buffer, free once h is updated) into rows of 16-byte pieces per thread
         xw_smem.store(acc.to(dtype))
         out = xw_smem.load(io_p)
-        offs_t = c0 + t0 + offs_io_t
-        mask = (offs_io_t < clen - t0)[:, None] & (offs_io_p < headdim)[None, :]
-        offs_y = offs_t[:, None] * stride_y_t + head * stride_y_h + offs_io_p[None, :]
-        if ADD_Y:  # the earlier d_state slices' y, added to this slice's rounded y (added to the accumulator, it
-            # cost 16 -> 176 bytes of spills and 5% of the time, H200, triton 3.6)
-            out = (out.to(gl.float32) + gl.load(y_ptr + offs_y, mask=mask, other=0.0).to(gl.float32)).to(dtype)
+        if ADD_Y:  # the earlier slices' y, added to this slice's rounded y (added to the accumulator, it cost 16 -> 176
+            # bytes of spills and 5% of the time, H200, triton 3.6)
+            if INTRA > 0:
+                y_before = gl.load(y_ptr + offs_y, mask=mask, other=0.0)
+            out = (out.to(gl.float32) + y_before.to(gl.float32)).to(dtype)
         if HAS_Z:
             gl.store(ypre_ptr + offs_y, out, mask=mask)
             zt = gl.load(z_ptr + offs_t[:, None] * stride_z_t + head * stride_z_h + offs_io_p[None, :],
                          mask=mask, other=0.0).to(gl.float32)
             out = (out.to(gl.float32) * zt * (1.0 / (1.0 + exp_ftz(-zt)))).to(dtype)
-        gl.store(y_ptr + offs_y, out, mask=mask)
+        if DELAY_Y:
+            y_prev = out
+        else:
+            gl.store(y_ptr + offs_y, out, mask=mask)
+        if ADD_Y:
+            if INTRA == 0:
+                y_before = gl.load(y_ptr + offs_y + BLOCK_T * stride_y_t,
+                                   mask=(offs_io_t < clen - t_next)[:, None] & (offs_io_p < headdim)[None, :],
+                                   other=0.0)
+    if DELAY_Y:
+        if nsteps > 0:
+            _store_y(y_ptr, y_prev, c0, (nsteps - 1) * BLOCK_T, clen, head, headdim, stride_y_t, stride_y_h, p0,
+                     BLOCK_T, BLOCK_P)
     async_copy.wait_group(0)
     if WHOLE:  # the final state through a layout conversion (whose scratch reuses the dead tile buffers): stored
         # from the wgmma layout, its pointers were the first load's, kept across the loop (144 more bytes of spills)

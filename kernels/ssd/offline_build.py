@@ -225,7 +225,7 @@ def scan_launches() -> list[Launch]:
         whole = [launch for shape in ((64, 64), (128, 128))
                  for launch in record_scan(*shape, True, initial_states=False) if launch.fn is forward._scan_fwd_kernel]
     # the output walk in d_state slices of 128 that d_state 256 takes on a GPU, after the state pass (sequences
-    # aligned and not: the last slice's copies of C B^T tiles) and whole
+    # aligned and not: the first slice's copies of C B^T tiles) and whole
     with forced_config(scan="walk=1,block_n=128,block_p=64"):
         sliced = [launch for aligned in (False, True) for launch in record_scan(64, 256, True, aligned)
                   if launch.fn is forward._scan_fwd_kernel]

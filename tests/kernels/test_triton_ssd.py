@@ -235,10 +235,10 @@ def test_chunk_walking_and_row_tile_kernels_both_match_naive(make_ssd_inputs, mo
 def test_output_walk_in_d_state_slices_matches_naive(make_ssd_inputs, monkeypatch, chunk_size: int, block_m: int,
                                                      initial_states: bool, d_per_channel: bool) -> None:
     """The output walk takes a d_state wider than its block_n in slices, one launch each (on Hopper, d_state 256 in
-    two slices of 128): each later slice adds its output to the y of those before; the last adds the within-chunk
+    two slices of 128): each later slice adds its output to the y of those before; the first adds the within-chunk
     term, from the whole C B^T read from the per-chunk table where the walk's steps divide the chunk (else every
     slice adds that of its own C B^T: the Gluon walk's copies of the table's tiles would run past a chunk shorter
-    than a step), D x and the gate. Whole-sequence walks store every slice of the chunk states
+    than a step), and D x; the last the gate. Whole-sequence walks store every slice of the chunk states
     (read by the backward) and final states, walks after the state pass read theirs. Here d_state 40 in slices of
     16, 16 and 8 (a masked one), packed sequences."""
     whole = "" if initial_states else ",whole=1"
