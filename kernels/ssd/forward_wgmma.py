@@ -168,7 +168,8 @@ def _scan_fwd_wgmma_kernel(
     # y leaves through stores that the next fence_async_shared (MEMBAR.ALL.CTA in the SASS) waits for: where the
     # registers allow, each step's y is stored once the next step has passed its first two fences
     DELAY_Y: gl.constexpr = INTRA == 2 and not ADD_Y
-    y_prev = gl.zeros((BLOCK_T, BLOCK_P), dtype, io_p)
+    if DELAY_Y:
+        y_prev = gl.zeros((BLOCK_T, BLOCK_P), dtype, io_p)
     if ADD_Y:
         if INTRA == 0:  # the earlier d_state slices' y, loaded a step ahead where the registers allow
             y_before = gl.load(y_ptr + (c0 + offs_io_t)[:, None] * stride_y_t + head * stride_y_h + offs_io_p[None, :],
