@@ -60,15 +60,11 @@ def _store_state(base, h_smem, p0, dstate, state_stride, headdim, BLOCK_N: gl.co
 
 
 @gluon.jit
-def _store_y(y_ptr, y, c0, t0, clen, head, headdim, stride_y_t, stride_y_h, p0, BLOCK_T: gl.constexpr,
-             BLOCK_P: gl.constexpr):
-    """Stores the walk's y tile of tokens t0.. (from c0) and head_dim columns p0.., in `copy_layout`, rows from
-    clen on and columns from headdim on left out."""
-    layout: gl.constexpr = copy_layout(BLOCK_P, gl.num_warps())
-    offs_t = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, layout))
-    offs_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, layout))
-    gl.store(y_ptr + (c0 + t0 + offs_t)[:, None] * stride_y_t + head * stride_y_h + offs_p[None, :], y,
-             mask=(offs_t < clen - t0)[:, None] & (offs_p < headdim)[None, :])
+def _y_tile(offs_t, offs_p, c0, t0, clen, head, headdim, stride_y_t, stride_y_h):
+    """Offsets into y of the walk's tile of tokens t0.. (from c0) and head_dim columns offs_p, and its mask:
+    rows from clen on and columns from headdim on left out; offs_t: the tile's rows 0.., in the layout of both."""
+    offs = (c0 + t0 + offs_t)[:, None] * stride_y_t + head * stride_y_h + offs_p[None, :]
+    return offs, (offs_t < clen - t0)[:, None] & (offs_p < headdim)[None, :]
 
 
 @gluon.jit
@@ -172,8 +168,8 @@ def _scan_fwd_wgmma_kernel(
         y_prev = gl.zeros((BLOCK_T, BLOCK_P), dtype, io_p)
     if ADD_Y:
         if INTRA == 0:  # the earlier d_state slices' y, loaded a step ahead where the registers allow
-            y_before = gl.load(y_ptr + (c0 + offs_io_t)[:, None] * stride_y_t + head * stride_y_h + offs_io_p[None, :],
-                               mask=(offs_io_t < clen)[:, None] & (offs_io_p < headdim)[None, :], other=0.0)
+            offs_y, mask = _y_tile(offs_io_t, offs_io_p, c0, 0, clen, head, headdim, stride_y_t, stride_y_h)
+            y_before = gl.load(y_ptr + offs_y, mask=mask, other=0.0)
     for step in range(0, nsteps):
         t0 = step * BLOCK_T
         t_next = t0 + BLOCK_T
@@ -206,12 +202,11 @@ def _scan_fwd_wgmma_kernel(
         fence_async_shared()
         if DELAY_Y:
             if step > 0:
-                _store_y(y_ptr, y_prev, c0, t0 - BLOCK_T, clen, head, headdim, stride_y_t, stride_y_h, p0, BLOCK_T,
-                         BLOCK_P)
+                offs_y, mask = _y_tile(offs_io_t, offs_io_p, c0, t0 - BLOCK_T, clen, head, headdim, stride_y_t,
+                                       stride_y_h)
+                gl.store(y_ptr + offs_y, y_prev, mask=mask)
         h_next = warpgroup_mma(b_tile.permute((1, 0)), xw_smem, h * exp_ftz(s_last - s_prev), is_async=True)
-        offs_t = c0 + t0 + offs_io_t
-        mask = (offs_io_t < clen - t0)[:, None] & (offs_io_p < headdim)[None, :]
-        offs_y = offs_t[:, None] * stride_y_t + head * stride_y_h + offs_io_p[None, :]
+        offs_y, mask = _y_tile(offs_io_t, offs_io_p, c0, t0, clen, head, headdim, stride_y_t, stride_y_h)
 
         if INTRA > 0:
             s_i = gl.convert_layout(s_r, rows_t)
@@ -268,7 +263,7 @@ def _scan_fwd_wgmma_kernel(
             out = (out.to(gl.float32) + y_before.to(gl.float32)).to(dtype)
         if HAS_Z:
             gl.store(ypre_ptr + offs_y, out, mask=mask)
-            zt = gl.load(z_ptr + offs_t[:, None] * stride_z_t + head * stride_z_h + offs_io_p[None, :],
+            zt = gl.load(z_ptr + (c0 + t0 + offs_io_t)[:, None] * stride_z_t + head * stride_z_h + offs_io_p[None, :],
                          mask=mask, other=0.0).to(gl.float32)
             out = (out.to(gl.float32) * zt * (1.0 / (1.0 + exp_ftz(-zt)))).to(dtype)
         if DELAY_Y:
@@ -277,13 +272,13 @@ def _scan_fwd_wgmma_kernel(
             gl.store(y_ptr + offs_y, out, mask=mask)
         if ADD_Y:
             if INTRA == 0:
-                y_before = gl.load(y_ptr + offs_y + BLOCK_T * stride_y_t,
-                                   mask=(offs_io_t < clen - t_next)[:, None] & (offs_io_p < headdim)[None, :],
-                                   other=0.0)
+                _, mask_next = _y_tile(offs_io_t, offs_io_p, c0, t_next, clen, head, headdim, stride_y_t, stride_y_h)
+                y_before = gl.load(y_ptr + offs_y + BLOCK_T * stride_y_t, mask=mask_next, other=0.0)
     if DELAY_Y:
         if nsteps > 0:
-            _store_y(y_ptr, y_prev, c0, (nsteps - 1) * BLOCK_T, clen, head, headdim, stride_y_t, stride_y_h, p0,
-                     BLOCK_T, BLOCK_P)
+            offs_y, mask = _y_tile(offs_io_t, offs_io_p, c0, (nsteps - 1) * BLOCK_T, clen, head, headdim, stride_y_t,
+                                   stride_y_h)
+            gl.store(y_ptr + offs_y, y_prev, mask=mask)
     async_copy.wait_group(0)
     if WHOLE:  # the final state through a layout conversion (whose scratch reuses the dead tile buffers): stored
         # from the wgmma layout, its pointers were the first load's, kept across the loop (144 more bytes of spills)
