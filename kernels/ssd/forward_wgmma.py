@@ -61,8 +61,9 @@ def _store_state(base, h_smem, p0, dstate, state_stride, headdim, BLOCK_N: gl.co
 
 @gluon.jit
 def _y_tile(offs_t, offs_p, c0, t0, clen, head, headdim, stride_y_t, stride_y_h):
-    """Offsets into y of the walk's tile of tokens t0.. (from c0) and head_dim columns offs_p, and its mask:
-    rows from clen on and columns from headdim on left out; offs_t: the tile's rows 0.., in the layout of both."""
+    """Offsets into y (or z, given its strides) of the walk's tile of tokens t0.. (from c0) and head_dim columns
+    offs_p, and its mask: rows from clen on and columns from headdim on left out; offs_t: the tile's rows 0.., in
+    the layout of both."""
     offs = (c0 + t0 + offs_t)[:, None] * stride_y_t + head * stride_y_h + offs_p[None, :]
     return offs, (offs_t < clen - t0)[:, None] & (offs_p < headdim)[None, :]
 
@@ -263,8 +264,8 @@ def _scan_fwd_wgmma_kernel(
             out = (out.to(gl.float32) + y_before.to(gl.float32)).to(dtype)
         if HAS_Z:
             gl.store(ypre_ptr + offs_y, out, mask=mask)
-            zt = gl.load(z_ptr + (c0 + t0 + offs_io_t)[:, None] * stride_z_t + head * stride_z_h + offs_io_p[None, :],
-                         mask=mask, other=0.0).to(gl.float32)
+            offs_z, _ = _y_tile(offs_io_t, offs_io_p, c0, t0, clen, head, headdim, stride_z_t, stride_z_h)
+            zt = gl.load(z_ptr + offs_z, mask=mask, other=0.0).to(gl.float32)
             out = (out.to(gl.float32) * zt * (1.0 / (1.0 + exp_ftz(-zt)))).to(dtype)
         if DELAY_Y:
             y_prev = out
