@@ -44,7 +44,7 @@ from .streams import Fork
 from .tiles import cb_table_dtype, chunk_cb, scan_tiles
 
 try:
-    from .forward_wgmma import scan_fwd_wgmma
+    from .forward_wgmma import MIN_BLOCK_P, scan_fwd_wgmma
     from .wgmma import wgmma_supported
 except ImportError:  # a Triton without Gluon's Hopper API (before 3.5): the Triton walk everywhere
     scan_fwd_wgmma = None
@@ -377,7 +377,8 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
     ntokens, nheads, headdim = x.shape
     dstate = B.shape[2]
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), walks.count)
-    gluon = cfg.wgmma and scan_fwd_wgmma is not None and wgmma_supported(x, cfg.block_m, cfg.block_n, cfg.num_warps)
+    gluon = (cfg.wgmma and scan_fwd_wgmma is not None and cfg.block_p >= MIN_BLOCK_P
+             and wgmma_supported(x, cfg.block_m, cfg.block_n, cfg.num_warps))
     for n0 in range(0, dstate, cfg.block_n):
         part = (..., slice(n0, n0 + cfg.block_n))
         first, last = n0 == 0, n0 + cfg.block_n >= dstate
@@ -394,7 +395,8 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
                       D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None and last,
                       ALIGNED=cfg.alignment(table.aligned))
         if gluon:
-            scan_fwd_wgmma(grid, args, consts, cfg.num_warps, cfg.register_cap())
+            scan_fwd_wgmma(grid, args, consts, cfg.num_warps, cfg.register_cap(),
+                           states[part] if consts["STORE_STATES"] else None)
         else:
             _scan_fwd_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
 

@@ -1,10 +1,9 @@
 """The forward output walk with asynchronous warpgroup MMA (Gluon, Hopper only).
 
 Same program and arithmetic as forward.py's `_scan_fwd_kernel` (one program per head and head_dim block, walk of
-one or more chunks; a walk through them in 64-token tiles carrying the state h^T, d_state x head_dim block, in
-float32), written
-in Gluon so that the four products of a tile are in flight together instead of one after another (Triton waits
-for each wgmma right after issuing it, benchmarks/NOTES-ssd.md):
+one or more chunks; a walk through them in 64-token tiles carrying the state h, head_dim block x d_state, in
+float32), written in Gluon so that the four products of a tile are in flight together instead of one after
+another (Triton waits for each wgmma right after issuing it, benchmarks/NOTES-ssd.md):
 
     C B^T, C h, B^T (decay_out * x) issued at once; the masked decay of C B^T computed while the last two run;
     then W x accumulated onto decay_in * C h.
@@ -13,9 +12,12 @@ A walk over a slice of d_state (forward.py's `_output_walks`) may instead read C
 table (INTRA 2, one more shared buffer: 112 KB, still two programs per SM) or leave the W x term to another
 slice (INTRA 0: two products per step).
 
-In 4 warps (one warpgroup) the state tile is 64 or 128 d_state rows; in 8 warps (two warpgroups, wgmma.mma_layout)
-each warpgroup takes half of every product's columns, so half of the head_dim block, and the state tile may be
-the whole d_state of 256 (192-200 KB of shared memory: one program per SM).
+The head_dim block is the state update's M, so at least 64 rows (MIN_BLOCK_P). In 4 warps (one warpgroup) the state
+tile has 64 or 128 d_state columns; in 8 warps (two warpgroups, wgmma.mma_layout) each warpgroup takes half of every
+product's columns (half of the d_state columns of the state, half of the head_dim block of y), and the state tile
+may be the whole d_state of 256 (192-200 KB of shared memory: one program per SM). The state is kept in shared
+memory as the states array holds it (head_dim rows, d_state contiguous), so that whole walks copy each chunk state
+out by TMA (`states_descriptor`), an asynchronous copy that the walk's fences do not wait for.
 
 Tiles of x, B and C are copied into shared memory one step ahead (cp.async, two buffers); y leaves through shared
 memory in 16-byte row pieces. Differences from the Triton walk, all within bf16 rounding: a D per head is added
@@ -29,34 +31,40 @@ everywhere else, and the CPU interpreter cannot run Gluon, so the tests compare 
 
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     async_copy,
     fence_async_shared,
+    tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
 
-from .wgmma import barrier as _barrier, copy_layout, copy_tile, exp_ftz, mma_layout, walk_program
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-__all__ = ["scan_fwd_wgmma"]
+from .wgmma import barrier as _barrier, copy_layout, copy_tile, exp_ftz, mma_layout, tma_store, walk_program
+
+__all__ = ["MIN_BLOCK_P", "scan_fwd_wgmma", "states_descriptor"]
+
+MIN_BLOCK_P = 64  # the state update's wgmma has the head_dim block as its M: 64 rows a warpgroup
+_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
 
 @gluon.jit
 def _store_state(base, h_smem, p0, dstate, state_stride, headdim, BLOCK_N: gl.constexpr, BLOCK_P: gl.constexpr):
-    """Stores the walk's h^T, as it is in h_smem (d_state x head_dim block, the dot dtype), into the (headdim,
-    dstate) state at base (rows state_stride apart), 32 d_state rows at a time, read back in columns of 8 rows per
-    thread so that each thread writes 16 contiguous bytes. Stored from the wgmma layout, with a 64-bit pointer per
-    element, the 128 x 128 whole walk spilled 472 bytes (triton 3.9; 112 without whole walks, 256 with these
-    stores)."""
-    ROWS: gl.constexpr = 32
-    layout: gl.constexpr = gl.BlockedLayout([8, 1], [ROWS // 8, 32 // (ROWS // 8)], [1, gl.num_warps()], [0, 1])
-    offs_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, layout))
-    for n0 in gl.static_range(0, BLOCK_N, ROWS):
-        offs_n = n0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
-        gl.store(base + offs_p[None, :] * state_stride + offs_n[:, None], h_smem.slice(n0, ROWS).load(layout),
-                 mask=(offs_n[:, None] < dstate) & (offs_p < headdim)[None, :])
+    """Stores the walk's h, as it is in h_smem (head_dim block x d_state, the dot dtype), into the (headdim,
+    dstate) state at base (rows state_stride apart), 16 contiguous bytes a thread. With h^T in shared memory
+    (read back in columns of 8 rows a thread) the stores of every chunk state cost the 128 x 256 forward's
+    walks 0.86 ms (H200, 8 x 8192 tokens: 1.31 / 1.15 ms -> 1.78 / 1.54)."""
+    layout: gl.constexpr = copy_layout(BLOCK_N, gl.num_warps())
+    offs_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, layout))
+    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+    gl.store(base + offs_p[:, None] * state_stride + offs_n[None, :], h_smem.load(layout),
+             mask=(offs_p < headdim)[:, None] & (offs_n < dstate)[None, :])
 
 
 @gluon.jit
@@ -89,12 +97,14 @@ def _scan_fwd_wgmma_kernel(
     walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
     stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, state_stride, ngroups, heads_per_group, chunk_size,
+    states_desc, TMA_STATES: gl.constexpr,
     BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr, STEPS_PER_CHUNK: gl.constexpr,
     WHOLE: gl.constexpr, STORE_STATES: gl.constexpr, ADD_Y: gl.constexpr, INTRA: gl.constexpr, HAS_D: gl.constexpr,
     D_HAS_HDIM: gl.constexpr, HAS_Z: gl.constexpr, ALIGNED: gl.constexpr,
 ):
     dtype: gl.constexpr = x_ptr.dtype.element_ty
-    mma_p: gl.constexpr = mma_layout(BLOCK_P, gl.num_warps())  # y (tokens x head_dim), h^T (d_state x head_dim)
+    mma_p: gl.constexpr = mma_layout(BLOCK_P, gl.num_warps())  # y (tokens x head_dim)
+    mma_h: gl.constexpr = mma_layout(BLOCK_N, gl.num_warps())  # h (head_dim x d_state)
     mma_t: gl.constexpr = mma_layout(BLOCK_T, gl.num_warps())  # C B^T (tokens x tokens)
     w_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_p, k_width=2)
     rows_p: gl.constexpr = gl.SliceLayout(1, mma_p)
@@ -103,7 +113,7 @@ def _scan_fwd_wgmma_kernel(
     cols_t: gl.constexpr = gl.SliceLayout(0, mma_t)
     tn_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_T, BLOCK_N], dtype)
     tp_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_T, BLOCK_P], dtype)
-    np_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_P], dtype)
+    pn_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_P, BLOCK_N], dtype)
 
     head, p0, group, walk, c0, clen, row = walk_program(walk_start_ptr, walk_len_ptr, ntokens, headdim,
                                                         heads_per_group, BLOCK_P, ALIGNED)
@@ -116,7 +126,7 @@ def _scan_fwd_wgmma_kernel(
     b_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_T, BLOCK_N], tn_smem)
     x_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_T, BLOCK_P], tp_smem)
     xw_smem = gl.allocate_shared_memory(dtype, [BLOCK_T, BLOCK_P], tp_smem)
-    h_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_P], np_smem)
+    h_smem = gl.allocate_shared_memory(dtype, [BLOCK_P, BLOCK_N], pn_smem)
 
     copy_tile(c_smem.index(0), c_base, stride_c_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
     copy_tile(b_smem.index(0), b_base, stride_b_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
@@ -128,14 +138,15 @@ def _scan_fwd_wgmma_kernel(
         _copy_cb_tile(cb_smem, cb_ptr, chunk, group, ngroups, chunk_size, clen, 0, BLOCK_T, STEPS_PER_CHUNK)
     async_copy.commit_group()
 
-    # h^T (d_state x head_dim block): the state after the tokens walked so far, decayed to the last of them
-    offs_hn = gl.arange(0, BLOCK_N, layout=rows_p)
+    # h (head_dim block x d_state): the state after the tokens walked so far, decayed to the last of them
     offs_p = p0 + gl.arange(0, BLOCK_P, layout=cols_p)
     mask_p = offs_p < headdim
-    h_tile = offs_p[None, :] * state_stride + offs_hn[:, None]
-    h_mask = (offs_hn[:, None] < dstate) & mask_p[None, :]
+    offs_hp = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, mma_h))
+    offs_hn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_h))
+    h_tile = offs_hp[:, None] * state_stride + offs_hn[None, :]
+    h_mask = (offs_hp < headdim)[:, None] & (offs_hn < dstate)[None, :]
     if WHOLE:  # walk w is all of sequence w, from zero
-        h = gl.zeros((BLOCK_N, BLOCK_P), gl.float32, mma_p)
+        h = gl.zeros((BLOCK_P, BLOCK_N), gl.float32, mma_h)
         if STORE_STATES:
             gl.store(states_ptr + (chunk * nheads + head) * headdim * state_stride + h_tile, h.to(dtype), mask=h_mask)
     else:
@@ -185,6 +196,8 @@ def _scan_fwd_wgmma_kernel(
         copy_tile(x_smem.index(nxt), x_base, stride_x_t, t0 + BLOCK_T, clen, headdim - p0, BLOCK_T, BLOCK_P)
         async_copy.commit_group()
         mask_r = t0 + offs_r < clen
+        if TMA_STATES:  # the chunk state's copy out of h_smem (issued last step) has read it before h is rewritten
+            tma.store_wait(0)
         async_copy.wait_group(1)
         fence_async_shared()
         c_tile = c_smem.index(buf)
@@ -194,7 +207,7 @@ def _scan_fwd_wgmma_kernel(
         if INTRA == 1:
             cb = warpgroup_mma(c_tile, b_tile.permute((1, 0)), gl.zeros((BLOCK_T, BLOCK_T), gl.float32, mma_t),
                                use_acc=False, is_async=True)
-        ch = warpgroup_mma(c_tile, h_smem, gl.zeros((BLOCK_T, BLOCK_P), gl.float32, mma_p),
+        ch = warpgroup_mma(c_tile, h_smem.permute((1, 0)), gl.zeros((BLOCK_T, BLOCK_P), gl.float32, mma_p),
                            use_acc=False, is_async=True)
 
         x_reg = x_tile.load(mma_p)
@@ -206,7 +219,7 @@ def _scan_fwd_wgmma_kernel(
                 offs_y, mask = _y_tile(offs_io_t, offs_io_p, c0, t0 - BLOCK_T, clen, head, headdim, stride_y_t,
                                        stride_y_h)
                 gl.store(y_ptr + offs_y, y_prev, mask=mask)
-        h_next = warpgroup_mma(b_tile.permute((1, 0)), xw_smem, h * exp_ftz(s_last - s_prev), is_async=True)
+        h_next = warpgroup_mma(xw_smem.permute((1, 0)), b_tile, h * exp_ftz(s_last - s_prev), is_async=True)
         offs_y, mask = _y_tile(offs_io_t, offs_io_p, c0, t0, clen, head, headdim, stride_y_t, stride_y_h)
 
         if INTRA > 0:
@@ -243,8 +256,13 @@ def _scan_fwd_wgmma_kernel(
         if STORE_STATES:
             if chunk_end & (step + 1 < nsteps):
                 entered = chunk + (step + 1) // STEPS_PER_CHUNK
-                _store_state(states_ptr + (entered * nheads + head) * headdim * state_stride, h_smem, p0, dstate,
-                             state_stride, headdim, BLOCK_N, BLOCK_P)
+                if TMA_STATES:  # one asynchronous copy that no fence waits for (states_descriptor)
+                    _barrier()
+                    row_h = ((entered * nheads + head) * headdim + p0).to(gl.int32)
+                    tma_store(states_desc, [row_h, 0], h_smem)
+                else:
+                    _store_state(states_ptr + (entered * nheads + head) * headdim * state_stride, h_smem, p0,
+                                 dstate, state_stride, headdim, BLOCK_N, BLOCK_P)
         s_r = s_r_next
         dt_r = dt_r_next
         s_last = s_last_next
@@ -281,19 +299,40 @@ def _scan_fwd_wgmma_kernel(
                                    stride_y_h)
             gl.store(y_ptr + offs_y, y_prev, mask=mask)
     async_copy.wait_group(0)
+    if TMA_STATES:
+        tma.store_wait(0)
     if WHOLE:  # the final state through a layout conversion (whose scratch reuses the dead tile buffers): stored
         # from the wgmma layout, its pointers were the first load's, kept across the loop (144 more bytes of spills)
-        out_layout: gl.constexpr = gl.BlockedLayout([4, 1], [8, 4], [1, gl.num_warps()], [0, 1])
-        offs_fn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_layout))
-        offs_fp = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(0, out_layout))
-        gl.store(final_ptr + (walk * nheads + head) * headdim * state_stride + offs_fp[None, :] * state_stride
-                 + offs_fn[:, None],
-                 gl.convert_layout(h, out_layout), mask=(offs_fn[:, None] < dstate) & (offs_fp < headdim)[None, :])
+        out_layout: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [gl.num_warps(), 1], [1, 0])
+        offs_fp = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, out_layout))
+        offs_fn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
+        gl.store(final_ptr + (walk * nheads + head) * headdim * state_stride + offs_fp[:, None] * state_stride
+                 + offs_fn[None, :],
+                 gl.convert_layout(h, out_layout), mask=(offs_fp < headdim)[:, None] & (offs_fn < dstate)[None, :])
 
 
-def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, num_warps: int, options: dict[str, int]) -> None:
+def states_descriptor(states: torch.Tensor, block_p: int, block_n: int) -> Optional[TensorDescriptor]:
+    """A TMA descriptor of the chunk states `states` (nchunks, nheads, headdim, width: a d_state slice of width
+    columns, rows `states.stride(2)` apart) as rows of head_dim (nchunks * nheads * headdim, width) in boxes of
+    block_p x block_n, for the walk's copies of h out of shared memory; None where a box would cross into the next
+    head (headdim not a multiple of block_p) or TMA cannot address the rows (16-byte strides and base)."""
+    nchunks, nheads, headdim, width = states.shape
+    row = states.stride(2)
+    dense = states.stride(3) == 1 and states.stride(1) == headdim * row and states.stride(0) == nheads * headdim * row
+    if (headdim % block_p or not dense or (row * states.element_size()) % 16 or states.data_ptr() % 16
+            or states.dtype not in _GL_DTYPES):
+        return None
+    rows = torch.as_strided(states, (nchunks * nheads * headdim, width), (row, 1))
+    layout = gl.NVMMASharedLayout.get_default_for([block_p, block_n], _GL_DTYPES[states.dtype])
+    return TensorDescriptor(rows, [nchunks * nheads * headdim, width], [row, 1], [block_p, block_n], layout)
+
+
+def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, num_warps: int, options: dict[str, int],
+                   states: Optional[torch.Tensor] = None) -> None:
     """Launches the Gluon output walk in num_warps (4: one warpgroup; 8: two, each with half the head_dim block) on
     `_scan_fwd_kernel`'s arguments and constexprs (its PREC left out: the products take the inputs' 16-bit dtype);
-    options: KernelConfig.register_cap()."""
-    _scan_fwd_wgmma_kernel[grid](*args, **consts, num_warps=num_warps, **options)
-
+    options: KernelConfig.register_cap(); states: the chunk states the walk stores (its d_state slice), copied out
+    by TMA where `states_descriptor` allows."""
+    desc = states_descriptor(states, consts["BLOCK_P"], consts["BLOCK_N"]) if states is not None else None
+    _scan_fwd_wgmma_kernel[grid](*args, **consts, states_desc=desc, TMA_STATES=desc is not None,
+                                 num_warps=num_warps, **options)

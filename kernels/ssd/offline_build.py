@@ -28,12 +28,13 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
-from triton.runtime.jit import JITFunction
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.runtime.jit import JITFunction, mangle_type
 
 from . import backward, forward
 from .autograd import ssd_scan_triton
 from .backward_wgmma import _dx_wgmma_kernel
-from .forward_wgmma import _scan_fwd_wgmma_kernel
+from .forward_wgmma import MIN_BLOCK_P, _scan_fwd_wgmma_kernel, states_descriptor
 from .config import bwd_dx_config
 from .step import ssd_step_triton
 from .wgmma import wgmma_tiles
@@ -69,6 +70,8 @@ def _is_constexpr(fn: JITFunction, name: str, value: Any) -> bool:
 
 
 def _kind(value: Any) -> str:
+    if isinstance(value, TensorDescriptor):
+        return mangle_type(value)
     if isinstance(value, torch.Tensor):
         return "*" + _DTYPES[value.dtype]
     if isinstance(value, bool):
@@ -115,7 +118,7 @@ def build(fn: JITFunction, args: dict[str, Any], options: dict[str, int], target
             continue
         signature[param.name] = _kind(value)
         aligned = value.data_ptr() % 16 == 0 if isinstance(value, torch.Tensor) else (
-            not isinstance(value, (bool, float)) and value % 16 == 0)
+            not isinstance(value, (bool, float, TensorDescriptor)) and value % 16 == 0)
         if aligned:
             attrs[(index,)] = [["tt.divisibility", 16]]
     source = (GluonASTSource if isinstance(fn, GluonJITFunction) else ASTSource)(
@@ -264,7 +267,14 @@ def gluon_twin(launch: Launch) -> Optional[tuple[JITFunction, dict[str, Any]]]:
     twin = _GLUON_TWINS.get(launch.fn)
     if twin is None or not wgmma_tiles(launch.args["BLOCK_T"], launch.args["BLOCK_N"], _warps(launch)):
         return None
-    return twin, {p.name: launch.args[p.name] for p in twin.params}
+    args = dict(launch.args)
+    if twin is _scan_fwd_wgmma_kernel:
+        if args["BLOCK_P"] < MIN_BLOCK_P:
+            return None
+        desc = (states_descriptor(args["states_ptr"], args["BLOCK_P"], args["BLOCK_N"]) if args["STORE_STATES"]
+                else None)
+        args.update(states_desc=desc, TMA_STATES=desc is not None)
+    return twin, {p.name: args[p.name] for p in twin.params}
 
 
 def _builds() -> Iterator[tuple[JITFunction, dict[str, Any], dict[str, int]]]:

@@ -14,17 +14,20 @@ from triton.runtime.jit import constexpr_function
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.extra import libdevice
-from triton.experimental.gluon.language.nvidia.hopper import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import async_copy, tma
 
 from .layout import ALIGNMENT
 
-__all__ = ["copy_layout", "copy_tile", "exp_ftz", "mma_layout", "walk_program", "wgmma_supported", "wgmma_tiles"]
+__all__ = ["barrier", "copy_layout", "copy_tile", "exp_ftz", "mma_layout", "tma_store", "walk_program",
+           "wgmma_supported", "wgmma_tiles"]
 
 # cp.async into shared memory: `async_load` after triton 3.6 (the device's version), `async_copy_global_to_shared`
 # in 3.6
 _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 # a CTA barrier: `barrier` after triton 3.6, `thread_barrier` in 3.6
 barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+# a TMA copy of a shared-memory tile into global memory: `async_store` after triton 3.6
+tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 _ALIGNMENT = gl.constexpr(ALIGNMENT)
 _LOG2E = gl.constexpr(1.4426950408889634)
 
