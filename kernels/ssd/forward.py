@@ -236,7 +236,8 @@ def _scan_fwd_kernel(
             else:
                 acc += xt.to(tl.float32) * tl.load(d_ptr + head).to(tl.float32)
         if HAS_Z:
-            tl.store(ypre_ptr + y_off + tile, acc.to(ypre_ptr.dtype.element_ty), mask=mask)
+            if ypre_ptr is not None:
+                tl.store(ypre_ptr + y_off + tile, acc.to(ypre_ptr.dtype.element_ty), mask=mask)
             zt = tl.load(z_ptr + c0 * stride_z_t + head * stride_z_h + offs_t[:, None] * stride_z_t + offs_p[None, :],
                          mask=mask, other=0.0).to(tl.float32)
             acc = acc * zt * tl.sigmoid(zt)
@@ -248,7 +249,8 @@ def _scan_fwd_kernel(
 class ForwardResult(NamedTuple):
     """Outputs of `ssd_forward` (tokens flattened: T = batch * seqlen).
 
-    y (T, nheads, headdim) x.dtype; y_pre: y before the silu(z) gate (same shape; None without z);
+    y (T, nheads, headdim) x.dtype; y_pre: y before the silu(z) gate (same shape; None without z or without a
+    backward to come, keep_states False);
     final_states (nseqs, nheads, headdim, dstate) float32; states (nchunks, nheads, headdim, dstate): the state
     entering each chunk, in the dot dtype (with keep_states False, only the rows of the output walks' first
     chunks are written, and with whole-sequence walks there are no rows);
@@ -282,9 +284,10 @@ def ssd_forward(
 
     x, z (T, nheads, headdim); dt (T, nheads); B, C (T, ngroups, dstate), all with a unit last stride and B, C
     in x.dtype; A, dt_bias (nheads,); D (nheads,) or (nheads, headdim); initial_states (nseqs, nheads, headdim,
-    dstate) or None. keep_states: store every chunk's state for the backward; without it the state pass stores
-    only those the output walks start from (H200, 8 x 8192 tokens, walks of 4 chunks, state pass ms: 64 x 64
-    0.238 -> 0.225, 64 x 128 0.376 -> 0.352, 128 x 64 0.515 -> 0.484, 128 x 128 0.745 -> 0.677).
+    dstate) or None. keep_states: a backward is to come: store every chunk's state and y before the gate for it;
+    without it the state pass stores only the states the output walks start from (H200, 8 x 8192 tokens, walks of 4
+    chunks, state pass ms: 64 x 64 0.238 -> 0.225, 64 x 128 0.376 -> 0.352, 128 x 64 0.515 -> 0.484, 128 x 128
+    0.745 -> 0.677), and no y before the gate.
     """
     ntokens, nheads, headdim = x.shape
     ngroups, dstate = B.shape[1:]
@@ -327,7 +330,7 @@ def ssd_forward(
     fork.join()
 
     y = torch.empty(ntokens, nheads, headdim, device=dev, dtype=x.dtype)
-    y_pre = torch.empty_like(y) if z is not None else None
+    y_pre = torch.empty_like(y) if z is not None and keep_states else None
     if out_cfg.walk:
         _output_walks(x, B, C, cb, states, final, s, dtp, D, z, y, y_pre, walks, whole, keep_states, table,
                       out_cfg, prec)
@@ -396,7 +399,7 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
                       ALIGNED=cfg.alignment(table.aligned))
         if gluon:
             scan_fwd_wgmma(grid, args, consts, cfg.num_warps, cfg.register_cap(),
-                           states[part] if consts["STORE_STATES"] else None)
+                           states[part] if consts["STORE_STATES"] else None, y, y_pre)
         else:
             _scan_fwd_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
 

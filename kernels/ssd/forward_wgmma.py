@@ -48,7 +48,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .wgmma import barrier as _barrier, copy_layout, copy_tile, exp_ftz, mma_layout, tma_store, walk_program
 
-__all__ = ["MIN_BLOCK_P", "scan_fwd_wgmma", "states_descriptor"]
+__all__ = ["MIN_BLOCK_P", "scan_fwd_wgmma", "tma_arguments"]
 
 MIN_BLOCK_P = 64  # the state update's wgmma has the head_dim block as its M: 64 rows a warpgroup
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
@@ -97,11 +97,12 @@ def _scan_fwd_wgmma_kernel(
     walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
     stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, state_stride, ngroups, heads_per_group, chunk_size,
-    states_desc, TMA_STATES: gl.constexpr,
+    states_desc, y_desc, ypre_desc, TMA_STATES: gl.constexpr, TMA_Y: gl.constexpr,
     BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr, STEPS_PER_CHUNK: gl.constexpr,
     WHOLE: gl.constexpr, STORE_STATES: gl.constexpr, ADD_Y: gl.constexpr, INTRA: gl.constexpr, HAS_D: gl.constexpr,
     D_HAS_HDIM: gl.constexpr, HAS_Z: gl.constexpr, ALIGNED: gl.constexpr,
 ):
+    STORE_PRE: gl.constexpr = HAS_Z and ypre_ptr is not None
     dtype: gl.constexpr = x_ptr.dtype.element_ty
     mma_p: gl.constexpr = mma_layout(BLOCK_P, gl.num_warps())  # y (tokens x head_dim)
     mma_h: gl.constexpr = mma_layout(BLOCK_N, gl.num_warps())  # h (head_dim x d_state)
@@ -127,6 +128,8 @@ def _scan_fwd_wgmma_kernel(
     x_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_T, BLOCK_P], tp_smem)
     xw_smem = gl.allocate_shared_memory(dtype, [BLOCK_T, BLOCK_P], tp_smem)
     h_smem = gl.allocate_shared_memory(dtype, [BLOCK_P, BLOCK_N], pn_smem)
+    if TMA_Y and STORE_PRE:  # y before the gate, for its own TMA copy (y leaves from xw_smem)
+        ypre_smem = gl.allocate_shared_memory(dtype, [BLOCK_T, BLOCK_P], tp_smem)
 
     copy_tile(c_smem.index(0), c_base, stride_c_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
     copy_tile(b_smem.index(0), b_base, stride_b_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
@@ -175,7 +178,7 @@ def _scan_fwd_wgmma_kernel(
     nsteps = gl.cdiv(clen, BLOCK_T)
     # y leaves through stores that the next fence_async_shared (MEMBAR.ALL.CTA in the SASS) waits for: where the
     # registers allow, each step's y is stored once the next step has passed its first two fences
-    DELAY_Y: gl.constexpr = INTRA == 2 and not ADD_Y
+    DELAY_Y: gl.constexpr = INTRA == 2 and not ADD_Y and not TMA_Y
     if DELAY_Y:
         y_prev = gl.zeros((BLOCK_T, BLOCK_P), dtype, io_p)
     if ADD_Y:
@@ -196,7 +199,9 @@ def _scan_fwd_wgmma_kernel(
         copy_tile(x_smem.index(nxt), x_base, stride_x_t, t0 + BLOCK_T, clen, headdim - p0, BLOCK_T, BLOCK_P)
         async_copy.commit_group()
         mask_r = t0 + offs_r < clen
-        if TMA_STATES:  # the chunk state's copy out of h_smem (issued last step) has read it before h is rewritten
+        if TMA_STATES or TMA_Y:  # last step's copies out of h_smem and xw_smem have read them before they change
+            # (waited for at the step's top: just before each buffer is rewritten, H200, 8 x 8192 tokens, 128 x 128
+            # walk without a backward 1.245 -> 1.47 ms, the first 128 x 256 slice with one 1.34 -> 1.43)
             tma.store_wait(0)
         async_copy.wait_group(1)
         fence_async_shared()
@@ -272,23 +277,53 @@ def _scan_fwd_wgmma_kernel(
             if D_HAS_HDIM:  # from x in registers: reading x_tile again here gave wrong values on the H200 (triton 3.6)
                 acc += x_reg.to(gl.float32) * dvec[None, :]
 
-        # y through shared memory (xw's buffer, free once h is updated) into rows of 16-byte pieces per thread
+        # y through shared memory (xw's buffer, free once h is updated): copied out by TMA where the tile is whole
+        # (TMA_Y), else loaded back in rows of 16-byte pieces per thread and stored
         xw_smem.store(acc.to(dtype))
-        out = xw_smem.load(io_p)
-        if ADD_Y:  # the earlier slices' y, added to this slice's rounded y (added to the accumulator, it cost 16 -> 176
-            # bytes of spills and 5% of the time, H200, triton 3.6)
-            if INTRA > 0:
-                y_before = gl.load(y_ptr + offs_y, mask=mask, other=0.0)
-            out = (out.to(gl.float32) + y_before.to(gl.float32)).to(dtype)
-        if HAS_Z:
-            gl.store(ypre_ptr + offs_y, out, mask=mask)
-            offs_z, _ = _y_tile(offs_io_t, offs_io_p, c0, t0, clen, head, headdim, stride_z_t, stride_z_h)
-            zt = gl.load(z_ptr + offs_z, mask=mask, other=0.0).to(gl.float32)
-            out = (out.to(gl.float32) * zt * (1.0 / (1.0 + exp_ftz(-zt)))).to(dtype)
-        if DELAY_Y:
-            y_prev = out
+        y_row = (c0 + t0).to(gl.int32)
+        y_col = (head * headdim + p0).to(gl.int32)
+        whole_tile = t_next <= clen
+        DIRECT: gl.constexpr = TMA_Y and not ADD_Y and not HAS_Z  # y is the accumulator as it stands
+        if DIRECT:
+            if whole_tile:
+                fence_async_shared()
+                _barrier()
+                tma_store(y_desc, [y_row, y_col], xw_smem)
+            else:
+                gl.store(y_ptr + offs_y, xw_smem.load(io_p), mask=mask)
         else:
-            gl.store(y_ptr + offs_y, out, mask=mask)
+            out = xw_smem.load(io_p)
+            if ADD_Y:  # the earlier slices' y, added to this slice's rounded y (added to the accumulator, it cost
+                # 16 -> 176 bytes of spills and 5% of the time, H200, triton 3.6)
+                if INTRA > 0:
+                    y_before = gl.load(y_ptr + offs_y, mask=mask, other=0.0)
+                out = (out.to(gl.float32) + y_before.to(gl.float32)).to(dtype)
+            if HAS_Z:
+                if STORE_PRE:
+                    if TMA_Y:
+                        if whole_tile:
+                            ypre_smem.store(out)
+                        else:
+                            gl.store(ypre_ptr + offs_y, out, mask=mask)
+                    else:
+                        gl.store(ypre_ptr + offs_y, out, mask=mask)
+                offs_z, _ = _y_tile(offs_io_t, offs_io_p, c0, t0, clen, head, headdim, stride_z_t, stride_z_h)
+                zt = gl.load(z_ptr + offs_z, mask=mask, other=0.0).to(gl.float32)
+                out = (out.to(gl.float32) * zt * (1.0 / (1.0 + exp_ftz(-zt)))).to(dtype)
+            if TMA_Y:
+                if whole_tile:
+                    xw_smem.store(out)
+                    fence_async_shared()
+                    _barrier()
+                    tma_store(y_desc, [y_row, y_col], xw_smem)
+                    if STORE_PRE:
+                        tma_store(ypre_desc, [y_row, y_col], ypre_smem)
+                else:
+                    gl.store(y_ptr + offs_y, out, mask=mask)
+            elif DELAY_Y:
+                y_prev = out
+            else:
+                gl.store(y_ptr + offs_y, out, mask=mask)
         if ADD_Y:
             if INTRA == 0:
                 _, mask_next = _y_tile(offs_io_t, offs_io_p, c0, t_next, clen, head, headdim, stride_y_t, stride_y_h)
@@ -299,7 +334,7 @@ def _scan_fwd_wgmma_kernel(
                                    stride_y_h)
             gl.store(y_ptr + offs_y, y_prev, mask=mask)
     async_copy.wait_group(0)
-    if TMA_STATES:
+    if TMA_STATES or TMA_Y:
         tma.store_wait(0)
     if WHOLE:  # the final state through a layout conversion (whose scratch reuses the dead tile buffers): stored
         # from the wgmma layout, its pointers were the first load's, kept across the loop (144 more bytes of spills)
@@ -311,28 +346,63 @@ def _scan_fwd_wgmma_kernel(
                  gl.convert_layout(h, out_layout), mask=(offs_fp < headdim)[:, None] & (offs_fn < dstate)[None, :])
 
 
+def _rows_descriptor(rows: torch.Tensor, box: list[int]) -> Optional[TensorDescriptor]:
+    """A TMA descriptor of the 2-D view `rows` (unit column stride) in boxes `box`; None where TMA cannot address it
+    (16-byte row stride and base, a 16-bit dtype)."""
+    if (rows.stride(1) != 1 or (rows.stride(0) * rows.element_size()) % 16 or rows.data_ptr() % 16
+            or rows.dtype not in _GL_DTYPES):
+        return None
+    layout = gl.NVMMASharedLayout.get_default_for(box, _GL_DTYPES[rows.dtype])
+    return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), box, layout)
+
+
 def states_descriptor(states: torch.Tensor, block_p: int, block_n: int) -> Optional[TensorDescriptor]:
     """A TMA descriptor of the chunk states `states` (nchunks, nheads, headdim, width: a d_state slice of width
     columns, rows `states.stride(2)` apart) as rows of head_dim (nchunks * nheads * headdim, width) in boxes of
     block_p x block_n, for the walk's copies of h out of shared memory; None where a box would cross into the next
-    head (headdim not a multiple of block_p) or TMA cannot address the rows (16-byte strides and base)."""
+    head (headdim not a multiple of block_p) or TMA cannot address the rows."""
     nchunks, nheads, headdim, width = states.shape
     row = states.stride(2)
-    dense = states.stride(3) == 1 and states.stride(1) == headdim * row and states.stride(0) == nheads * headdim * row
-    if (headdim % block_p or not dense or (row * states.element_size()) % 16 or states.data_ptr() % 16
-            or states.dtype not in _GL_DTYPES):
+    dense = states.stride(1) == headdim * row and states.stride(0) == nheads * headdim * row
+    if headdim % block_p or not dense:
         return None
-    rows = torch.as_strided(states, (nchunks * nheads * headdim, width), (row, 1))
-    layout = gl.NVMMASharedLayout.get_default_for([block_p, block_n], _GL_DTYPES[states.dtype])
-    return TensorDescriptor(rows, [nchunks * nheads * headdim, width], [row, 1], [block_p, block_n], layout)
+    return _rows_descriptor(torch.as_strided(states, (nchunks * nheads * headdim, width), (row, states.stride(3))),
+                            [block_p, block_n])
+
+
+def output_descriptor(y: torch.Tensor, block_t: int, block_p: int) -> Optional[TensorDescriptor]:
+    """A TMA descriptor of an output y (ntokens, nheads, headdim) as rows of tokens (ntokens, nheads * headdim) in
+    boxes of block_t tokens x block_p columns; None where a box would cross heads or TMA cannot address y."""
+    ntokens, nheads, headdim = y.shape
+    if headdim % block_p or y.stride(1) != headdim * y.stride(2):
+        return None
+    return _rows_descriptor(torch.as_strided(y, (ntokens, nheads * headdim), (y.stride(0), y.stride(2))),
+                            [block_t, block_p])
+
+
+def tma_arguments(consts: dict, states: Optional[torch.Tensor], y: torch.Tensor,
+                  y_pre: Optional[torch.Tensor]) -> dict:
+    """The walk's TMA descriptors and their constexprs for `_scan_fwd_kernel`'s constexprs `consts`: the chunk
+    states' (states: those the walk stores, else None) and y's (and y_pre's: None where the walk stores none).
+    y leaves by TMA (TMA_Y) only where every output has a descriptor, in walks over the whole d_state that store no
+    chunk states (a forward without a backward): there the 128 x 128 walk took 1.34 -> 1.245 ms and 64 x 64 0.542 ->
+    0.526 (H200, 8 x 8192 tokens). It lost with chunk states stored (128 x 128 1.35 -> 1.37) and in the d_state
+    slices (the one adding the earlier y 1.14 -> 1.43)."""
+    block_t, block_p = consts["BLOCK_T"], consts["BLOCK_P"]
+    states_desc = states_descriptor(states, block_p, consts["BLOCK_N"]) if states is not None else None
+    y_desc = output_descriptor(y, block_t, block_p)
+    ypre_desc = output_descriptor(y_pre, block_t, block_p) if y_pre is not None and consts["HAS_Z"] else None
+    tma_y = (y_desc is not None and (ypre_desc is not None or y_pre is None or not consts["HAS_Z"])
+             and states is None and not consts["ADD_Y"] and consts["INTRA"] != 2)
+    return dict(states_desc=states_desc, TMA_STATES=states_desc is not None, y_desc=y_desc if tma_y else None,
+                ypre_desc=ypre_desc if tma_y else None, TMA_Y=tma_y)
 
 
 def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, num_warps: int, options: dict[str, int],
-                   states: Optional[torch.Tensor] = None) -> None:
+                   states: Optional[torch.Tensor], y: torch.Tensor, y_pre: Optional[torch.Tensor]) -> None:
     """Launches the Gluon output walk in num_warps (4: one warpgroup; 8: two, each with half the head_dim block) on
     `_scan_fwd_kernel`'s arguments and constexprs (its PREC left out: the products take the inputs' 16-bit dtype);
-    options: KernelConfig.register_cap(); states: the chunk states the walk stores (its d_state slice), copied out
-    by TMA where `states_descriptor` allows."""
-    desc = states_descriptor(states, consts["BLOCK_P"], consts["BLOCK_N"]) if states is not None else None
-    _scan_fwd_wgmma_kernel[grid](*args, **consts, states_desc=desc, TMA_STATES=desc is not None,
-                                 num_warps=num_warps, **options)
+    options: KernelConfig.register_cap(); states: the chunk states the walk stores (its d_state slice), else None;
+    y, y_pre: its outputs (as in args). Chunk states and whole y tiles leave by TMA where `tma_arguments` allows."""
+    _scan_fwd_wgmma_kernel[grid](*args, **consts, **tma_arguments(consts, states, y, y_pre), num_warps=num_warps,
+                                 **options)

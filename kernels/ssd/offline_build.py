@@ -34,7 +34,7 @@ from triton.runtime.jit import JITFunction, mangle_type
 from . import backward, forward
 from .autograd import ssd_scan_triton
 from .backward_wgmma import _dx_wgmma_kernel
-from .forward_wgmma import MIN_BLOCK_P, _scan_fwd_wgmma_kernel, states_descriptor
+from .forward_wgmma import MIN_BLOCK_P, _scan_fwd_wgmma_kernel, tma_arguments
 from .config import bwd_dx_config
 from .step import ssd_step_triton
 from .wgmma import wgmma_tiles
@@ -271,9 +271,8 @@ def gluon_twin(launch: Launch) -> Optional[tuple[JITFunction, dict[str, Any]]]:
     if twin is _scan_fwd_wgmma_kernel:
         if args["BLOCK_P"] < MIN_BLOCK_P:
             return None
-        desc = (states_descriptor(args["states_ptr"], args["BLOCK_P"], args["BLOCK_N"]) if args["STORE_STATES"]
-                else None)
-        args.update(states_desc=desc, TMA_STATES=desc is not None)
+        args.update(tma_arguments(args, args["states_ptr"] if args["STORE_STATES"] else None, args["y_ptr"],
+                                  args["ypre_ptr"]))
     return twin, {p.name: args[p.name] for p in twin.params}
 
 

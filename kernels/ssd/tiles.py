@@ -133,8 +133,9 @@ def _scan_tiles_kernel(
             else:
                 acc += xm * tl.load(d_ptr + head).to(tl.float32)
         if HAS_Z:
-            tl.store(ypre_ptr + c0 * stride_y_t + head * stride_y_h + offs_m[:, None] * stride_y_t + offs_p[None, :],
-                     acc.to(ypre_ptr.dtype.element_ty), mask=mask)
+            if ypre_ptr is not None:
+                tl.store(ypre_ptr + c0 * stride_y_t + head * stride_y_h + offs_m[:, None] * stride_y_t
+                         + offs_p[None, :], acc.to(ypre_ptr.dtype.element_ty), mask=mask)
             zt = tl.load(z_ptr + c0 * stride_z_t + head * stride_z_h + offs_m[:, None] * stride_z_t + offs_p[None, :],
                          mask=mask, other=0.0).to(tl.float32)
             acc = acc * zt * tl.sigmoid(zt)

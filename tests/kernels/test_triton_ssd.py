@@ -537,6 +537,27 @@ def test_whole_sequence_walks_store_the_state_passes_chunk_states_and_none_witho
     assert torch.equal(by_walk_no_grad.y, by_walk.y) and torch.equal(by_pass_no_grad.y, by_pass.y)
 
 
+@pytest.mark.parametrize("walk", ["walk=1,whole=1", "walk=0"])
+def test_a_forward_without_a_backward_stores_no_y_before_the_gate(make_ssd_inputs, monkeypatch, walk: str) -> None:
+    """With z, y before the gate is kept for the backward only: under no_grad the forward writes none, and its y is
+    the same."""
+    results = []
+
+    def recording(*args, **kwargs) -> forward.ForwardResult:
+        results.append(forward.ssd_forward(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(autograd, "ssd_forward", recording)
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", walk)
+    inputs = make_ssd_inputs(1, 100, 2, 32, 1, 16, torch.float32, DEVICE, with_z=True)
+    ssd_scan_triton(chunk_size=32, **{k: v.requires_grad_(True) if k == "x" else v for k, v in inputs.items()})
+    with torch.no_grad():
+        ssd_scan_triton(chunk_size=32, **inputs)
+    with_grad, no_grad = results
+    assert with_grad.y_pre is not None and no_grad.y_pre is None
+    assert torch.equal(no_grad.y, with_grad.y)
+
+
 @pytest.mark.parametrize("segment,every", [(0, 3), (4, 1), (6, 3)])
 def test_forward_without_a_backward_stores_only_the_states_the_output_walks_start_from(
         make_ssd_inputs, monkeypatch, segment: int, every: int) -> None:
