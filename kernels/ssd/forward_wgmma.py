@@ -39,6 +39,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     async_copy,
     fence_async_shared,
+    mbarrier,
     tma,
     warpgroup_mma,
     warpgroup_mma_wait,
@@ -46,7 +47,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .wgmma import barrier as _barrier, copy_layout, copy_tile, exp_ftz, mma_layout, tma_store, walk_program
+from .wgmma import (barrier as _barrier, copy_layout, copy_tile, exp_ftz, mma_layout, tma_load, tma_store, walk_program,
+                    zero_rows)
 
 __all__ = ["MIN_BLOCK_P", "scan_fwd_wgmma", "tma_arguments"]
 
@@ -77,6 +79,26 @@ def _y_tile(offs_t, offs_p, c0, t0, clen, head, headdim, stride_y_t, stride_y_h)
 
 
 @gluon.jit
+def _copy_step(c_smem, b_smem, x_smem, bar, c_desc, b_desc, x_desc, c_base, b_base, x_base, stride_c_t, stride_b_t,
+               stride_x_t, c0, t, clen, col_bc, col_x, dstate, width_x, BLOCK_T: gl.constexpr, BLOCK_N: gl.constexpr,
+               BLOCK_P: gl.constexpr, ELEMENT_BYTES: gl.constexpr, TMA_LOADS: gl.constexpr):
+    """Starts the copies of the C, B and x tiles of tokens t.. (from c0, of clen) into their buffers: by TMA onto
+    mbarrier bar (TMA_LOADS; none where t is past clen; the rows past clen are the next sequence's until the step
+    zeroes them), else by cp.async with those rows 0."""
+    if TMA_LOADS:
+        row = (c0 + t).to(gl.int32)
+        live = t < clen
+        mbarrier.expect(bar, (2 * BLOCK_T * BLOCK_N + BLOCK_T * BLOCK_P) * ELEMENT_BYTES, pred=live)
+        tma_load(c_desc, [row, col_bc], bar, c_smem, pred=live)
+        tma_load(b_desc, [row, col_bc], bar, b_smem, pred=live)
+        tma_load(x_desc, [row, col_x], bar, x_smem, pred=live)
+    else:
+        copy_tile(c_smem, c_base, stride_c_t, t, clen, dstate, BLOCK_T, BLOCK_N)
+        copy_tile(b_smem, b_base, stride_b_t, t, clen, dstate, BLOCK_T, BLOCK_N)
+        copy_tile(x_smem, x_base, stride_x_t, t, clen, width_x, BLOCK_T, BLOCK_P)
+
+
+@gluon.jit
 def _copy_cb_tile(smem, cb_ptr, chunk, group, ngroups, chunk_size, clen, step, BLOCK_T: gl.constexpr,
                   STEPS_PER_CHUNK: gl.constexpr):
     """Starts the copy of step `step`'s diagonal tile of its chunk's C B^T (chunk k of the walk from `chunk`,
@@ -97,7 +119,8 @@ def _scan_fwd_wgmma_kernel(
     walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
     stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, state_stride, ngroups, heads_per_group, chunk_size,
-    states_desc, y_desc, ypre_desc, TMA_STATES: gl.constexpr, TMA_Y: gl.constexpr,
+    states_desc, y_desc, ypre_desc, x_desc, b_desc, c_desc, TMA_STATES: gl.constexpr, TMA_Y: gl.constexpr,
+    TMA_LOADS: gl.constexpr,
     BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr, STEPS_PER_CHUNK: gl.constexpr,
     WHOLE: gl.constexpr, STORE_STATES: gl.constexpr, ADD_Y: gl.constexpr, INTRA: gl.constexpr, HAS_D: gl.constexpr,
     D_HAS_HDIM: gl.constexpr, HAS_Z: gl.constexpr, ALIGNED: gl.constexpr,
@@ -131,9 +154,17 @@ def _scan_fwd_wgmma_kernel(
     if TMA_Y and STORE_PRE:  # y before the gate, for its own TMA copy (y leaves from xw_smem)
         ypre_smem = gl.allocate_shared_memory(dtype, [BLOCK_T, BLOCK_P], tp_smem)
 
-    copy_tile(c_smem.index(0), c_base, stride_c_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
-    copy_tile(b_smem.index(0), b_base, stride_b_t, 0, clen, dstate, BLOCK_T, BLOCK_N)
-    copy_tile(x_smem.index(0), x_base, stride_x_t, 0, clen, headdim - p0, BLOCK_T, BLOCK_P)
+    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    if TMA_LOADS:
+        mbarrier.init(bars.index(0), count=1)
+        mbarrier.init(bars.index(1), count=1)
+        fence_async_shared()
+        _barrier()
+    col_bc = (group * stride_b_g).to(gl.int32)  # the B and C descriptors share the column offset (tma_arguments)
+    col_x = (head * stride_x_h + p0).to(gl.int32)
+    _copy_step(c_smem.index(0), b_smem.index(0), x_smem.index(0), bars.index(0), c_desc, b_desc, x_desc, c_base,
+               b_base, x_base, stride_c_t, stride_b_t, stride_x_t, c0, 0, clen, col_bc, col_x, dstate, headdim - p0,
+               BLOCK_T, BLOCK_N, BLOCK_P, dtype.primitive_bitwidth // 8, TMA_LOADS)
     if INTRA == 2:  # one buffer: each step's C B^T tile is copied once the step before has read its own
         cb_dtype: gl.constexpr = cb_ptr.dtype.element_ty
         cb_smem = gl.allocate_shared_memory(cb_dtype, [BLOCK_T, BLOCK_T],
@@ -194,9 +225,9 @@ def _scan_fwd_wgmma_kernel(
         s_last_next = gl.load(s_ptr + row + gl.minimum(t_next + BLOCK_T, clen) - 1)
         buf = step % 2
         nxt = (step + 1) % 2
-        copy_tile(c_smem.index(nxt), c_base, stride_c_t, t0 + BLOCK_T, clen, dstate, BLOCK_T, BLOCK_N)
-        copy_tile(b_smem.index(nxt), b_base, stride_b_t, t0 + BLOCK_T, clen, dstate, BLOCK_T, BLOCK_N)
-        copy_tile(x_smem.index(nxt), x_base, stride_x_t, t0 + BLOCK_T, clen, headdim - p0, BLOCK_T, BLOCK_P)
+        _copy_step(c_smem.index(nxt), b_smem.index(nxt), x_smem.index(nxt), bars.index(nxt), c_desc, b_desc, x_desc,
+                   c_base, b_base, x_base, stride_c_t, stride_b_t, stride_x_t, c0, t_next, clen, col_bc, col_x,
+                   dstate, headdim - p0, BLOCK_T, BLOCK_N, BLOCK_P, dtype.primitive_bitwidth // 8, TMA_LOADS)
         async_copy.commit_group()
         mask_r = t0 + offs_r < clen
         if TMA_STATES or TMA_Y:  # last step's copies out of h_smem and xw_smem have read them before they change
@@ -204,10 +235,18 @@ def _scan_fwd_wgmma_kernel(
             # walk without a backward 1.245 -> 1.47 ms, the first 128 x 256 slice with one 1.34 -> 1.43)
             tma.store_wait(0)
         async_copy.wait_group(1)
-        fence_async_shared()
         c_tile = c_smem.index(buf)
         b_tile = b_smem.index(buf)
         x_tile = x_smem.index(buf)
+        if TMA_LOADS:
+            mbarrier.wait(bars.index(buf), (step // 2) & 1)
+            if t_next > clen:  # the walk's last tile, partly the next sequence's rows: zeroed, as cp.async leaves them
+                zero_rows(c_tile, clen - t0, BLOCK_T, BLOCK_N)
+                zero_rows(b_tile, clen - t0, BLOCK_T, BLOCK_N)
+                zero_rows(x_tile, clen - t0, BLOCK_T, BLOCK_P)
+                fence_async_shared()
+                _barrier()
+        fence_async_shared()
 
         if INTRA == 1:
             cb = warpgroup_mma(c_tile, b_tile.permute((1, 0)), gl.zeros((BLOCK_T, BLOCK_T), gl.float32, mma_t),
@@ -336,6 +375,9 @@ def _scan_fwd_wgmma_kernel(
     async_copy.wait_group(0)
     if TMA_STATES or TMA_Y:
         tma.store_wait(0)
+    if TMA_LOADS:
+        mbarrier.invalidate(bars.index(0))
+        mbarrier.invalidate(bars.index(1))
     if WHOLE:  # the final state through a layout conversion (whose scratch reuses the dead tile buffers): stored
         # from the wgmma layout, its pointers were the first load's, kept across the loop (144 more bytes of spills)
         out_layout: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [gl.num_warps(), 1], [1, 0])
@@ -380,22 +422,46 @@ def output_descriptor(y: torch.Tensor, block_t: int, block_p: int) -> Optional[T
                             [block_t, block_p])
 
 
-def tma_arguments(consts: dict, states: Optional[torch.Tensor], y: torch.Tensor,
-                  y_pre: Optional[torch.Tensor]) -> dict:
-    """The walk's TMA descriptors and their constexprs for `_scan_fwd_kernel`'s constexprs `consts`: the chunk
-    states' (states: those the walk stores, else None) and y's (and y_pre's: None where the walk stores none).
+def input_descriptors(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, block_t: int, block_p: int,
+                      block_n: int) -> Optional[tuple[TensorDescriptor, TensorDescriptor, TensorDescriptor]]:
+    """TMA descriptors of a walk's inputs, x (ntokens, nheads, headdim) as rows of tokens in boxes of block_t x
+    block_p and B, C (ntokens, ngroups, width: a d_state slice) as rows (ntokens, (ngroups - 1) * group stride +
+    width) in boxes of block_t x block_n at column group * group stride (B's and C's group strides equal); None
+    where a box would cross into the next head or group (headdim not a multiple of block_p, width not block_n) or
+    TMA cannot address them."""
+    ntokens, nheads, headdim = x.shape
+    width = b.shape[2]
+    if (headdim % block_p or width != block_n or x.stride(1) != headdim * x.stride(2) or b.stride(1) != c.stride(1)
+            or b.stride(2) != 1 or c.stride(2) != 1):
+        return None
+    x_rows = torch.as_strided(x, (ntokens, nheads * headdim), (x.stride(0), x.stride(2)))
+    cols = (b.shape[1] - 1) * b.stride(1) + width
+    descs = (_rows_descriptor(x_rows, [block_t, block_p]),
+             *(_rows_descriptor(torch.as_strided(t, (ntokens, cols), (t.stride(0), 1)), [block_t, block_n])
+               for t in (b, c)))
+    return None if None in descs else descs
+
+
+def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, states: Optional[torch.Tensor],
+                  y: torch.Tensor, y_pre: Optional[torch.Tensor]) -> dict:
+    """The walk's TMA descriptors and their constexprs for `_scan_fwd_kernel`'s constexprs `consts`: its inputs'
+    (x, b, c: `input_descriptors`; TMA_LOADS where all have one), the chunk states' (states: those the walk
+    stores, else None) and y's (and y_pre's: None where the walk stores none).
     y leaves by TMA (TMA_Y) only where every output has a descriptor, in walks over the whole d_state that store no
     chunk states (a forward without a backward): there the 128 x 128 walk took 1.34 -> 1.245 ms and 64 x 64 0.542 ->
     0.526 (H200, 8 x 8192 tokens). It lost with chunk states stored (128 x 128 1.35 -> 1.37) and in the d_state
     slices (the one adding the earlier y 1.14 -> 1.43)."""
     block_t, block_p = consts["BLOCK_T"], consts["BLOCK_P"]
+    inputs = input_descriptors(x, b, c, block_t, block_p, consts["BLOCK_N"])
     states_desc = states_descriptor(states, block_p, consts["BLOCK_N"]) if states is not None else None
     y_desc = output_descriptor(y, block_t, block_p)
     ypre_desc = output_descriptor(y_pre, block_t, block_p) if y_pre is not None and consts["HAS_Z"] else None
     tma_y = (y_desc is not None and (ypre_desc is not None or y_pre is None or not consts["HAS_Z"])
              and states is None and not consts["ADD_Y"] and consts["INTRA"] != 2)
+    x_desc, b_desc, c_desc = inputs if inputs is not None else (None, None, None)
     return dict(states_desc=states_desc, TMA_STATES=states_desc is not None, y_desc=y_desc if tma_y else None,
-                ypre_desc=ypre_desc if tma_y else None, TMA_Y=tma_y)
+                ypre_desc=ypre_desc if tma_y else None, TMA_Y=tma_y, x_desc=x_desc, b_desc=b_desc, c_desc=c_desc,
+                TMA_LOADS=inputs is not None)
 
 
 def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, num_warps: int, options: dict[str, int],
@@ -403,6 +469,7 @@ def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, num_warps: 
     """Launches the Gluon output walk in num_warps (4: one warpgroup; 8: two, each with half the head_dim block) on
     `_scan_fwd_kernel`'s arguments and constexprs (its PREC left out: the products take the inputs' 16-bit dtype);
     options: KernelConfig.register_cap(); states: the chunk states the walk stores (its d_state slice), else None;
-    y, y_pre: its outputs (as in args). Chunk states and whole y tiles leave by TMA where `tma_arguments` allows."""
-    _scan_fwd_wgmma_kernel[grid](*args, **consts, **tma_arguments(consts, states, y, y_pre), num_warps=num_warps,
-                                 **options)
+    y, y_pre: its outputs (as in args). Tiles come in and leave by TMA where `tma_arguments` allows."""
+    x, b, c = args[:3]
+    _scan_fwd_wgmma_kernel[grid](*args, **consts, **tma_arguments(consts, x, b, c, states, y, y_pre),
+                                 num_warps=num_warps, **options)

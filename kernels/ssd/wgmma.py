@@ -18,8 +18,8 @@ from triton.experimental.gluon.language.nvidia.hopper import async_copy, tma
 
 from .layout import ALIGNMENT
 
-__all__ = ["barrier", "copy_layout", "copy_tile", "exp_ftz", "mma_layout", "tma_store", "walk_program",
-           "wgmma_supported", "wgmma_tiles"]
+__all__ = ["barrier", "copy_layout", "copy_tile", "exp_ftz", "mma_layout", "tma_load", "tma_store", "walk_program",
+           "wgmma_supported", "wgmma_tiles", "zero_rows"]
 
 # cp.async into shared memory: `async_load` after triton 3.6 (the device's version), `async_copy_global_to_shared`
 # in 3.6
@@ -28,6 +28,8 @@ _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_g
 barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 # a TMA copy of a shared-memory tile into global memory: `async_store` after triton 3.6
 tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+# a TMA copy of a global tile into shared memory, signalling an mbarrier: `async_load` after triton 3.6
+tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 _ALIGNMENT = gl.constexpr(ALIGNMENT)
 _LOG2E = gl.constexpr(1.4426950408889634)
 
@@ -65,6 +67,16 @@ def copy_tile(smem, base, stride_t, t0, rows, cols, BLOCK_T: gl.constexpr, BLOCK
     ptrs = base + offs_t[:, None].to(gl.int64) * stride_t + offs_c[None, :]
     mask = (offs_t[:, None] < rows) & (offs_c[None, :] < cols)
     _async_load(smem, ptrs, mask)
+
+
+@gluon.jit
+def zero_rows(smem, rows, BLOCK_T: gl.constexpr, BLOCK_C: gl.constexpr):
+    """Sets rows `rows`.. of the (BLOCK_T, BLOCK_C) tile in smem to 0 (a TMA copy's rows past a walk's end, which
+    belong to the next sequence), through registers; the caller fences and synchronizes before products read it."""
+    layout: gl.constexpr = copy_layout(BLOCK_C, gl.num_warps())
+    offs_t = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, layout))
+    tile = smem.load(layout)
+    smem.store(gl.where((offs_t < rows)[:, None], tile, gl.zeros_like(tile)))
 
 
 @gluon.jit
