@@ -64,6 +64,8 @@ class KernelConfig:
     gemm (output and dx kernels per row tile): 1 takes their state term (C h^T, B dh^T) from one batched matmul
     per call (state_products.py) instead of forming it per row tile (16-bit inputs, and float32 off the GPU:
     state_products.matmul_matches_kernels); 0 forms it.
+    tma (Gluon output walk): 1 copies its x, B and C tiles in by TMA where the descriptors allow, 0 by cp.async; -1
+    lets forward_wgmma.tma_arguments choose per launch.
     """
 
     block_m: int
@@ -84,6 +86,7 @@ class KernelConfig:
     split: int = 0
     gemm: int = 0
     table: int = -1
+    tma: int = -1
 
     def alignment(self, table_aligned: bool) -> bool:
         """The ALIGNED constexpr of a launch over a chunk table whose `aligned` is table_aligned."""

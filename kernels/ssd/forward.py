@@ -399,7 +399,7 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
                       ALIGNED=cfg.alignment(table.aligned))
         if gluon:
             scan_fwd_wgmma(grid, args, consts, cfg.num_warps, cfg.register_cap(),
-                           states[part] if consts["STORE_STATES"] else None, y, y_pre)
+                           states[part] if consts["STORE_STATES"] else None, y, y_pre, cfg.tma)
         else:
             _scan_fwd_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
 

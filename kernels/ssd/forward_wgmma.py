@@ -443,11 +443,11 @@ def input_descriptors(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, block_t
 
 
 def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, states: Optional[torch.Tensor],
-                  y: torch.Tensor, y_pre: Optional[torch.Tensor]) -> dict:
+                  y: torch.Tensor, y_pre: Optional[torch.Tensor], loads: int = -1) -> dict:
     """The walk's TMA descriptors and their constexprs for `_scan_fwd_kernel`'s constexprs `consts`: its inputs'
-    (x, b, c: `input_descriptors`; TMA_LOADS where all have one), the chunk states' (states: those the walk
-    stores, else None) and y's (and y_pre's: None where the walk stores none).
-    Tiles come in by TMA (TMA_LOADS) but in a d_state slice adding the earlier y without a backward to come: H200,
+    (x, b, c: `input_descriptors`; TMA_LOADS where all have one and `loads`, KernelConfig.tma, asks), the chunk
+    states' (states: those the walk stores, else None) and y's (and y_pre's: None where the walk stores none).
+    With loads -1, tiles come in by TMA but in a d_state slice adding the earlier y without a backward to come: H200,
     8 x 8192 tokens, walks without / with grad, 128 x 128 1.246 / 1.353 -> 1.185 / 1.225 ms, 64 x 64 0.524 / 0.534
     -> 0.467 / 0.495, 128 x 256 slices 1.280 / 1.340 -> 1.203 / 1.233 and 1.137 / 1.475 -> 1.262 / 1.378.
     y leaves by TMA (TMA_Y) only where every output has a descriptor, in walks over the whole d_state that store no
@@ -461,7 +461,8 @@ def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tenso
     ypre_desc = output_descriptor(y_pre, block_t, block_p) if y_pre is not None and consts["HAS_Z"] else None
     tma_y = (y_desc is not None and (ypre_desc is not None or y_pre is None or not consts["HAS_Z"])
              and states is None and not consts["ADD_Y"] and consts["INTRA"] != 2)
-    inputs = inputs if not (consts["ADD_Y"] and states is None) else None
+    if loads == 0 or (loads < 0 and consts["ADD_Y"] and states is None):
+        inputs = None
     x_desc, b_desc, c_desc = inputs if inputs is not None else (None, None, None)
     return dict(states_desc=states_desc, TMA_STATES=states_desc is not None, y_desc=y_desc if tma_y else None,
                 ypre_desc=ypre_desc if tma_y else None, TMA_Y=tma_y, x_desc=x_desc, b_desc=b_desc, c_desc=c_desc,
@@ -469,11 +470,13 @@ def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tenso
 
 
 def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, num_warps: int, options: dict[str, int],
-                   states: Optional[torch.Tensor], y: torch.Tensor, y_pre: Optional[torch.Tensor]) -> None:
+                   states: Optional[torch.Tensor], y: torch.Tensor, y_pre: Optional[torch.Tensor],
+                   loads: int = -1) -> None:
     """Launches the Gluon output walk in num_warps (4: one warpgroup; 8: two, each with half the head_dim block) on
     `_scan_fwd_kernel`'s arguments and constexprs (its PREC left out: the products take the inputs' 16-bit dtype);
     options: KernelConfig.register_cap(); states: the chunk states the walk stores (its d_state slice), else None;
-    y, y_pre: its outputs (as in args). Tiles come in and leave by TMA where `tma_arguments` allows."""
+    y, y_pre: its outputs (as in args); loads: KernelConfig.tma. Tiles come in and leave by TMA where
+    `tma_arguments` allows."""
     x, b, c = args[:3]
-    _scan_fwd_wgmma_kernel[grid](*args, **consts, **tma_arguments(consts, x, b, c, states, y, y_pre),
+    _scan_fwd_wgmma_kernel[grid](*args, **consts, **tma_arguments(consts, x, b, c, states, y, y_pre, loads),
                                  num_warps=num_warps, **options)
