@@ -19,16 +19,18 @@ alongside the dx kernel, on two streams, streams.py).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
 from .common import chunk_extent, chunk_tile_pair, dot_precision, exp_ftz, head_chunk_program, mm
-from .config import (bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, overlap, pow2,
+from .config import (KernelConfig, bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, overlap, pow2,
                      state_bwd_config)
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
@@ -203,12 +205,15 @@ def _dbc_kernel(
     dsend_ptr, chunk_start_ptr, chunk_len_ptr,
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
     stride_db_t, stride_db_g,
-    ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
+    ntokens, nheads, headdim, dstate, ngroups, heads_per_group, dy_desc, x_desc, states_desc, dstates_desc,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCKS_P: tl.constexpr, SIDE: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCKS_P: tl.constexpr, SIDE: tl.constexpr, TMA: tl.constexpr, ALIGNED: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """One program per (row tile x d_state block, group, chunk). SIDE 0 computes dC (with its log-decay terms into
-    ds), 1 dB (into dsend), 2 both in one program."""
+    ds), 1 dB (into dsend), 2 both in one program. TMA: the head loop's tiles (dy or x, the states or their
+    gradients) come through the descriptors of `_dbc_descriptors`; their rows past the chunk's end are then the
+    next chunk's, which reach only the rows of dC and dB that are not stored."""
     DC: tl.constexpr = SIDE != 1
     DB: tl.constexpr = SIDE != 0
     blocks_n = tl.cdiv(dstate, BLOCK_N)
@@ -257,15 +262,28 @@ def _dbc_kernel(
                 mask = mask_r[:, None] & mask_p[None, :]
                 tile = offs_p[:, None] * dstate + offs_n[None, :]
                 mask_tile = mask_p[:, None] & mask_n[None, :]
+                if TMA:
+                    token_row = (c0 + pid_r * BLOCK_M).to(tl.int32)
+                    col = (head * headdim + ip * BLOCK_P).to(tl.int32)
+                    state_row = ((chunk * nheads + head) * headdim + ip * BLOCK_P).to(tl.int32)
+                    col_n = (pid_n * BLOCK_N).to(tl.int32)
                 if DC:
-                    dyr = tl.load(dy_base + offs_r[:, None] * stride_dy_t + offs_p[None, :],
-                                  mask=mask, other=0.0).to(tl.float32)
-                    h = tl.load(states_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
+                    if TMA:
+                        dyr = dy_desc.load([token_row, col]).to(tl.float32)
+                        h = states_desc.load([state_row, col_n]).to(dtype)
+                    else:
+                        dyr = tl.load(dy_base + offs_r[:, None] * stride_dy_t + offs_p[None, :],
+                                      mask=mask, other=0.0).to(tl.float32)
+                        h = tl.load(states_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
                     dc += mm((dyr * to_out[:, None]).to(dtype), h, PREC)
                 if DB:
-                    xr = tl.load(x_base + offs_r[:, None] * stride_x_t + offs_p[None, :],
-                                 mask=mask, other=0.0).to(tl.float32)
-                    dh = tl.load(dstates_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
+                    if TMA:
+                        xr = x_desc.load([token_row, col]).to(tl.float32)
+                        dh = dstates_desc.load([state_row, col_n]).to(dtype)
+                    else:
+                        xr = tl.load(x_base + offs_r[:, None] * stride_x_t + offs_p[None, :],
+                                     mask=mask, other=0.0).to(tl.float32)
+                        dh = tl.load(dstates_ptr + state + tile, mask=mask_tile, other=0.0).to(dtype)
                     db += mm((xr * to_end[:, None]).to(dtype), dh, PREC)
             # this head's terms with C_r (B_r) are the log-decay gradients of the entering state's output
             # exp(s_r) C_r h_in (of the path to the chunk's end state, dt'_r exp(s_last - s_r) x_r . dh B_r)
@@ -307,6 +325,38 @@ def _dbc_kernel(
             tl.store(dc_ptr + out + tile, dc.to(dc_ptr.dtype.element_ty), mask=mask_rn)
         if DB:
             tl.store(db_ptr + out + tile, db.to(db_ptr.dtype.element_ty), mask=mask_rn)
+
+
+def _rows(t: Tensor) -> Optional[Tensor]:
+    """t (..., rows, heads, width) as a 2-D (all rows, heads * width) view that a TMA descriptor can address (unit
+    last stride, heads adjacent, leading dimensions dense, 16-byte row stride and base), else None."""
+    *lead, rows, heads, width = t.shape
+    row = t.stride(-3)
+    dense = t.stride(-1) == 1 and t.stride(-2) == width and all(
+        t.stride(i) == row * math.prod(t.shape[i + 1:-2]) for i in range(len(lead)))
+    if not dense or (row * t.element_size()) % 16 or t.data_ptr() % 16:
+        return None
+    return torch.as_strided(t, (math.prod(lead) * rows, heads * width), (row, 1))
+
+
+def _dbc_descriptors(x: Tensor, dy: Tensor, states: Tensor, dstates: Tensor,
+                     cfg: KernelConfig) -> Optional[tuple[TensorDescriptor, ...]]:
+    """Descriptors of the dB/dC kernel's head-loop tiles, or None (cfg.tma 0, or -1 with both gradients in one program,
+    where ptxas serializes the kernel's wgmma with them: triton 3.6, sm_90; head_dim not a multiple of the head_dim
+    step, whose boxes would take the next head's columns; a layout TMA cannot address): x and dy as rows of tokens
+    (ntokens, nheads * headdim) in boxes of block_m x block_p, the states and their gradients as rows of head_dim
+    (nchunks * nheads * headdim, dstate) in boxes of block_p x block_n."""
+    headdim = states.shape[2]
+    if cfg.tma == 0 or (cfg.tma < 0 and not cfg.split) or headdim % cfg.block_p:
+        return None
+    views = (_rows(x), _rows(dy), _rows(states[..., None, :]), _rows(dstates[..., None, :]))
+    if any(v is None for v in views):
+        return None
+    token_box, state_box = [cfg.block_m, cfg.block_p], [cfg.block_p, cfg.block_n]
+    x_rows, dy_rows, states_rows, dstates_rows = views
+    return (TensorDescriptor.from_tensor(dy_rows, token_box), TensorDescriptor.from_tensor(x_rows, token_box),
+            TensorDescriptor.from_tensor(states_rows, state_box),
+            TensorDescriptor.from_tensor(dstates_rows, state_box))
 
 
 class Gradients(NamedTuple):
@@ -426,15 +476,17 @@ def ssd_backward(
     with fork.side():
         cfg = bwd_dbc_config(headdim, dstate, chunk)
         grid = ((chunk // cfg.block_m) * triton.cdiv(dstate, cfg.block_n), ngroups, table.nchunks)
+        descs = _dbc_descriptors(x, dy, fwd.states, dstates, cfg)
         for side in (0, 1) if cfg.split else (2,):
             _dbc_kernel[grid](
                 x, dy, B, C, fwd.states, dstates, dcb, fwd.s, fwd.dtp, dB, dC, ds, dsend, table.chunk_start,
                 table.chunk_len,
                 x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
                 C.stride(1), dB.stride(0), dB.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
+                *(descs if descs is not None else (None,) * 4),
                 CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-                BLOCKS_P=triton.cdiv(headdim, cfg.block_p), SIDE=side, ALIGNED=cfg.alignment(table.aligned),
-                PREC=prec, **cfg.launch_options(),
+                BLOCKS_P=triton.cdiv(headdim, cfg.block_p), SIDE=side, TMA=descs is not None,
+                ALIGNED=cfg.alignment(table.aligned), PREC=prec, **cfg.launch_options(),
             )
     fork.join()
 

@@ -28,7 +28,8 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+from triton.tools.tensor_descriptor import TensorDescriptor
 from triton.runtime.jit import JITFunction, mangle_type
 
 from . import backward, forward
@@ -47,6 +48,7 @@ _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
            torch.int64: "i64"}
 _OPTIONS = ("num_warps", "num_stages", "maxnreg")
 # Gluon walks and the Triton kernels whose arguments (less PREC) they take, where wgmma_tiles allows
+_DESCRIPTORS = (GluonDescriptor, TensorDescriptor)  # TMA descriptors of Gluon and of Triton kernels
 _GLUON_TWINS = {forward._scan_fwd_kernel: _scan_fwd_wgmma_kernel, backward._dx_kernel: _dx_wgmma_kernel}
 
 
@@ -70,7 +72,7 @@ def _is_constexpr(fn: JITFunction, name: str, value: Any) -> bool:
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, TensorDescriptor):
+    if isinstance(value, _DESCRIPTORS):
         return mangle_type(value)
     if isinstance(value, torch.Tensor):
         return "*" + _DTYPES[value.dtype]
@@ -118,7 +120,7 @@ def build(fn: JITFunction, args: dict[str, Any], options: dict[str, int], target
             continue
         signature[param.name] = _kind(value)
         aligned = value.data_ptr() % 16 == 0 if isinstance(value, torch.Tensor) else (
-            not isinstance(value, (bool, float, TensorDescriptor)) and value % 16 == 0)
+            not isinstance(value, (bool, float, *_DESCRIPTORS)) and value % 16 == 0)
         if aligned:
             attrs[(index,)] = [["tt.divisibility", 16]]
     source = (GluonASTSource if isinstance(fn, GluonJITFunction) else ASTSource)(
