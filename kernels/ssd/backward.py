@@ -359,6 +359,22 @@ def _dbc_descriptors(x: Tensor, dy: Tensor, states: Tensor, dstates: Tensor,
             TensorDescriptor.from_tensor(dstates_rows, state_box))
 
 
+def _state_bwd_descriptors(dy: Tensor, C: Tensor, cfg: KernelConfig) -> Optional[tuple[TensorDescriptor, ...]]:
+    """Descriptors of the state-gradient pass's step tiles, or None (cfg.tma 0; head_dim not a multiple of the
+    tile's head_dim block, or d_state of its d_state block, whose boxes would take the next head's or group's
+    columns; a layout TMA cannot address): dy as rows of tokens (ntokens, nheads * headdim) in boxes of block_m x
+    block_p (two heads' columns where cfg.heads is 2), C as (ntokens, ngroups * dstate) in boxes of block_m x
+    block_n."""
+    headdim, dstate = dy.shape[2], C.shape[2]
+    if cfg.tma == 0 or (headdim * cfg.heads) % cfg.block_p or dstate % cfg.block_n:
+        return None
+    views = (_rows(dy), _rows(C))
+    if any(v is None for v in views):
+        return None
+    return (TensorDescriptor.from_tensor(views[0], [cfg.block_m, cfg.block_p]),
+            TensorDescriptor.from_tensor(views[1], [cfg.block_m, cfg.block_n]))
+
+
 class Gradients(NamedTuple):
     """Gradients from `ssd_backward`, shaped like the flattened inputs of ssd_forward (None where not asked)."""
 
@@ -451,12 +467,14 @@ def ssd_backward(
     fork = Fork(dev, overlap("backward"))
     with fork.side():
         cfg = walk.cfg
+        descs = _state_bwd_descriptors(dy, C, cfg)
         state_bwd_kernel[walk.grid](
             dy, C, fwd.s, fwd.states, walk.init, dstates, walk.out, ds, walk.start, walk.chunk,
             dy.stride(0), dy.stride(1), C.stride(0), C.stride(1), ntokens, nheads, headdim, dstate, per_group,
+            *(descs if descs is not None else (None, None)),
             CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HEADS=cfg.heads,
             HAS_DFINAL=walk.init is not None, ALIGNED=cfg.alignment(table.aligned), SCALE_B=bool(cfg.scale_b),
-            PREC=prec,
+            TMA=descs is not None, PREC=prec,
             **cfg.launch_options(),
         )
         if walk.seg is not None:

@@ -313,6 +313,28 @@ def test_db_and_dc_in_separate_programs_match_naive(make_ssd_inputs, monkeypatch
     check_scan(inputs, 32, torch.float32, grads=True)
 
 
+@pytest.mark.parametrize("tma", [0, 1])
+@pytest.mark.parametrize("segment", [0, 2])
+def test_state_gradient_pass_through_tma_descriptors_or_pointers_matches_naive(make_ssd_inputs, monkeypatch,
+                                                                                tma: int, segment: int) -> None:
+    """tma=1: the state-gradient pass reads its dy and C tiles through TMA descriptors, whose rows past a
+    sequence's end (the next sequence's) it zeroes; tma=0 through masked pointers. On packed sequences with
+    initial states, in whole walks or segments of 2 chunks, every gradient is the reference's."""
+    made = []
+    real = backward._state_bwd_descriptors
+
+    def recording(*args):
+        made.append(real(*args))
+        return made[-1]
+
+    monkeypatch.setattr(backward, "_state_bwd_descriptors", recording)
+    monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", f"block_p=32,block_n=32,tma={tma},segment={segment}")
+    inputs = make_ssd_inputs(1, 100, 4, 32, 2, 32, torch.float32, DEVICE, seqlens=[37, 63], requires_grad=True,
+                             with_initial_states=True, with_D=True)
+    check_scan(inputs, 16, torch.float32, grads=True)
+    assert made and all((descs is not None) == bool(tma) for descs in made)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "head_major"])
 @pytest.mark.parametrize("segment", [0, 2])
 def test_state_tiles_of_two_heads_match_naive(make_ssd_inputs, monkeypatch, layout: str, segment: int) -> None:
