@@ -19,7 +19,6 @@ alongside the dx kernel, on two streams, streams.py).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -32,6 +31,7 @@ from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
 from .common import chunk_extent, chunk_tile_pair, dot_precision, exp_ftz, head_chunk_program, mm
 from .config import (KernelConfig, bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, overlap, pow2,
                      state_bwd_config)
+from .descriptors import descriptor, rows_view
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
 from .segments import carry_backward, chunk_walks, state_walk
@@ -327,18 +327,6 @@ def _dbc_kernel(
             tl.store(db_ptr + out + tile, db.to(db_ptr.dtype.element_ty), mask=mask_rn)
 
 
-def _rows(t: Tensor) -> Optional[Tensor]:
-    """t (..., rows, heads, width) as a 2-D (all rows, heads * width) view that a TMA descriptor can address (unit
-    last stride, heads adjacent, leading dimensions dense, 16-byte row stride and base), else None."""
-    *lead, rows, heads, width = t.shape
-    row = t.stride(-3)
-    dense = t.stride(-1) == 1 and t.stride(-2) == width and all(
-        t.stride(i) == row * math.prod(t.shape[i + 1:-2]) for i in range(len(lead)))
-    if not dense or (row * t.element_size()) % 16 or t.data_ptr() % 16:
-        return None
-    return torch.as_strided(t, (math.prod(lead) * rows, heads * width), (row, 1))
-
-
 def _dbc_descriptors(x: Tensor, dy: Tensor, states: Tensor, dstates: Tensor,
                      cfg: KernelConfig) -> Optional[tuple[TensorDescriptor, ...]]:
     """Descriptors of the dB/dC kernel's head-loop tiles, or None (cfg.tma 0, or -1 with both gradients in one program,
@@ -349,14 +337,14 @@ def _dbc_descriptors(x: Tensor, dy: Tensor, states: Tensor, dstates: Tensor,
     headdim = states.shape[2]
     if cfg.tma == 0 or (cfg.tma < 0 and not cfg.split) or headdim % cfg.block_p:
         return None
-    views = (_rows(x), _rows(dy), _rows(states[..., None, :]), _rows(dstates[..., None, :]))
+    views = (rows_view(x), rows_view(dy), rows_view(states[..., None, :]), rows_view(dstates[..., None, :]))
     if any(v is None for v in views):
         return None
     token_box, state_box = [cfg.block_m, cfg.block_p], [cfg.block_p, cfg.block_n]
     x_rows, dy_rows, states_rows, dstates_rows = views
-    return (TensorDescriptor.from_tensor(dy_rows, token_box), TensorDescriptor.from_tensor(x_rows, token_box),
-            TensorDescriptor.from_tensor(states_rows, state_box),
-            TensorDescriptor.from_tensor(dstates_rows, state_box))
+    return (descriptor(dy_rows, token_box), descriptor(x_rows, token_box),
+            descriptor(states_rows, state_box),
+            descriptor(dstates_rows, state_box))
 
 
 def _state_bwd_descriptors(dy: Tensor, C: Tensor, cfg: KernelConfig) -> Optional[tuple[TensorDescriptor, ...]]:
@@ -368,11 +356,11 @@ def _state_bwd_descriptors(dy: Tensor, C: Tensor, cfg: KernelConfig) -> Optional
     headdim, dstate = dy.shape[2], C.shape[2]
     if cfg.tma == 0 or (headdim * cfg.heads) % cfg.block_p or dstate % cfg.block_n:
         return None
-    views = (_rows(dy), _rows(C))
+    views = (rows_view(dy), rows_view(C))
     if any(v is None for v in views):
         return None
-    return (TensorDescriptor.from_tensor(views[0], [cfg.block_m, cfg.block_p]),
-            TensorDescriptor.from_tensor(views[1], [cfg.block_m, cfg.block_n]))
+    return (descriptor(views[0], [cfg.block_m, cfg.block_p]),
+            descriptor(views[1], [cfg.block_m, cfg.block_n]))
 
 
 class Gradients(NamedTuple):

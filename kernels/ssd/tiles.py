@@ -21,9 +21,11 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .common import chunk_tile_pair, exp_ftz, head_chunk_program, mm
 from .config import KernelConfig, bwd_dx_config, cb_config, cb_table_fp32, scan_config
+from .descriptors import descriptor, rows_view
 from .layout import ChunkTable
 from .state_products import matmul_matches_kernels, state_products
 
@@ -144,16 +146,33 @@ def _scan_tiles_kernel(
 
 
 @triton.jit
+def _state_term_tma(rows_desc, state_desc, token_row, rows_col, state_row, dstate, BLOCK_M: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
+    """`_state_term` through TMA descriptors (tiles.tile_descriptors): the rows from token_row at column rows_col of
+    rows_desc (B or C, BLOCK_M x BLOCK_N boxes) times the state from row state_row of state_desc (BLOCK_P x BLOCK_N
+    boxes) transposed, over d_state in BLOCK_N slices."""
+    acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+    for n0 in range(0, dstate, BLOCK_N):
+        r = rows_desc.load([token_row, rows_col + n0])
+        h = state_desc.load([state_row, n0])
+        acc += mm(r, tl.trans(h).to(r.dtype), PREC)
+    return acc
+
+
+@triton.jit
 def _dx_tiles_kernel(
     x_ptr, dy_ptr, b_ptr, cb_ptr, dstates_ptr, products_ptr, s_ptr, dtp_ptr, d_ptr,
     dx_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g,
     stride_dx_t, stride_dx_h,
-    ntokens, nheads, headdim, dstate, ngroups, heads_per_group,
+    ntokens, nheads, headdim, dstate, ngroups, heads_per_group, b_desc, dstates_desc, cb_desc, dy_desc,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PRODUCTS: tl.constexpr,
-    ALIGNED: tl.constexpr, PREC: tl.constexpr,
+    TMA: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
+    """TMA: the state term's and the source loop's tiles come through `tile_descriptors`' boxes; their rows past
+    the chunk's end reach only rows of dx that are not stored, but those of dy are zeroed in the chunk's last source
+    tile, as masked loads leave them (0 times the next sequence's values, NaN included)."""
     head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
                                                                        heads_per_group, BLOCK_P, 2, ALIGNED)
     pid_j = tl.program_id(1)
@@ -172,23 +191,37 @@ def _dx_tiles_kernel(
         tile_dy = offs_j[:, None] * stride_dy_t + offs_p[None, :]
 
         # through the chunk's end state: exp(s_last - s_j) B_j dh^T
-        acc = _state_term(b_base, stride_b_t, dstates_ptr + (chunk * nheads + head) * headdim * dstate,
-                          products_ptr, chunk, group, head, offs_j, mask_j, offs_p, mask_p, dstate, ngroups,
-                          heads_per_group, headdim, CHUNK, BLOCK_N, PRODUCTS, PREC)
+        if TMA:
+            p0 = (tl.program_id(0) % tl.cdiv(headdim, BLOCK_P)) * BLOCK_P  # the block's first head_dim column
+            acc = _state_term_tma(b_desc, dstates_desc, (c0 + pid_j * BLOCK_M).to(tl.int32),
+                                  (group * dstate).to(tl.int32), ((chunk * nheads + head) * headdim + p0).to(tl.int32),
+                                  dstate, BLOCK_M, BLOCK_P, BLOCK_N, PREC)
+        else:
+            acc = _state_term(b_base, stride_b_t, dstates_ptr + (chunk * nheads + head) * headdim * dstate,
+                              products_ptr, chunk, group, head, offs_j, mask_j, offs_p, mask_p, dstate, ngroups,
+                              heads_per_group, headdim, CHUNK, BLOCK_N, PRODUCTS, PREC)
         acc = acc * exp_ftz(s_last - s_j)[:, None]
 
         # through the outputs of the same chunk, tiles on or below the diagonal
         cb_base = cb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
+        cb_row = (chunk * ngroups + group) * CHUNK
         for t0 in range(pid_j * BLOCK_M, clen, BLOCK_K):
             offs_t = t0 + tl.arange(0, BLOCK_K)
             mask_t = offs_t < clen
-            cb_t = tl.load(cb_base + offs_t[None, :] * CHUNK + offs_j[:, None],
-                           mask=mask_j[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
+            if TMA:
+                cb_t = tl.trans(cb_desc.load([(cb_row + t0).to(tl.int32), (pid_j * BLOCK_M).to(tl.int32)]))
+                cb_t = cb_t.to(tl.float32)
+                dyt = dy_desc.load([(c0 + t0).to(tl.int32), (head * headdim + p0).to(tl.int32)])
+                if clen - t0 < BLOCK_K:
+                    dyt = tl.where(mask_t[:, None], dyt, tl.zeros_like(dyt))
+            else:
+                cb_t = tl.load(cb_base + offs_t[None, :] * CHUNK + offs_j[:, None],
+                               mask=mask_j[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
+                dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :],
+                              mask=mask_t[:, None] & mask_p[None, :], other=0.0)
             s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
             w = cb_t * exp_ftz(tl.minimum(s_t[None, :] - s_j[:, None], 0.0))
             w = tl.where((offs_t[None, :] >= offs_j[:, None]) & mask_t[None, :], w, 0.0)
-            dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :],
-                          mask=mask_t[:, None] & mask_p[None, :], other=0.0)
             acc += mm(w.to(dyt.dtype), dyt, PREC)
 
         xj = tl.load(x_base + tile_j, mask=mask, other=0.0).to(tl.float32)
@@ -267,12 +300,33 @@ def dx_tiles(x: Tensor, dy: Tensor, B: Tensor, cb: Tensor, dstates: Tensor, s: T
     chunk = table.chunk_size
     cfg = bwd_dx_config(headdim, dstate, chunk)
     products = _state_products(cfg, B, dstates, table)
+    descs = _dx_descriptors(B, dstates, cb, dy, cfg) if products is None else None
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), chunk // cfg.block_m, table.nchunks)
     _dx_tiles_kernel[grid](
         x, dy, B, cb, dstates, products, s, dtp, D, dx, ddtp, dD, table.chunk_start,
         table.chunk_len, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1),
         dx.stride(0), dx.stride(1), ntokens, nheads, headdim, dstate, ngroups,
-        nheads // ngroups, CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p,
-        BLOCK_N=cfg.block_n, HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2,
-        PRODUCTS=products is not None, ALIGNED=cfg.alignment(table.aligned), PREC=prec, **cfg.launch_options(),
+        nheads // ngroups, *(descs if descs is not None else (None,) * 4), CHUNK=chunk, BLOCK_M=cfg.block_m,
+        BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HAS_D=D is not None,
+        D_HAS_HDIM=D is not None and D.dim() == 2, PRODUCTS=products is not None, TMA=descs is not None,
+        ALIGNED=cfg.alignment(table.aligned), PREC=prec, **cfg.launch_options(),
     )
+
+
+def _dx_descriptors(B: Tensor, dstates: Tensor, cb: Tensor, dy: Tensor,
+                    cfg: KernelConfig) -> Optional[tuple[TensorDescriptor, ...]]:
+    """Descriptors of the dx row-tile kernel's tiles (forming its own state term), or None (cfg.tma 0; head_dim or
+    d_state not a multiple of the kernel's blocks, whose boxes would take the next head's or group's columns; a
+    layout TMA cannot address): B (ntokens, ngroups * dstate) in boxes of block_m x block_n, the state gradients
+    (nchunks * nheads * headdim, dstate) in boxes of block_p x block_n, the C B^T table (nchunks * ngroups * chunk,
+    chunk) in boxes of block_k x block_m (read transposed), dy (ntokens, nheads * headdim) in boxes of block_k x
+    block_p."""
+    headdim, dstate = dstates.shape[2:]
+    if cfg.tma == 0 or headdim % cfg.block_p or dstate % cfg.block_n:
+        return None
+    views = (rows_view(B), rows_view(dstates[..., None, :]), rows_view(cb[..., None, :]), rows_view(dy))
+    if any(v is None for v in views):
+        return None
+    boxes = ([cfg.block_m, cfg.block_n], [cfg.block_p, cfg.block_n], [cfg.block_k, cfg.block_m],
+             [cfg.block_k, cfg.block_p])
+    return tuple(descriptor(view, box) for view, box in zip(views, boxes))

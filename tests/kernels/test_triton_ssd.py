@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 from archspec.kernels.reference import ssd_naive  # noqa: E402
 from archspec.kernels.ssd import ssd_scan_triton  # noqa: E402
 from archspec.kernels.ssd.layout import build_chunk_table  # noqa: E402
-from archspec.kernels.ssd import autograd, backward, forward, segments  # noqa: E402
+from archspec.kernels.ssd import autograd, backward, forward, segments, tiles  # noqa: E402
 from archspec.kernels.ssd.config import state_config  # noqa: E402
 from archspec.kernels.ssd.segments import build_segment_table  # noqa: E402
 from archspec.kernels.ssd.state_products import matmul_matches_kernels  # noqa: E402
@@ -311,6 +311,27 @@ def test_db_and_dc_in_separate_programs_match_naive(make_ssd_inputs, monkeypatch
     inputs = make_ssd_inputs(1, 100, 4, 32, 2, 48, torch.float32, DEVICE, seqlens=[37, 63], requires_grad=True,
                              with_initial_states=True, with_D=True, with_dt_bias=True, dt_softplus=True)
     check_scan(inputs, 32, torch.float32, grads=True)
+
+
+@pytest.mark.parametrize("tma", [0, 1])
+def test_dx_row_tiles_through_tma_descriptors_or_pointers_match_naive(make_ssd_inputs, monkeypatch, tma: int) -> None:
+    """tma=1: the dx kernel per row tile reads B, the state gradients, the C B^T table (transposed) and dy through
+    TMA descriptors, whose rows past a chunk's end are the next chunk's (dy's zeroed); tma=0 through masked
+    pointers. On packed sequences whose chunks end inside a tile, with D per channel, every gradient is the
+    reference's."""
+    made = []
+    real = tiles._dx_descriptors
+
+    def recording(*args):
+        made.append(real(*args))
+        return made[-1]
+
+    monkeypatch.setattr(tiles, "_dx_descriptors", recording)
+    monkeypatch.setenv("ARCHSPEC_SSD_DX", f"walk=0,gemm=0,block_m=16,block_k=16,block_p=32,block_n=16,tma={tma}")
+    inputs = make_ssd_inputs(1, 100, 4, 32, 2, 32, torch.float32, DEVICE, seqlens=[37, 63], requires_grad=True,
+                             with_initial_states=True, with_D=True, D_has_hdim=True)
+    check_scan(inputs, 32, torch.float32, grads=True)
+    assert made and all((descs is not None) == bool(tma) for descs in made)
 
 
 @pytest.mark.parametrize("tma", [0, 1])
