@@ -39,6 +39,19 @@ REDUCED = {"A", "D", "dt_bias"}
 
 
 
+def record_returns(monkeypatch, module, name: str) -> list:
+    """Wraps module.name (for the test) so that each call's return value is appended to the returned list."""
+    made = []
+    real = getattr(module, name)
+
+    def recording(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(module, name, recording)
+    return made
+
+
 def check_scan(inputs: dict, chunk_size: int, dtype: torch.dtype, grads: bool, final_grad: bool = True) -> None:
     """Runs ours and the float64 reference on the same inputs; compares y, final states and all gradients (of a
     loss on y and, with final_grad, on the final states)."""
@@ -319,14 +332,7 @@ def test_dx_row_tiles_through_tma_descriptors_or_pointers_match_naive(make_ssd_i
     TMA descriptors, whose rows past a chunk's end are the next chunk's (dy's zeroed); tma=0 through masked
     pointers. On packed sequences whose chunks end inside a tile, with D per channel, every gradient is the
     reference's."""
-    made = []
-    real = tiles._dx_descriptors
-
-    def recording(*args):
-        made.append(real(*args))
-        return made[-1]
-
-    monkeypatch.setattr(tiles, "_dx_descriptors", recording)
+    made = record_returns(monkeypatch, tiles, "_dx_descriptors")
     monkeypatch.setenv("ARCHSPEC_SSD_DX", f"walk=0,gemm=0,block_m=16,block_k=16,block_p=32,block_n=16,tma={tma}")
     inputs = make_ssd_inputs(1, 100, 4, 32, 2, 32, torch.float32, DEVICE, seqlens=[37, 63], requires_grad=True,
                              with_initial_states=True, with_D=True, D_has_hdim=True)
@@ -341,14 +347,7 @@ def test_state_gradient_pass_through_tma_descriptors_or_pointers_matches_naive(m
     """tma=1: the state-gradient pass reads its dy and C tiles through TMA descriptors, whose rows past a
     sequence's end (the next sequence's) it zeroes; tma=0 through masked pointers. On packed sequences with
     initial states, in whole walks or segments of 2 chunks, every gradient is the reference's."""
-    made = []
-    real = backward._state_bwd_descriptors
-
-    def recording(*args):
-        made.append(real(*args))
-        return made[-1]
-
-    monkeypatch.setattr(backward, "_state_bwd_descriptors", recording)
+    made = record_returns(monkeypatch, backward, "_state_bwd_descriptors")
     monkeypatch.setenv("ARCHSPEC_SSD_STATE_BWD", f"block_p=32,block_n=32,tma={tma},segment={segment}")
     inputs = make_ssd_inputs(1, 100, 4, 32, 2, 32, torch.float32, DEVICE, seqlens=[37, 63], requires_grad=True,
                              with_initial_states=True, with_D=True)
