@@ -83,14 +83,15 @@ def _y_tile(offs_t, offs_p, c0, t0, clen, head, headdim, stride_y_t, stride_y_h)
 @gluon.jit
 def _copy_step(c_smem, b_smem, x_smem, bar, c_desc, b_desc, x_desc, c_base, b_base, x_base, stride_c_t, stride_b_t,
                stride_x_t, c0, t, clen, col_bc, col_x, dstate, width_x, BLOCK_T: gl.constexpr, BLOCK_N: gl.constexpr,
-               BLOCK_P: gl.constexpr, ELEMENT_BYTES: gl.constexpr, TMA_LOADS: gl.constexpr):
+               BLOCK_P: gl.constexpr, TMA_LOADS: gl.constexpr):
     """Starts the copies of the C, B and x tiles of tokens t.. (from c0, of clen) into their buffers: by TMA onto
     mbarrier bar (TMA_LOADS; none where t is past clen; the rows past clen are the next sequence's until the step
     zeroes them), else by cp.async with those rows 0."""
     if TMA_LOADS:
         row = (c0 + t).to(gl.int32)
         live = t < clen
-        mbarrier.expect(bar, (2 * BLOCK_T * BLOCK_N + BLOCK_T * BLOCK_P) * ELEMENT_BYTES, pred=live)
+        nbytes: gl.constexpr = (2 * BLOCK_T * BLOCK_N + BLOCK_T * BLOCK_P) * x_smem.dtype.primitive_bitwidth // 8
+        mbarrier.expect(bar, nbytes, pred=live)
         tma_load(c_desc, [row, col_bc], bar, c_smem, pred=live)
         tma_load(b_desc, [row, col_bc], bar, b_smem, pred=live)
         tma_load(x_desc, [row, col_x], bar, x_smem, pred=live)
@@ -166,7 +167,7 @@ def _scan_fwd_wgmma_kernel(
     col_x = (head * stride_x_h + p0).to(gl.int32)
     _copy_step(c_smem.index(0), b_smem.index(0), x_smem.index(0), bars.index(0), c_desc, b_desc, x_desc, c_base,
                b_base, x_base, stride_c_t, stride_b_t, stride_x_t, c0, 0, clen, col_bc, col_x, dstate, headdim - p0,
-               BLOCK_T, BLOCK_N, BLOCK_P, dtype.primitive_bitwidth // 8, TMA_LOADS)
+               BLOCK_T, BLOCK_N, BLOCK_P, TMA_LOADS)
     if INTRA == 2:  # one buffer: each step's C B^T tile is copied once the step before has read its own
         cb_dtype: gl.constexpr = cb_ptr.dtype.element_ty
         cb_smem = gl.allocate_shared_memory(cb_dtype, [BLOCK_T, BLOCK_T],
@@ -229,7 +230,7 @@ def _scan_fwd_wgmma_kernel(
         nxt = (step + 1) % 2
         _copy_step(c_smem.index(nxt), b_smem.index(nxt), x_smem.index(nxt), bars.index(nxt), c_desc, b_desc, x_desc,
                    c_base, b_base, x_base, stride_c_t, stride_b_t, stride_x_t, c0, t_next, clen, col_bc, col_x,
-                   dstate, headdim - p0, BLOCK_T, BLOCK_N, BLOCK_P, dtype.primitive_bitwidth // 8, TMA_LOADS)
+                   dstate, headdim - p0, BLOCK_T, BLOCK_N, BLOCK_P, TMA_LOADS)
         async_copy.commit_group()
         mask_r = t0 + offs_r < clen
         if TMA_STATES or TMA_Y:  # last step's copies out of h_smem and xw_smem have read them before they change
@@ -414,14 +415,20 @@ def states_descriptor(states: torch.Tensor, block_p: int, block_n: int) -> Optio
                             [block_p, block_n])
 
 
-def output_descriptor(y: torch.Tensor, block_t: int, block_p: int) -> Optional[TensorDescriptor]:
-    """A TMA descriptor of an output y (ntokens, nheads, headdim) as rows of tokens (ntokens, nheads * headdim) in
-    boxes of block_t tokens x block_p columns; None where a box would cross heads or TMA cannot address y."""
-    ntokens, nheads, headdim = y.shape
-    if headdim % block_p or y.stride(1) != headdim * y.stride(2):
+def _token_rows(t: torch.Tensor, block_p: int) -> Optional[torch.Tensor]:
+    """t (ntokens, nheads, headdim) as rows of tokens (ntokens, nheads * headdim); None where its heads are not
+    adjacent or a head_dim block of block_p would cross into the next head."""
+    ntokens, nheads, headdim = t.shape
+    if headdim % block_p or t.stride(1) != headdim * t.stride(2):
         return None
-    return _rows_descriptor(torch.as_strided(y, (ntokens, nheads * headdim), (y.stride(0), y.stride(2))),
-                            [block_t, block_p])
+    return torch.as_strided(t, (ntokens, nheads * headdim), (t.stride(0), t.stride(2)))
+
+
+def output_descriptor(y: torch.Tensor, block_t: int, block_p: int) -> Optional[TensorDescriptor]:
+    """A TMA descriptor of an output y (ntokens, nheads, headdim) as rows of tokens in boxes of block_t tokens x
+    block_p columns; None where a box would cross heads or TMA cannot address y."""
+    rows = _token_rows(y, block_p)
+    return _rows_descriptor(rows, [block_t, block_p]) if rows is not None else None
 
 
 def input_descriptors(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, block_t: int, block_p: int,
@@ -431,12 +438,10 @@ def input_descriptors(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, block_t
     width) in boxes of block_t x block_n at column group * group stride (B's and C's group strides equal); None
     where a box would cross into the next head or group (headdim not a multiple of block_p, width not block_n) or
     TMA cannot address them."""
-    ntokens, nheads, headdim = x.shape
-    width = b.shape[2]
-    if (headdim % block_p or width != block_n or x.stride(1) != headdim * x.stride(2) or b.stride(1) != c.stride(1)
-            or b.stride(2) != 1 or c.stride(2) != 1):
+    ntokens, width = x.shape[0], b.shape[2]
+    x_rows = _token_rows(x, block_p)
+    if x_rows is None or width != block_n or b.stride(1) != c.stride(1) or b.stride(2) != 1 or c.stride(2) != 1:
         return None
-    x_rows = torch.as_strided(x, (ntokens, nheads * headdim), (x.stride(0), x.stride(2)))
     cols = (b.shape[1] - 1) * b.stride(1) + width
     descs = (_rows_descriptor(x_rows, [block_t, block_p]),
              *(_rows_descriptor(torch.as_strided(t, (ntokens, cols), (t.stride(0), 1)), [block_t, block_n])
@@ -444,11 +449,12 @@ def input_descriptors(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, block_t
     return None if None in descs else descs
 
 
-def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, states: Optional[torch.Tensor],
+def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, states: torch.Tensor,
                   y: torch.Tensor, y_pre: Optional[torch.Tensor], loads: int = -1) -> dict:
     """The walk's TMA descriptors and their constexprs for `_scan_fwd_kernel`'s constexprs `consts`: its inputs'
     (x, b, c: `input_descriptors`; TMA_LOADS where all have one and `loads`, KernelConfig.tma, asks), the chunk
-    states' (states: those the walk stores, else None) and y's (and y_pre's: None where the walk stores none).
+    states' (states: the walk's d_state slice of them, used where it stores them, STORE_STATES) and y's (and
+    y_pre's: None where the walk stores none).
     With loads -1, tiles come in by TMA but in a d_state slice adding the earlier y without a backward to come: H200,
     8 x 8192 tokens, walks without / with grad, 128 x 128 1.246 / 1.353 -> 1.185 / 1.225 ms, 64 x 64 0.524 / 0.534
     -> 0.467 / 0.495, 128 x 256 slices 1.280 / 1.340 -> 1.203 / 1.233 and 1.137 / 1.475 -> 1.262 / 1.378.
@@ -457,6 +463,7 @@ def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tenso
     0.526 (H200, 8 x 8192 tokens). It lost with chunk states stored (128 x 128 1.35 -> 1.37) and in the d_state
     slices (the one adding the earlier y 1.14 -> 1.43)."""
     block_t, block_p = consts["BLOCK_T"], consts["BLOCK_P"]
+    states = states if consts["STORE_STATES"] else None
     by_tma = loads > 0 or (loads < 0 and not (consts["ADD_Y"] and states is None))
     inputs = input_descriptors(x, b, c, block_t, block_p, consts["BLOCK_N"]) if by_tma else None
     states_desc = states_descriptor(states, block_p, consts["BLOCK_N"]) if states is not None else None
@@ -471,11 +478,10 @@ def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tenso
 
 
 def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, num_warps: int, options: dict[str, int],
-                   states: Optional[torch.Tensor], y: torch.Tensor, y_pre: Optional[torch.Tensor],
-                   loads: int = -1) -> None:
+                   states: torch.Tensor, y: torch.Tensor, y_pre: Optional[torch.Tensor], loads: int = -1) -> None:
     """Launches the Gluon output walk in num_warps (4: one warpgroup; 8: two, each with half the head_dim block) on
     `_scan_fwd_kernel`'s arguments and constexprs (its PREC left out: the products take the inputs' 16-bit dtype);
-    options: KernelConfig.register_cap(); states: the chunk states the walk stores (its d_state slice), else None;
+    options: KernelConfig.register_cap(); states: the chunk states (the walk's d_state slice);
     y, y_pre: its outputs (as in args); loads: KernelConfig.tma. Tiles come in and leave by TMA where
     `tma_arguments` allows."""
     x, b, c = args[:3]
