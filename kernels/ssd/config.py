@@ -64,8 +64,8 @@ class KernelConfig:
     gemm (output and dx kernels per row tile): 1 takes their state term (C h^T, B dh^T) from one batched matmul
     per call (state_products.py) instead of forming it per row tile (16-bit inputs, and float32 off the GPU:
     state_products.matmul_matches_kernels); 0 forms it.
-    tma (Gluon output walk): 1 copies its x, B and C tiles in by TMA where the descriptors allow, 0 by cp.async; -1
-    lets forward_wgmma.tma_arguments choose per launch.
+    tma (Gluon output and dx walks): 1 copies their step tiles (x or dy, B, C) in by TMA where the descriptors
+    allow, 0 by cp.async; -1 lets forward_wgmma.tma_arguments choose per output walk (the dx walk: as 1).
     """
 
     block_m: int
