@@ -19,8 +19,9 @@ may be the whole d_state of 256 (192-200 KB of shared memory: one program per SM
 memory as the states array holds it (head_dim rows, d_state contiguous), so that whole walks copy each chunk state
 out by TMA (`states_descriptor`), an asynchronous copy that the walk's fences do not wait for.
 
-Tiles of x, B and C are copied into shared memory one step ahead (cp.async, two buffers); y leaves through shared
-memory in 16-byte row pieces. Differences from the Triton walk, all within bf16 rounding: a D per head is added
+Tiles of x, B and C are copied into shared memory one step ahead, into two buffers: by TMA onto one mbarrier per
+buffer where `tma_arguments` allows, else by cp.async. y leaves through shared memory: by TMA in whole tiles where
+`tma_arguments` allows, else in 16-byte row pieces per thread. Differences from the Triton walk, all within bf16 rounding: a D per head is added
 to the diagonal of W (so D x_i comes out of the W x product, with D rounded to the dot dtype: y differs from
 mamba_ssm by ~2.7e-3 instead of ~1e-3, relative), with z the gate multiplies y after its rounding to the output
 dtype, and a later d_state slice (ADD_Y) adds the earlier slices' y to its own after that rounding. For bf16 /
