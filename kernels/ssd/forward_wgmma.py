@@ -21,13 +21,14 @@ out by TMA (`states_descriptor`), an asynchronous copy that the walk's fences do
 
 Tiles of x, B and C are copied into shared memory one step ahead, into two buffers: by TMA onto one mbarrier per
 buffer where `tma_arguments` allows, else by cp.async. y leaves through shared memory: by TMA in whole tiles where
-`tma_arguments` allows, else in 16-byte row pieces per thread. Differences from the Triton walk, all within bf16 rounding: a D per head is added
-to the diagonal of W (so D x_i comes out of the W x product, with D rounded to the dot dtype: y differs from
-mamba_ssm by ~2.7e-3 instead of ~1e-3, relative), with z the gate multiplies y after its rounding to the output
-dtype, and a later d_state slice (ADD_Y) adds the earlier slices' y to its own after that rounding. For bf16 /
-fp16 inputs on sm_90 with the walk's tile sizes (wgmma.wgmma_tiles); forward.py runs the Triton kernel
-everywhere else, and the CPU interpreter cannot run Gluon, so the tests compare the two on a GPU
-(tests/kernels/test_ssd_wgmma.py).
+`tma_arguments` allows, else in 16-byte row pieces per thread.
+
+Differences from the Triton walk, all within bf16 rounding: a D per head is added to the diagonal of W (so D x_i
+comes out of the W x product, with D rounded to the dot dtype: y differs from mamba_ssm by ~2.7e-3 instead of
+~1e-3, relative), with z the gate multiplies y after its rounding to the output dtype, and a later d_state slice
+(ADD_Y) adds the earlier slices' y to its own after that rounding. For bf16 / fp16 inputs on sm_90 with the walk's
+tile sizes (wgmma.wgmma_tiles); forward.py runs the Triton kernel everywhere else, and the CPU interpreter cannot
+run Gluon, so the tests compare the two on a GPU (tests/kernels/test_ssd_wgmma.py).
 """
 
 from __future__ import annotations
@@ -394,14 +395,13 @@ def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tenso
     0.526 (H200, 8 x 8192 tokens). It lost with chunk states stored (128 x 128 1.35 -> 1.37) and in the d_state
     slices (the one adding the earlier y 1.14 -> 1.43)."""
     block_t, block_p = consts["BLOCK_T"], consts["BLOCK_P"]
-    inputs = input_descriptors(x, b, c, block_t, block_p, consts["BLOCK_N"])
+    by_tma = loads > 0 or (loads < 0 and not (consts["ADD_Y"] and states is None))
+    inputs = input_descriptors(x, b, c, block_t, block_p, consts["BLOCK_N"]) if by_tma else None
     states_desc = states_descriptor(states, block_p, consts["BLOCK_N"]) if states is not None else None
     y_desc = output_descriptor(y, block_t, block_p)
     ypre_desc = output_descriptor(y_pre, block_t, block_p) if y_pre is not None and consts["HAS_Z"] else None
     tma_y = (y_desc is not None and (ypre_desc is not None or y_pre is None or not consts["HAS_Z"])
              and states is None and not consts["ADD_Y"] and consts["INTRA"] != 2)
-    if loads == 0 or (loads < 0 and consts["ADD_Y"] and states is None):
-        inputs = None
     x_desc, b_desc, c_desc = inputs if inputs is not None else (None, None, None)
     return dict(states_desc=states_desc, TMA_STATES=states_desc is not None, y_desc=y_desc if tma_y else None,
                 ypre_desc=ypre_desc if tma_y else None, TMA_Y=tma_y, x_desc=x_desc, b_desc=b_desc, c_desc=c_desc,
