@@ -398,8 +398,7 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
                       D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None and last,
                       ALIGNED=cfg.alignment(table.aligned))
         if gluon:
-            scan_fwd_wgmma(grid, args, consts, cfg.num_warps, cfg.register_cap(),
-                           states[part] if consts["STORE_STATES"] else None, y, y_pre, cfg.tma)
+            scan_fwd_wgmma(grid, args, consts, cfg.num_warps, cfg.register_cap(), states[part], y, y_pre, cfg.tma)
         else:
             _scan_fwd_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
 

@@ -50,7 +50,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .wgmma import (barrier as _barrier, copy_layout, copy_step, copy_tile, exp_ftz, input_descriptors, mma_layout,
-                    rows_descriptor, step_barriers, tma_store, wait_step, walk_program)
+                    rows_descriptor, step_barriers, tma_store, token_rows, wait_step, walk_program)
 
 __all__ = ["MIN_BLOCK_P", "scan_fwd_wgmma", "tma_arguments"]
 
@@ -373,20 +373,18 @@ def states_descriptor(states: torch.Tensor, block_p: int, block_n: int) -> Optio
 
 
 def output_descriptor(y: torch.Tensor, block_t: int, block_p: int) -> Optional[TensorDescriptor]:
-    """A TMA descriptor of an output y (ntokens, nheads, headdim) as rows of tokens (ntokens, nheads * headdim) in
-    boxes of block_t tokens x block_p columns; None where a box would cross heads or TMA cannot address y."""
-    ntokens, nheads, headdim = y.shape
-    if headdim % block_p or y.stride(1) != headdim * y.stride(2):
-        return None
-    return rows_descriptor(torch.as_strided(y, (ntokens, nheads * headdim), (y.stride(0), y.stride(2))),
-                            [block_t, block_p])
+    """A TMA descriptor of an output y (ntokens, nheads, headdim) as rows of tokens in boxes of block_t tokens x
+    block_p columns; None where a box would cross heads or TMA cannot address y."""
+    rows = token_rows(y, block_p)
+    return rows_descriptor(rows, [block_t, block_p]) if rows is not None else None
 
 
-def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, states: Optional[torch.Tensor],
+def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, states: torch.Tensor,
                   y: torch.Tensor, y_pre: Optional[torch.Tensor], loads: int = -1) -> dict:
     """The walk's TMA descriptors and their constexprs for `_scan_fwd_kernel`'s constexprs `consts`: its inputs'
     (x, b, c: `input_descriptors`; TMA_LOADS where all have one and `loads`, KernelConfig.tma, asks), the chunk
-    states' (states: those the walk stores, else None) and y's (and y_pre's: None where the walk stores none).
+    states' (states: the walk's d_state slice of them, used where it stores them, STORE_STATES) and y's (and
+    y_pre's: None where the walk stores none).
     With loads -1, tiles come in by TMA but in a d_state slice adding the earlier y without a backward to come: H200,
     8 x 8192 tokens, walks without / with grad, 128 x 128 1.246 / 1.353 -> 1.185 / 1.225 ms, 64 x 64 0.524 / 0.534
     -> 0.467 / 0.495, 128 x 256 slices 1.280 / 1.340 -> 1.203 / 1.233 and 1.137 / 1.475 -> 1.262 / 1.378.
@@ -395,6 +393,7 @@ def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tenso
     0.526 (H200, 8 x 8192 tokens). It lost with chunk states stored (128 x 128 1.35 -> 1.37) and in the d_state
     slices (the one adding the earlier y 1.14 -> 1.43)."""
     block_t, block_p = consts["BLOCK_T"], consts["BLOCK_P"]
+    states = states if consts["STORE_STATES"] else None
     by_tma = loads > 0 or (loads < 0 and not (consts["ADD_Y"] and states is None))
     inputs = input_descriptors(x, b, c, block_t, block_p, consts["BLOCK_N"]) if by_tma else None
     states_desc = states_descriptor(states, block_p, consts["BLOCK_N"]) if states is not None else None
@@ -409,11 +408,10 @@ def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tenso
 
 
 def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, num_warps: int, options: dict[str, int],
-                   states: Optional[torch.Tensor], y: torch.Tensor, y_pre: Optional[torch.Tensor],
-                   loads: int = -1) -> None:
+                   states: torch.Tensor, y: torch.Tensor, y_pre: Optional[torch.Tensor], loads: int = -1) -> None:
     """Launches the Gluon output walk in num_warps (4: one warpgroup; 8: two, each with half the head_dim block) on
     `_scan_fwd_kernel`'s arguments and constexprs (its PREC left out: the products take the inputs' 16-bit dtype);
-    options: KernelConfig.register_cap(); states: the chunk states the walk stores (its d_state slice), else None;
+    options: KernelConfig.register_cap(); states: the chunk states (the walk's d_state slice);
     y, y_pre: its outputs (as in args); loads: KernelConfig.tma. Tiles come in and leave by TMA where
     `tma_arguments` allows."""
     x, b, c = args[:3]

@@ -271,9 +271,8 @@ def gluon_twin(launch: Launch) -> Optional[tuple[JITFunction, dict[str, Any]]]:
     if twin is _scan_fwd_wgmma_kernel:
         if args["BLOCK_P"] < MIN_BLOCK_P:
             return None
-        states = args["states_ptr"] if args["STORE_STATES"] else None
-        args.update(tma_arguments(args, args["x_ptr"], args["b_ptr"], args["c_ptr"], states, args["y_ptr"],
-                                  args["ypre_ptr"]))
+        args.update(tma_arguments(args, args["x_ptr"], args["b_ptr"], args["c_ptr"], args["states_ptr"],
+                                  args["y_ptr"], args["ypre_ptr"]))
     if twin is _dx_wgmma_kernel:
         args.update(dx_tma_arguments(args, args["dy_ptr"], args["b_ptr"], args["c_ptr"]))
     return twin, {p.name: args[p.name] for p in twin.params}

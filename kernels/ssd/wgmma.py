@@ -21,7 +21,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from .layout import ALIGNMENT
 
 __all__ = ["GL_DTYPES", "barrier", "copy_layout", "copy_step", "copy_tile", "exp_ftz", "input_descriptors",
-           "mma_layout", "rows_descriptor", "step_barriers", "tma_store", "wait_step", "walk_program",
+           "mma_layout", "rows_descriptor", "step_barriers", "tma_store", "token_rows", "wait_step", "walk_program",
            "wgmma_supported", "wgmma_tiles"]
 
 # cp.async into shared memory: `async_load` after triton 3.6 (the device's version), `async_copy_global_to_shared`
@@ -177,6 +177,15 @@ def rows_descriptor(rows: torch.Tensor, box: list[int]) -> Optional[TensorDescri
     return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), box, layout)
 
 
+def token_rows(t: torch.Tensor, block_p: int) -> Optional[torch.Tensor]:
+    """t (ntokens, nheads, headdim) as rows of tokens (ntokens, nheads * headdim); None where its heads are not
+    adjacent or a head_dim block of block_p would cross into the next head."""
+    ntokens, nheads, headdim = t.shape
+    if headdim % block_p or t.stride(1) != headdim * t.stride(2):
+        return None
+    return torch.as_strided(t, (ntokens, nheads * headdim), (t.stride(0), t.stride(2)))
+
+
 def input_descriptors(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, block_t: int, block_p: int,
                       block_n: int) -> Optional[tuple[TensorDescriptor, TensorDescriptor, TensorDescriptor]]:
     """TMA descriptors of a walk's step tiles (`copy_step`): x (ntokens, nheads, headdim; the dx walk: dy) as rows of
@@ -184,12 +193,10 @@ def input_descriptors(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, block_t
     slice) as rows (ntokens, (ngroups - 1) * group stride + width) in boxes of block_t x block_n at column group *
     group stride (B's and C's group strides equal); None where a box would cross into the next head or group
     (headdim not a multiple of block_p, width not block_n) or TMA cannot address them."""
-    ntokens, nheads, headdim = x.shape
-    width = b.shape[2]
-    if (headdim % block_p or width != block_n or x.stride(1) != headdim * x.stride(2) or b.stride(1) != c.stride(1)
-            or b.stride(2) != 1 or c.stride(2) != 1):
+    ntokens, width = x.shape[0], b.shape[2]
+    x_rows = token_rows(x, block_p)
+    if x_rows is None or width != block_n or b.stride(1) != c.stride(1) or b.stride(2) != 1 or c.stride(2) != 1:
         return None
-    x_rows = torch.as_strided(x, (ntokens, nheads * headdim), (x.stride(0), x.stride(2)))
     cols = (b.shape[1] - 1) * b.stride(1) + width
     descs = (rows_descriptor(x_rows, [block_t, block_p]),
              *(rows_descriptor(torch.as_strided(t, (ntokens, cols), (t.stride(0), 1)), [block_t, block_n])
