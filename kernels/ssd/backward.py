@@ -400,7 +400,7 @@ def _dx(x: Tensor, dy: Tensor, B: Tensor, C: Tensor, cb: Tensor, dstates: Tensor
                   STEPS_PER_CHUNK=triton.cdiv(chunk, cfg.block_m), HAS_D=D is not None,
                   D_HAS_HDIM=D is not None and D.dim() == 2, ALIGNED=cfg.alignment(table.aligned))
     if cfg.wgmma and gluon and wgmma_tiles(cfg.block_m, cfg.block_n):
-        dx_wgmma(grid, args, consts, cfg.register_cap())
+        dx_wgmma(grid, args, consts, cfg.register_cap(), cfg.tma)
     else:
         _dx_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
 

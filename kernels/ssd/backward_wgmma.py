@@ -20,18 +20,21 @@ GPU.
 
 from __future__ import annotations
 
+import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     async_copy,
     fence_async_shared,
+    mbarrier,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
 
-from .wgmma import copy_layout, copy_tile, exp_ftz, mma_layout, walk_program
+from .wgmma import (copy_layout, copy_step, exp_ftz, input_descriptors, mma_layout, step_barriers, wait_step,
+                    walk_program)
 
-__all__ = ["dx_wgmma"]
+__all__ = ["dx_tma_arguments", "dx_wgmma"]
 
 
 @gluon.jit
@@ -39,7 +42,8 @@ def _dx_wgmma_kernel(
     x_ptr, dy_ptr, b_ptr, c_ptr, dstates_ptr, s_ptr, dtp_ptr, d_ptr,
     dx_ptr, ddtp_ptr, dd_ptr, walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_dy_t, stride_dy_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g,
-    stride_dx_t, stride_dx_h, ntokens, nheads, headdim, dstate, heads_per_group,
+    stride_dx_t, stride_dx_h, ntokens, nheads, headdim, dstate, heads_per_group, dy_desc, b_desc, c_desc,
+    TMA_LOADS: gl.constexpr,
     BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr, STEPS_PER_CHUNK: gl.constexpr,
     HAS_D: gl.constexpr, D_HAS_HDIM: gl.constexpr, ALIGNED: gl.constexpr,
 ):
@@ -69,11 +73,15 @@ def _dx_wgmma_kernel(
     dyw_smem = gl.allocate_shared_memory(dtype, [BLOCK_T, BLOCK_P], tp_smem)
     g_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_P], np_smem)
 
+    bars = step_barriers(TMA_LOADS)
+    col_bc = (group * stride_b_g).to(gl.int32)  # the B and C descriptors share the column offset (dx_tma_arguments)
+    col_dy = (head * stride_dy_h + p0).to(gl.int32)
+
     nsteps = gl.cdiv(clen, BLOCK_T)
     t_first = (nsteps - 1) * BLOCK_T
-    copy_tile(c_smem.index(0), c_base, stride_c_t, t_first, clen, dstate, BLOCK_T, BLOCK_N)
-    copy_tile(b_smem.index(0), b_base, stride_b_t, t_first, clen, dstate, BLOCK_T, BLOCK_N)
-    copy_tile(dy_smem.index(0), dy_base, stride_dy_t, t_first, clen, headdim - p0, BLOCK_T, BLOCK_P)
+    copy_step(c_smem.index(0), b_smem.index(0), dy_smem.index(0), bars.index(0), c_desc, b_desc, dy_desc, c_base,
+              b_base, dy_base, stride_c_t, stride_b_t, stride_dy_t, c0, t_first, clen, col_bc, col_dy, dstate,
+              headdim - p0, BLOCK_T, BLOCK_N, BLOCK_P, TMA_LOADS)
     async_copy.commit_group()
 
     # g^T starts as the gradient of the state at the end of the walk's last chunk, at its last token (the reference
@@ -123,9 +131,9 @@ def _dx_wgmma_kernel(
         # the tile before (none after the chunk's first: rows limited to 0, from row 0 so no row is negative)
         t_next = gl.maximum(t0 - BLOCK_T, 0)
         rows_next = clen * (t0 > 0).to(gl.int32)
-        copy_tile(c_smem.index(nxt), c_base, stride_c_t, t_next, rows_next, dstate, BLOCK_T, BLOCK_N)
-        copy_tile(b_smem.index(nxt), b_base, stride_b_t, t_next, rows_next, dstate, BLOCK_T, BLOCK_N)
-        copy_tile(dy_smem.index(nxt), dy_base, stride_dy_t, t_next, rows_next, headdim - p0, BLOCK_T, BLOCK_P)
+        copy_step(c_smem.index(nxt), b_smem.index(nxt), dy_smem.index(nxt), bars.index(nxt), c_desc, b_desc, dy_desc,
+                  c_base, b_base, dy_base, stride_c_t, stride_b_t, stride_dy_t, c0, t_next, rows_next, col_bc, col_dy,
+                  dstate, headdim - p0, BLOCK_T, BLOCK_N, BLOCK_P, TMA_LOADS)
         async_copy.commit_group()
         mask_next = t_next + offs_r < rows_next
         s_r_next = gl.load(s_ptr + row + t_next + offs_r, mask=mask_next, other=0.0)
@@ -135,10 +143,12 @@ def _dx_wgmma_kernel(
         offs_x = (c0 + t0 + offs_r)[:, None] * stride_x_t + head * stride_x_h + offs_p[None, :]
         x_tile = gl.load(x_ptr + offs_x, mask=mask_r[:, None] & mask_p[None, :], other=0.0)
         async_copy.wait_group(1)
-        fence_async_shared()
         c_tile = c_smem.index(buf)
         b_tile = b_smem.index(buf)
         dy_tile = dy_smem.index(buf)
+        wait_step(bars.index(buf), (step // 2) & 1, c_tile, b_tile, dy_tile, clen - t0, BLOCK_T, BLOCK_N, BLOCK_P,
+                  TMA_LOADS)
+        fence_async_shared()
 
         bc = warpgroup_mma(b_tile, c_tile.permute((1, 0)), gl.zeros((BLOCK_T, BLOCK_T), gl.float32, mma_t),
                            use_acc=False, is_async=True)
@@ -192,6 +202,9 @@ def _dx_wgmma_kernel(
         dt_r = dt_r_next
         g = g * exp_ftz(s_ref - s_prev)
     async_copy.wait_group(0)
+    if TMA_LOADS:
+        mbarrier.invalidate(bars.index(0))
+        mbarrier.invalidate(bars.index(1))
     if HAS_D:
         if D_HAS_HDIM:
             gl.atomic_add(dd_ptr + head * headdim + offs_p, dd, mask=mask_p, sem="relaxed")
@@ -212,7 +225,18 @@ def _step_before(s_ptr, row, t0, chunk_tokens: gl.constexpr):
     return s_prev, s_tail
 
 
-def dx_wgmma(grid: tuple[int, int], args: tuple, consts: dict, options: dict[str, int]) -> None:
+def dx_tma_arguments(consts: dict, dy: torch.Tensor, b: torch.Tensor, c: torch.Tensor, loads: int = -1) -> dict:
+    """The dx walk's TMA descriptors of its step tiles (dy, B, C: wgmma.input_descriptors) and TMA_LOADS, for
+    `_dx_kernel`'s constexprs `consts`; loads: KernelConfig.tma (0: cp.async; else TMA where the descriptors
+    allow)."""
+    descs = input_descriptors(dy, b, c, consts["BLOCK_T"], consts["BLOCK_P"], consts["BLOCK_N"]) if loads else None
+    dy_desc, b_desc, c_desc = descs if descs is not None else (None, None, None)
+    return dict(dy_desc=dy_desc, b_desc=b_desc, c_desc=c_desc, TMA_LOADS=descs is not None)
+
+
+def dx_wgmma(grid: tuple[int, int], args: tuple, consts: dict, options: dict[str, int], loads: int = -1) -> None:
     """Launches the Gluon dx walk, one warpgroup per program, on `_dx_kernel`'s arguments and constexprs (its
-    PREC left out: the products take the inputs' 16-bit dtype); options: KernelConfig.register_cap()."""
-    _dx_wgmma_kernel[grid](*args, **consts, num_warps=4, **options)
+    PREC left out: the products take the inputs' 16-bit dtype); options: KernelConfig.register_cap(); loads:
+    KernelConfig.tma (`dx_tma_arguments`)."""
+    dy, b, c = args[1:4]
+    _dx_wgmma_kernel[grid](*args, **consts, **dx_tma_arguments(consts, dy, b, c, loads), num_warps=4, **options)

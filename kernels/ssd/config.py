@@ -64,10 +64,11 @@ class KernelConfig:
     gemm (output and dx kernels per row tile): 1 takes their state term (C h^T, B dh^T) from one batched matmul
     per call (state_products.py) instead of forming it per row tile (16-bit inputs, and float32 off the GPU:
     state_products.matmul_matches_kernels); 0 forms it.
-    tma (Gluon output walk, dB/dC kernel, state-gradient pass, dx row tiles): 1 reads the walk's x, B and C tiles
-    (dB/dC: the head loop's x or dy and state tiles; the state-gradient pass: dy and C; dx row tiles: B, the state
-    gradients, the C B^T table and dy) by TMA where the descriptors allow, 0 by cp.async or pointers; -1 lets
-    forward_wgmma.tma_arguments choose per output walk (dB/dC: 1 in the split programs; the others: 1).
+    tma (Gluon output and dx walks, dB/dC kernel, state-gradient pass, dx row tiles): 1 reads the walks' step tiles
+    (x or dy, B, C; dB/dC: the head loop's x or dy and state tiles; the state-gradient pass: dy and C; dx row
+    tiles: B, the state gradients, the C B^T table and dy) by TMA where the descriptors allow, 0 by cp.async or
+    pointers; -1 lets forward_wgmma.tma_arguments choose per output walk (dB/dC: 1 in the split programs; the
+    others: 1).
     """
 
     block_m: int

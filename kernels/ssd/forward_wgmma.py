@@ -49,13 +49,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .wgmma import (barrier as _barrier, copy_layout, copy_tile, exp_ftz, mma_layout, tma_load, tma_store, walk_program,
-                    zero_rows)
+from .wgmma import (barrier as _barrier, copy_layout, copy_step, copy_tile, exp_ftz, input_descriptors, mma_layout,
+                    rows_descriptor, step_barriers, tma_store, token_rows, wait_step, walk_program)
 
 __all__ = ["MIN_BLOCK_P", "scan_fwd_wgmma", "tma_arguments"]
 
 MIN_BLOCK_P = 64  # the state update's wgmma has the head_dim block as its M: 64 rows a warpgroup
-_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
 
 @gluon.jit
@@ -78,27 +77,6 @@ def _y_tile(offs_t, offs_p, c0, t0, clen, head, headdim, stride_y_t, stride_y_h)
     the layout of both."""
     offs = (c0 + t0 + offs_t)[:, None] * stride_y_t + head * stride_y_h + offs_p[None, :]
     return offs, (offs_t < clen - t0)[:, None] & (offs_p < headdim)[None, :]
-
-
-@gluon.jit
-def _copy_step(c_smem, b_smem, x_smem, bar, c_desc, b_desc, x_desc, c_base, b_base, x_base, stride_c_t, stride_b_t,
-               stride_x_t, c0, t, clen, col_bc, col_x, dstate, width_x, BLOCK_T: gl.constexpr, BLOCK_N: gl.constexpr,
-               BLOCK_P: gl.constexpr, TMA_LOADS: gl.constexpr):
-    """Starts the copies of the C, B and x tiles of tokens t.. (from c0, of clen) into their buffers: by TMA onto
-    mbarrier bar (TMA_LOADS; none where t is past clen; the rows past clen are the next sequence's until the step
-    zeroes them), else by cp.async with those rows 0."""
-    if TMA_LOADS:
-        row = (c0 + t).to(gl.int32)
-        live = t < clen
-        nbytes: gl.constexpr = (2 * BLOCK_T * BLOCK_N + BLOCK_T * BLOCK_P) * x_smem.dtype.primitive_bitwidth // 8
-        mbarrier.expect(bar, nbytes, pred=live)
-        tma_load(c_desc, [row, col_bc], bar, c_smem, pred=live)
-        tma_load(b_desc, [row, col_bc], bar, b_smem, pred=live)
-        tma_load(x_desc, [row, col_x], bar, x_smem, pred=live)
-    else:
-        copy_tile(c_smem, c_base, stride_c_t, t, clen, dstate, BLOCK_T, BLOCK_N)
-        copy_tile(b_smem, b_base, stride_b_t, t, clen, dstate, BLOCK_T, BLOCK_N)
-        copy_tile(x_smem, x_base, stride_x_t, t, clen, width_x, BLOCK_T, BLOCK_P)
 
 
 @gluon.jit
@@ -157,17 +135,12 @@ def _scan_fwd_wgmma_kernel(
     if TMA_Y and STORE_PRE:  # y before the gate, for its own TMA copy (y leaves from xw_smem)
         ypre_smem = gl.allocate_shared_memory(dtype, [BLOCK_T, BLOCK_P], tp_smem)
 
-    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    if TMA_LOADS:
-        mbarrier.init(bars.index(0), count=1)
-        mbarrier.init(bars.index(1), count=1)
-        fence_async_shared()
-        _barrier()
+    bars = step_barriers(TMA_LOADS)
     col_bc = (group * stride_b_g).to(gl.int32)  # the B and C descriptors share the column offset (tma_arguments)
     col_x = (head * stride_x_h + p0).to(gl.int32)
-    _copy_step(c_smem.index(0), b_smem.index(0), x_smem.index(0), bars.index(0), c_desc, b_desc, x_desc, c_base,
-               b_base, x_base, stride_c_t, stride_b_t, stride_x_t, c0, 0, clen, col_bc, col_x, dstate, headdim - p0,
-               BLOCK_T, BLOCK_N, BLOCK_P, TMA_LOADS)
+    copy_step(c_smem.index(0), b_smem.index(0), x_smem.index(0), bars.index(0), c_desc, b_desc, x_desc, c_base,
+              b_base, x_base, stride_c_t, stride_b_t, stride_x_t, c0, 0, clen, col_bc, col_x, dstate, headdim - p0,
+              BLOCK_T, BLOCK_N, BLOCK_P, TMA_LOADS)
     if INTRA == 2:  # one buffer: each step's C B^T tile is copied once the step before has read its own
         cb_dtype: gl.constexpr = cb_ptr.dtype.element_ty
         cb_smem = gl.allocate_shared_memory(cb_dtype, [BLOCK_T, BLOCK_T],
@@ -228,9 +201,9 @@ def _scan_fwd_wgmma_kernel(
         s_last_next = gl.load(s_ptr + row + gl.minimum(t_next + BLOCK_T, clen) - 1)
         buf = step % 2
         nxt = (step + 1) % 2
-        _copy_step(c_smem.index(nxt), b_smem.index(nxt), x_smem.index(nxt), bars.index(nxt), c_desc, b_desc, x_desc,
-                   c_base, b_base, x_base, stride_c_t, stride_b_t, stride_x_t, c0, t_next, clen, col_bc, col_x,
-                   dstate, headdim - p0, BLOCK_T, BLOCK_N, BLOCK_P, TMA_LOADS)
+        copy_step(c_smem.index(nxt), b_smem.index(nxt), x_smem.index(nxt), bars.index(nxt), c_desc, b_desc, x_desc,
+                  c_base, b_base, x_base, stride_c_t, stride_b_t, stride_x_t, c0, t_next, clen, col_bc, col_x, dstate,
+                  headdim - p0, BLOCK_T, BLOCK_N, BLOCK_P, TMA_LOADS)
         async_copy.commit_group()
         mask_r = t0 + offs_r < clen
         if TMA_STATES or TMA_Y:  # last step's copies out of h_smem and xw_smem have read them before they change
@@ -241,14 +214,8 @@ def _scan_fwd_wgmma_kernel(
         c_tile = c_smem.index(buf)
         b_tile = b_smem.index(buf)
         x_tile = x_smem.index(buf)
-        if TMA_LOADS:
-            mbarrier.wait(bars.index(buf), (step // 2) & 1)
-            if t_next > clen:  # the walk's last tile, partly the next sequence's rows: zeroed, as cp.async leaves them
-                zero_rows(c_tile, clen - t0, BLOCK_T, BLOCK_N)
-                zero_rows(b_tile, clen - t0, BLOCK_T, BLOCK_N)
-                zero_rows(x_tile, clen - t0, BLOCK_T, BLOCK_P)
-                fence_async_shared()
-                _barrier()
+        wait_step(bars.index(buf), (step // 2) & 1, c_tile, b_tile, x_tile, clen - t0, BLOCK_T, BLOCK_N, BLOCK_P,
+                  TMA_LOADS)
         fence_async_shared()
 
         if INTRA == 1:
@@ -391,16 +358,6 @@ def _scan_fwd_wgmma_kernel(
                  gl.convert_layout(h, out_layout), mask=(offs_fp < headdim)[:, None] & (offs_fn < dstate)[None, :])
 
 
-def _rows_descriptor(rows: torch.Tensor, box: list[int]) -> Optional[TensorDescriptor]:
-    """A TMA descriptor of the 2-D view `rows` (unit column stride) in boxes `box`; None where TMA cannot address it
-    (16-byte row stride and base, a 16-bit dtype)."""
-    if (rows.stride(1) != 1 or (rows.stride(0) * rows.element_size()) % 16 or rows.data_ptr() % 16
-            or rows.dtype not in _GL_DTYPES):
-        return None
-    layout = gl.NVMMASharedLayout.get_default_for(box, _GL_DTYPES[rows.dtype])
-    return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), box, layout)
-
-
 def states_descriptor(states: torch.Tensor, block_p: int, block_n: int) -> Optional[TensorDescriptor]:
     """A TMA descriptor of the chunk states `states` (nchunks, nheads, headdim, width: a d_state slice of width
     columns, rows `states.stride(2)` apart) as rows of head_dim (nchunks * nheads * headdim, width) in boxes of
@@ -411,42 +368,15 @@ def states_descriptor(states: torch.Tensor, block_p: int, block_n: int) -> Optio
     dense = states.stride(1) == headdim * row and states.stride(0) == nheads * headdim * row
     if headdim % block_p or not dense:
         return None
-    return _rows_descriptor(torch.as_strided(states, (nchunks * nheads * headdim, width), (row, states.stride(3))),
+    return rows_descriptor(torch.as_strided(states, (nchunks * nheads * headdim, width), (row, states.stride(3))),
                             [block_p, block_n])
-
-
-def _token_rows(t: torch.Tensor, block_p: int) -> Optional[torch.Tensor]:
-    """t (ntokens, nheads, headdim) as rows of tokens (ntokens, nheads * headdim); None where its heads are not
-    adjacent or a head_dim block of block_p would cross into the next head."""
-    ntokens, nheads, headdim = t.shape
-    if headdim % block_p or t.stride(1) != headdim * t.stride(2):
-        return None
-    return torch.as_strided(t, (ntokens, nheads * headdim), (t.stride(0), t.stride(2)))
 
 
 def output_descriptor(y: torch.Tensor, block_t: int, block_p: int) -> Optional[TensorDescriptor]:
     """A TMA descriptor of an output y (ntokens, nheads, headdim) as rows of tokens in boxes of block_t tokens x
     block_p columns; None where a box would cross heads or TMA cannot address y."""
-    rows = _token_rows(y, block_p)
-    return _rows_descriptor(rows, [block_t, block_p]) if rows is not None else None
-
-
-def input_descriptors(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, block_t: int, block_p: int,
-                      block_n: int) -> Optional[tuple[TensorDescriptor, TensorDescriptor, TensorDescriptor]]:
-    """TMA descriptors of a walk's inputs, x (ntokens, nheads, headdim) as rows of tokens in boxes of block_t x
-    block_p and B, C (ntokens, ngroups, width: a d_state slice) as rows (ntokens, (ngroups - 1) * group stride +
-    width) in boxes of block_t x block_n at column group * group stride (B's and C's group strides equal); None
-    where a box would cross into the next head or group (headdim not a multiple of block_p, width not block_n) or
-    TMA cannot address them."""
-    ntokens, width = x.shape[0], b.shape[2]
-    x_rows = _token_rows(x, block_p)
-    if x_rows is None or width != block_n or b.stride(1) != c.stride(1) or b.stride(2) != 1 or c.stride(2) != 1:
-        return None
-    cols = (b.shape[1] - 1) * b.stride(1) + width
-    descs = (_rows_descriptor(x_rows, [block_t, block_p]),
-             *(_rows_descriptor(torch.as_strided(t, (ntokens, cols), (t.stride(0), 1)), [block_t, block_n])
-               for t in (b, c)))
-    return None if None in descs else descs
+    rows = token_rows(y, block_p)
+    return rows_descriptor(rows, [block_t, block_p]) if rows is not None else None
 
 
 def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, states: torch.Tensor,

@@ -34,7 +34,7 @@ from triton.runtime.jit import JITFunction, mangle_type
 
 from . import backward, forward
 from .autograd import ssd_scan_triton
-from .backward_wgmma import _dx_wgmma_kernel
+from .backward_wgmma import _dx_wgmma_kernel, dx_tma_arguments
 from .forward_wgmma import MIN_BLOCK_P, _scan_fwd_wgmma_kernel, tma_arguments
 from .config import bwd_dx_config
 from .step import ssd_step_triton
@@ -275,6 +275,8 @@ def gluon_twin(launch: Launch) -> Optional[tuple[JITFunction, dict[str, Any]]]:
             return None
         args.update(tma_arguments(args, args["x_ptr"], args["b_ptr"], args["c_ptr"], args["states_ptr"],
                                   args["y_ptr"], args["ypre_ptr"]))
+    if twin is _dx_wgmma_kernel:
+        args.update(dx_tma_arguments(args, args["dy_ptr"], args["b_ptr"], args["c_ptr"]))
     return twin, {p.name: args[p.name] for p in twin.params}
 
 
