@@ -348,13 +348,13 @@ def _dbc_descriptors(x: Tensor, dy: Tensor, states: Tensor, dstates: Tensor,
 
 
 def _state_bwd_descriptors(dy: Tensor, C: Tensor, cfg: KernelConfig) -> Optional[tuple[TensorDescriptor, ...]]:
-    """Descriptors of the state-gradient pass's step tiles, or None (cfg.tma 0; head_dim not a multiple of the
-    tile's head_dim block, or d_state of its d_state block, whose boxes would take the next head's or group's
-    columns; a layout TMA cannot address): dy as rows of tokens (ntokens, nheads * headdim) in boxes of block_m x
-    block_p (two heads' columns where cfg.heads is 2), C as (ntokens, ngroups * dstate) in boxes of block_m x
-    block_n."""
+    """Descriptors of the state-gradient pass's step tiles, or None (cfg.tma 0 or -1: TMA was the slower, 1.79 against
+    1.71 ms at 128 x 256 on an H200, RESULTS.md; head_dim not a multiple of the tile's head_dim block, or d_state of
+    its d_state block, whose boxes would take the next head's or group's columns; a layout TMA cannot address): dy
+    as rows of tokens (ntokens, nheads * headdim) in boxes of block_m x block_p (two heads' columns where cfg.heads
+    is 2), C as (ntokens, ngroups * dstate) in boxes of block_m x block_n."""
     headdim, dstate = dy.shape[2], C.shape[2]
-    if cfg.tma == 0 or (headdim * cfg.heads) % cfg.block_p or dstate % cfg.block_n:
+    if cfg.tma <= 0 or (headdim * cfg.heads) % cfg.block_p or dstate % cfg.block_n:
         return None
     views = (rows_view(dy), rows_view(C))
     if any(v is None for v in views):

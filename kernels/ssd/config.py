@@ -68,7 +68,7 @@ class KernelConfig:
     (x or dy, B, C; dB/dC: the head loop's x or dy and state tiles; the state-gradient pass: dy and C; dx row
     tiles: B, the state gradients, the C B^T table and dy) by TMA where the descriptors allow, 0 by cp.async or
     pointers; -1 lets forward_wgmma.tma_arguments choose per output walk (dB/dC: 1 in the split programs; the
-    others: 1).
+    state-gradient pass: 0; the others: 1).
     """
 
     block_m: int
