@@ -343,9 +343,12 @@ def _output_config(x: Tensor, dstate: int, table: ChunkTable, from_zero: bool) -
     """The output kernel's config (config.scan_config) and whether its walks cover whole sequences
     (config.whole_walks; only for sequences that start from zero). Where those walks would be fewer than the SMs
     but at least ONE_PER_SM_FILL of them, the Gluon walk runs them anyway, one program per SM
-    (config.scan_one_per_sm_config). A d_state wider than the Gluon walk's tile walks in slices only in whole walks
-    of at least one program per SM: after a state pass the slices' walks cost more than the row-tile kernel (H200,
-    2 x 32768 tokens, 64 x 256 forward 2.05 -> 2.40 ms)."""
+    (config.scan_one_per_sm_config). A d_state wider than the Gluon walk's one-warpgroup tile (256) walks whole in
+    that config's two warpgroups, from ONE_PER_SM_FILL of the SMs up, rather than in one-warpgroup slices: since
+    the walk's x, B and C came in by TMA it gained (H200, 8 x 8192 tokens, forward / forward+backward ms: 128 x 256
+    2.50-2.57 / 10.56-10.61 -> 2.26 / 10.39-10.48, 64 x 256 1.25-1.26 / 5.79-5.99 -> 1.19-1.20 / 5.63-5.77), where
+    before it had lost (64 x 256: 1.452 against 1.398). After a state pass the walks cost more than the row-tile
+    kernel (H200, 2 x 32768 tokens, 64 x 256 forward 2.05 -> 2.40 ms in slices)."""
     nheads, headdim = x.shape[1:]
     chunk = table.chunk_size
     gluon = scan_fwd_wgmma is not None and wgmma_supported(x, min(chunk, 64), min(pow2(dstate), 128))
@@ -355,9 +358,10 @@ def _output_config(x: Tensor, dstate: int, table: ChunkTable, from_zero: bool) -
         return bool(cfg.walk) and from_zero and whole_walks(cfg, chunk, programs, sm_count(x.device), fill)
 
     cfg = scan_config(headdim, dstate, chunk, wgmma=gluon)
-    if whole(cfg):
-        return cfg, True
     one_per_sm = scan_one_per_sm_config(headdim, dstate, chunk) if gluon else None
+    wider = one_per_sm is not None and one_per_sm.block_n > cfg.block_n
+    if not wider and whole(cfg):
+        return cfg, True
     if one_per_sm is not None and whole(one_per_sm, ONE_PER_SM_FILL):
         return one_per_sm, True
     if gluon and cfg.walk and cfg.block_n < dstate:
