@@ -324,9 +324,11 @@ def scan_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False)
     (128 x 256: 2.668 -> 2.406 ms for the kernel). The walk runs as the Gluon kernel where it can (whole
     forward at 8K tokens per sequence: 64 x 64 1.43 -> 1.17 ms, 64 x 128 1.92 -> 1.69, 128 x 64 2.61 -> 2.13,
     128 x 128 3.75 -> 3.31). wgmma: whether forward_wgmma.py's Gluon walk can run (bf16 / fp16 on sm_90); with it,
-    d_state 256 walks in two slices of 128, one launch each, in place of the state pass, its matmul and the row
-    tiles (H200, 8 x 8192 tokens, forward: 64 x 256 2.06 -> 1.40 ms, 128 x 256 3.82 -> 2.70; where the walks
-    cover whole sequences: forward._output_config); ARCHSPEC_SSD_SCAN=wgmma=0 keeps the Triton kernels' rule."""
+    d_state 256 walks whole sequences in place of the state pass, its matmul and the row tiles: in two slices of
+    128, one launch each, from this config (H200, 8 x 8192 tokens, forward: 64 x 256 2.06 -> 1.40 ms, 128 x 256
+    3.82 -> 2.70), which forward._output_config now takes only where ARCHSPEC_SSD_SCAN sets block_n=128 and
+    num_warps=4, else the whole d_state in two warpgroups (scan_one_per_sm_config, faster still);
+    ARCHSPEC_SSD_SCAN=wgmma=0 keeps the Triton kernels' rule."""
     return _chunk_kernel_config("scan", headdim, dstate, chunk_size, 128 * 128, 64, tiles_maxnreg={4: 128},
                                 walk_wgmma=1, tiles_block_n=128 if pow2(headdim) > 64 else 64,
                                 walk_slice=128 if wgmma and _overrides("scan").get("wgmma", 1) else 0)
@@ -334,7 +336,8 @@ def scan_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False)
 
 def scan_one_per_sm_config(headdim: int, dstate: int, chunk_size: int) -> Optional[KernelConfig]:
     """The Gluon output walk's config for whole-sequence walks fewer than the SMs (at least ONE_PER_SM_FILL of
-    them: forward._output_config), one program per SM; None where the Gluon walk's tiles do not apply. Two
+    them: forward._output_config), and at d_state 256 for all whole-sequence walks, one program per SM; None where
+    the Gluon walk's tiles do not apply. Two
     warpgroups (8 warps, each taking half of every product's columns) where that leaves each 64 head_dim columns,
     and at d_state 256 over the whole d_state in 64-column head_dim blocks (64 registers per thread for its half of
     the state; 219-255 registers, no spills, 196 KB of shared memory: triton 3.6, sm_90); else one warpgroup.
@@ -344,7 +347,10 @@ def scan_one_per_sm_config(headdim: int, dstate: int, chunk_size: int) -> Option
     -> 5.01-5.03 (4 warps: 1.286-1.299 and 5.67-5.70), 64 x 256 2.047 -> 1.446 (in d_state slices of 128: 1.99).
     With two programs per SM one warpgroup wins (8 x 8192: 64 x 64 0.556 against 0.829 in 8 warps, 128 x 64 0.898
     against 1.160; 64 x 256 in slices 1.398 against 1.452), and so do the row tiles after a state pass (64 x 256:
-    2.047 against 2.236)."""
+    2.047 against 2.236). Since the walk's x, B and C come in by TMA, d_state 256 is the exception: the whole
+    d_state in two warpgroups beats the slices at every length (H200, forward ms at 8 x 8192 / 32 x 2048 /
+    2 x 32768: 128 x 256 2.55-3.06 / 2.58-2.99 / 2.56-2.71 -> 2.26-2.29 / 2.37 / 2.24; 64 x 256 1.26-1.29 /
+    1.25-1.33 -> 1.15-1.20 / 1.19-1.21); 128 x 64 in 8 warps still loses at 8 x 8192 (0.799 -> 1.106)."""
     cfg = scan_config(headdim, dstate, chunk_size, wgmma=True)
     if not (cfg.walk and cfg.wgmma) or cfg.block_m != 64:
         return None

@@ -18,11 +18,12 @@ Three launches (see benchmarks/NOTES-ssd.md for why this split):
 Where one walk per sequence, head and head_dim block fills the GPU (config.whole_walks) and there are no initial
 states, step 2 does not run: the walks cover whole sequences from zero and store the chunk states (for a backward)
 and the final states themselves, since they compute every chunk's state on their way anyway. There, on Hopper, a
-d_state too wide for the Gluon walk's state tile (256) walks in slices of 128, one launch each, the later adding
-their output to the earlier's y (`_output_walks`: C h is a sum over d_state), the first with the within-chunk term
-from the whole C B^T, read from `_cb_kernel`'s table. Where the whole walks would be somewhat fewer than the SMs, the
-Gluon walk runs them anyway, one program per SM (config.scan_one_per_sm_config): in two warpgroups where each then
-has 64 head_dim columns, and at d_state 256 over the whole d_state in one launch, reading the same table.
+d_state too wide for the Gluon walk's one-warpgroup state tile (256) walks in two warpgroups, one program per SM
+(config.scan_one_per_sm_config), with the within-chunk term from the whole C B^T, read from `_cb_kernel`'s table.
+Where the whole walks would be somewhat fewer than the SMs, the Gluon walk runs them anyway in that config: in two
+warpgroups where each then has 64 head_dim columns, else one. ARCHSPEC_SSD_SCAN=block_n=128,num_warps=4 walks
+d_state 256 in one-warpgroup slices of 128 instead, one launch each, the later adding their output to the earlier's
+y (`_output_walks`: C h is a sum over d_state), the first reading the table.
 """
 
 from __future__ import annotations

@@ -305,20 +305,29 @@ def test_dcb_prefetches_two_heads_ahead_and_every_kernel_takes_the_tables_alignm
 
 
 @pytest.mark.parametrize("batch,seqlen,headdim,from_zero,walk", [
-    (8, 8192, 64, True, "slices"), (2, 32768, 128, True, "slices"), (2, 32768, 64, True, "two_warpgroups"),
+    (8, 8192, 64, True, "two_warpgroups"), (32, 2048, 128, True, "two_warpgroups"),
+    (2, 32768, 128, True, "two_warpgroups"), (2, 32768, 64, True, "two_warpgroups"),
     (1, 65536, 64, True, "tiles"), (8, 8192, 64, False, "tiles"), (2, 32768, 64, False, "tiles")])
-def test_d_state_256_walks_in_slices_or_two_warpgroups_only_as_whole_sequence_walks(
+def test_d_state_256_walks_whole_in_two_warpgroups_only_as_whole_sequence_walks(
         monkeypatch, batch: int, seqlen: int, headdim: int, from_zero: bool, walk: str) -> None:
-    """Where the Gluon walk can run, d_state 256 walks in two slices of 128 if the walks cover whole sequences
-    (enough of them to fill the GPU, none from initial states); where those would be fewer than the SMs but at
-    least ONE_PER_SM_FILL of them (64 heads x 2 sequences on 132 SMs), the whole d_state in one walk of two
-    warpgroups; otherwise (64 programs; initial states) the row-tile kernel runs. The walks read the C B^T table."""
+    """Where the Gluon walk can run, d_state 256 walks over the whole d_state in one walk of two warpgroups if the
+    walks cover whole sequences (at least ONE_PER_SM_FILL of the SMs' worth of them, none from initial states);
+    otherwise (64 programs on 132 SMs; initial states) the row-tile kernel runs. The walks read the C B^T table."""
     cfg, whole = _gpu_output_config(monkeypatch, batch, seqlen, headdim, 256, from_zero)
-    expected = {"slices": (1, 128, 4, True), "two_warpgroups": (1, 256, 8, True),
+    expected = {"two_warpgroups": (1, 256, 8, True),
                 "tiles": (0, 64 if headdim == 64 else 128, 4 if headdim == 64 else 8, False)}[walk]
     assert (cfg.walk, cfg.block_n, cfg.num_warps, whole) == expected
     if cfg.walk:
         assert cfg.block_p == 64 and walk_reads_cb(cfg, 256, 256)
+
+
+def test_d_state_256_walks_in_one_warpgroup_slices_where_the_scan_override_asks(monkeypatch) -> None:
+    """ARCHSPEC_SSD_SCAN=block_n=128,num_warps=4 keeps the one-warpgroup walk, which then runs d_state 256 in two
+    slices of 128 as whole-sequence walks, the first reading the C B^T table."""
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "block_n=128,num_warps=4")
+    cfg, whole = _gpu_output_config(monkeypatch, 8, 8192, 128, 256, True)
+    assert (cfg.walk, cfg.block_p, cfg.block_n, cfg.num_warps, whole) == (1, 64, 128, 4, True)
+    assert walk_reads_cb(cfg, 256, 256)
 
 
 def _gpu_output_config(monkeypatch: pytest.MonkeyPatch, batch: int, seqlen: int, headdim: int, dstate: int,
