@@ -384,7 +384,7 @@ def _dx(x: Tensor, dy: Tensor, B: Tensor, C: Tensor, cb: Tensor, dstates: Tensor
     ntokens, nheads, headdim = x.shape
     ngroups, dstate = B.shape[1:]
     chunk = table.chunk_size
-    gluon = dx_wgmma is not None and wgmma_supported(x, min(chunk, 64), pow2(dstate), 8 if pow2(dstate) > 128 else 4)
+    gluon = dx_wgmma is not None and wgmma_supported(x, min(chunk, 64), pow2(dstate))
     cfg = bwd_dx_config(headdim, dstate, chunk, wgmma=gluon)
     if not cfg.walk:
         dx_tiles(x, dy, B, cb, dstates, fwd.s, fwd.dtp, D, dx, ddtp, dD, table, prec)
@@ -399,8 +399,8 @@ def _dx(x: Tensor, dy: Tensor, B: Tensor, C: Tensor, cb: Tensor, dstates: Tensor
     consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
                   STEPS_PER_CHUNK=triton.cdiv(chunk, cfg.block_m), HAS_D=D is not None,
                   D_HAS_HDIM=D is not None and D.dim() == 2, ALIGNED=cfg.alignment(table.aligned))
-    if cfg.wgmma and gluon and wgmma_tiles(cfg.block_m, cfg.block_n, cfg.num_warps):
-        dx_wgmma(grid, args, consts, cfg.register_cap(), cfg.tma, cfg.num_warps)
+    if cfg.wgmma and gluon and wgmma_tiles(cfg.block_m, cfg.block_n):
+        dx_wgmma(grid, args, consts, cfg.register_cap(), cfg.tma)
     else:
         _dx_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
 

@@ -12,7 +12,7 @@ trade places, and the mask is transposed):
 Tiles of B, C and dy are copied into shared memory one step ahead (cp.async, two buffers); x, needed only by the
 elementwise tail (dL/d dt' and dL/dD), is read from global memory straight into registers; dx leaves through
 shared memory in 16-byte row pieces. For bf16 / fp16 inputs on sm_90 with 64-token steps and d_state tiles of 64
-or 128 in one warpgroup, or in two (8 warps, each with half of every product's columns) also of 256.
+or 128.
 
 backward.py runs the Triton kernels everywhere else, and tests/kernels/test_ssd_wgmma.py compares the two on a
 GPU.
@@ -234,11 +234,9 @@ def dx_tma_arguments(consts: dict, dy: torch.Tensor, b: torch.Tensor, c: torch.T
     return dict(dy_desc=dy_desc, b_desc=b_desc, c_desc=c_desc, TMA_LOADS=descs is not None)
 
 
-def dx_wgmma(grid: tuple[int, int], args: tuple, consts: dict, options: dict[str, int], loads: int = -1,
-             num_warps: int = 4) -> None:
-    """Launches the Gluon dx walk on `_dx_kernel`'s arguments and constexprs (its PREC left out: the products take
-    the inputs' 16-bit dtype); options: KernelConfig.register_cap(); loads: KernelConfig.tma (`dx_tma_arguments`);
-    num_warps: 4 (one warpgroup) or 8 (two, each with half of every product's columns: wgmma.mma_layout)."""
+def dx_wgmma(grid: tuple[int, int], args: tuple, consts: dict, options: dict[str, int], loads: int = -1) -> None:
+    """Launches the Gluon dx walk, one warpgroup per program, on `_dx_kernel`'s arguments and constexprs (its
+    PREC left out: the products take the inputs' 16-bit dtype); options: KernelConfig.register_cap(); loads:
+    KernelConfig.tma (`dx_tma_arguments`)."""
     dy, b, c = args[1:4]
-    _dx_wgmma_kernel[grid](*args, **consts, **dx_tma_arguments(consts, dy, b, c, loads), num_warps=num_warps,
-                           **options)
+    _dx_wgmma_kernel[grid](*args, **consts, **dx_tma_arguments(consts, dy, b, c, loads), num_warps=4, **options)

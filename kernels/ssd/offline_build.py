@@ -223,7 +223,7 @@ def scan_launches() -> list[Launch]:
     a GPU (the CPU has no SM count), the output walks over whole sequences (config.whole_walks) at 64 x 64 and
     128 x 128, the output walk in the d_state slices of 64 x 256 (whole and not, sequences aligned and not), whole
     walks in two warpgroups (64 x 256 over the whole d_state, 128 x 64), and the dx walk at 128 x 128 in the GPU's
-    tiles and at 64 x 256 in two warpgroups."""
+    tiles."""
     with forced_config(state="segment=1", state_bwd="segment=1"):
         segmented = record_scan(64, 64, False)
     with forced_config(scan="whole=1"):
@@ -250,9 +250,6 @@ def scan_launches() -> list[Launch]:
     gpu_dx = bwd_dx_config(128, 128, 256, wgmma=True)
     with forced_config(dx=f"walk=1,block_m={gpu_dx.block_m},block_p={gpu_dx.block_p},block_n={gpu_dx.block_n}"):
         dx_128 = [launch for launch in record_scan(128, 128, True) if launch.fn is backward._dx_kernel]
-    # and in two warpgroups over the whole d_state of 256
-    with forced_config(dx="walk=1,block_m=64,block_p=64,block_n=256,num_warps=8"):
-        dx_128 += [launch for launch in record_scan(64, 256, True) if launch.fn is backward._dx_kernel]
     with forced_config(state="block_p=16,num_warps=4,maxnreg=0", state_bwd="block_p=32,num_warps=4,maxnreg=0"):
         split = [launch for launch in record_scan(64, 128, False) if "state" in launch.fn.__name__]
     distinct: dict[tuple, Launch] = {}
