@@ -21,14 +21,17 @@ _MAX_CHUNKS = 65535
 
 
 class _SSDScan(torch.autograd.Function):
-    """Flattened SSD scan: x, z (T, nheads, headdim), dt (T, nheads), B, C (T, ngroups, dstate) -> (y, final)."""
+    """Flattened SSD scan: x, z (T, nheads, headdim), dt (T, nheads), B, C (T, ngroups, dstate) -> (y, final), final
+    None where final_states is False and the forward skipped it."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                 z: Optional[Tensor], dt_bias: Optional[Tensor], initial_states: Optional[Tensor], table: ChunkTable,
-                dt_softplus: bool, dt_limit: tuple[float, float], keep_states: bool) -> tuple[Tensor, Tensor]:
+                dt_softplus: bool, dt_limit: tuple[float, float], keep_states: bool,
+                final_states: bool) -> tuple[Tensor, Optional[Tensor]]:
         fwd = ssd_forward(x, dt, A, B, C, table, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                          dt_limit=dt_limit, initial_states=initial_states, keep_states=keep_states)
+                          dt_limit=dt_limit, initial_states=initial_states, keep_states=keep_states,
+                          final_states=final_states)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, *fwd)
         ctx.has_initial = initial_states is not None
         ctx.table = table
@@ -43,8 +46,9 @@ class _SSDScan(torch.autograd.Function):
         fwd = ForwardResult(*saved)
         if dy is None:
             dy = torch.zeros_like(fwd.y)
+        initial_grad = ctx.has_initial and ctx.needs_input_grad[8]
         g = ssd_backward(dy, dfinal, x, dt, A, B, C, ctx.table, fwd, D=D, z=z, dt_bias=dt_bias,
-                         dt_softplus=ctx.dt_softplus, dt_limit=ctx.dt_limit)
+                         dt_softplus=ctx.dt_softplus, dt_limit=ctx.dt_limit, initial_grad=initial_grad)
         need = ctx.needs_input_grad
 
         def cast(grad: Optional[Tensor], like: Optional[Tensor], i: int) -> Optional[Tensor]:
@@ -52,7 +56,7 @@ class _SSDScan(torch.autograd.Function):
 
         return (cast(g.dx, x, 0), cast(g.ddt, dt, 1), cast(g.dA, A, 2), cast(g.dB, B, 3), cast(g.dC, C, 4),
                 cast(g.dD, D, 5), cast(g.dz, z, 6), cast(g.ddt_bias, dt_bias, 7),
-                g.dinitial_states if ctx.has_initial and need[8] else None, None, None, None, None)
+                g.dinitial_states if initial_grad else None, None, None, None, None, None)
 
 
 def _unit_last_stride(t: Tensor) -> Tensor:
@@ -117,6 +121,6 @@ def ssd_scan_triton(
         _unit_last_stride(B.to(x.dtype).reshape(ntokens, ngroups, dstate)),
         _unit_last_stride(C.to(x.dtype).reshape(ntokens, ngroups, dstate)),
         _dense(D), _unit_last_stride(z.reshape(flat)) if z is not None else None, _dense(dt_bias), initial_states,
-        table, bool(dt_softplus), (lo, hi), grads)
+        table, bool(dt_softplus), (lo, hi), grads, return_final_states)
     y = y.reshape(batch, seqlen, nheads, headdim)
     return (y, final) if return_final_states else y

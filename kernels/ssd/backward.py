@@ -374,7 +374,7 @@ class Gradients(NamedTuple):
     dD: Optional[Tensor]
     dz: Optional[Tensor]
     ddt_bias: Optional[Tensor]
-    dinitial_states: Tensor
+    dinitial_states: Optional[Tensor]
 
 
 def _dx(x: Tensor, dy: Tensor, B: Tensor, C: Tensor, cb: Tensor, dstates: Tensor, fwd: ForwardResult,
@@ -408,9 +408,11 @@ def _dx(x: Tensor, dy: Tensor, B: Tensor, C: Tensor, cb: Tensor, dstates: Tensor
 def ssd_backward(
     dout: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     table: ChunkTable, fwd: ForwardResult, *, D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
-    dt_softplus: bool, dt_limit: tuple[float, float],
+    dt_softplus: bool, dt_limit: tuple[float, float], initial_grad: bool = True,
 ) -> Gradients:
-    """Runs the backward kernels. dout (T, nheads, headdim) = dL/dy; dfinal = dL/d(final states) or None.
+    """Runs the backward kernels. dout (T, nheads, headdim) = dL/dy; dfinal = dL/d(final states) or None;
+    initial_grad: the caller wants dL/d(initial states) (without, the state-gradient pass over whole sequences skips
+    its store, float32 and as large as the forward's final states, and Gradients.dinitial_states is None).
 
     Other arguments as given to (and returned by) ssd_forward. Gradients of A, D, dt_bias are float32 sums.
     """
@@ -457,7 +459,8 @@ def ssd_backward(
         cfg = walk.cfg
         descs = _state_bwd_descriptors(dy, C, cfg)
         state_bwd_kernel[walk.grid](
-            dy, C, fwd.s, fwd.states, walk.init, dstates, walk.out, ds, walk.start, walk.chunk,
+            dy, C, fwd.s, fwd.states, walk.init, dstates, walk.out if initial_grad or walk.seg is not None else None,
+            ds, walk.start, walk.chunk,
             dy.stride(0), dy.stride(1), C.stride(0), C.stride(1), ntokens, nheads, headdim, dstate, per_group,
             *(descs if descs is not None else (None, None)),
             CHUNK=chunk, BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n, HEADS=cfg.heads,
@@ -506,4 +509,4 @@ def ssd_backward(
         BLOCK=pow2(chunk), BLOCK_H=block_h, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LO=has_lo,
         HAS_HI=has_hi, ALIGNED=table.aligned, num_warps=8,
     )
-    return Gradients(dx, ddt, dA, dB, dC, dD, dz, dbias, dh0)
+    return Gradients(dx, ddt, dA, dB, dC, dD, dz, dbias, dh0 if initial_grad else None)

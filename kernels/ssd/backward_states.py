@@ -159,7 +159,8 @@ def state_bwd_kernel(
         h_in, s_end = h_next, s_next
         s_t, s_before, s_last = s_t_next, s_before_next, s_last_next
 
-    tl.store(dh0_ptr + seq_state + tile, dh, mask=mask_tile)
+    if dh0_ptr is not None:
+        tl.store(dh0_ptr + seq_state + tile, dh, mask=mask_tile)
 
 
 @triton.jit

@@ -159,11 +159,11 @@ def _scan_fwd_kernel(
     chunk, through its chunks in BLOCK_T-token steps (STEPS_PER_CHUNK to a chunk), carrying h in float32 from one
     chunk into the next; s, the log-decay, restarts from 0 at each chunk. WHOLE: walk w is all of sequence w, which
     starts from zero (no initial states) instead of a stored chunk state, and ends by storing its final state into
-    final_ptr; STORE_STATES: it stores the state entering each of its chunks into states_ptr. B, C, the states and
-    the final states may be a slice of d_state (`dstate` wide, rows `state_stride` apart in the state arrays); ADD_Y:
-    y holds the output of the d_state slices before this one, which this slice's output adds to. INTRA: the
-    within-chunk term from this launch's C B^T (1), from the whole d_state's, read from the per-chunk table at
-    cb_ptr (2: tiles.chunk_cb, (nchunks, ngroups, chunk_size, chunk_size)), or left to another slice (0)."""
+    final_ptr (unless None); STORE_STATES: it stores the state entering each of its chunks into states_ptr. B, C, the
+    states and the final states may be a slice of d_state (`dstate` wide, rows `state_stride` apart in the state
+    arrays); ADD_Y: y holds the output of the d_state slices before this one, which this slice's output adds to.
+    INTRA: the within-chunk term from this launch's C B^T (1), from the whole d_state's, read from the per-chunk
+    table at cb_ptr (2: tiles.chunk_cb, (nchunks, ngroups, chunk_size, chunk_size)), or left to another slice (0)."""
     head, group, offs_p, mask_p, walk, c0, clen = head_chunk_program(walk_start_ptr, walk_len_ptr, headdim,
                                                                       heads_per_group, BLOCK_P, 1, ALIGNED)
     chunk = tl.load(walk_chunk_ptr + walk).to(tl.int64)
@@ -244,7 +244,8 @@ def _scan_fwd_kernel(
             acc = acc * zt * tl.sigmoid(zt)
         tl.store(y_ptr + y_off + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)
     if WHOLE:
-        tl.store(final_ptr + (walk * nheads + head) * headdim * state_stride + h_tile, h, mask=h_mask)
+        if final_ptr is not None:
+            tl.store(final_ptr + (walk * nheads + head) * headdim * state_stride + h_tile, h, mask=h_mask)
 
 
 class ForwardResult(NamedTuple):
@@ -252,7 +253,8 @@ class ForwardResult(NamedTuple):
 
     y (T, nheads, headdim) x.dtype; y_pre: y before the silu(z) gate (same shape; None without z or without a
     backward to come, keep_states False);
-    final_states (nseqs, nheads, headdim, dstate) float32; states (nchunks, nheads, headdim, dstate): the state
+    final_states (nseqs, nheads, headdim, dstate) float32, None where not asked for and the output walks covered
+    whole sequences; states (nchunks, nheads, headdim, dstate): the state
     entering each chunk, in the dot dtype (with keep_states False, only the rows of the output walks' first
     chunks are written, and with whole-sequence walks there are no rows);
     s, dtp (nheads, T) float32: within-chunk cumulative log-decay and the transformed step; cb (nchunks, ngroups,
@@ -262,7 +264,7 @@ class ForwardResult(NamedTuple):
 
     y: Tensor
     y_pre: Optional[Tensor]
-    final_states: Tensor
+    final_states: Optional[Tensor]
     states: Tensor
     s: Tensor
     dtp: Tensor
@@ -280,6 +282,7 @@ def ssd_forward(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, table: ChunkTable, *,
     D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor], dt_softplus: bool,
     dt_limit: tuple[float, float], initial_states: Optional[Tensor], keep_states: bool = True,
+    final_states: bool = True,
 ) -> ForwardResult:
     """Runs the forward kernels on flattened inputs.
 
@@ -288,7 +291,9 @@ def ssd_forward(
     dstate) or None. keep_states: a backward is to come: store every chunk's state and y before the gate for it;
     without it the state pass stores only the states the output walks start from (H200, 8 x 8192 tokens, walks of 4
     chunks, state pass ms: 64 x 64 0.238 -> 0.225, 64 x 128 0.376 -> 0.352, 128 x 64 0.515 -> 0.484, 128 x 128
-    0.745 -> 0.677), and no y before the gate.
+    0.745 -> 0.677), and no y before the gate. final_states: the caller wants them; without, whole-sequence output
+    walks skip their store (float32, as large as 8 chunk states per sequence at chunk 256 in 16 bits: 268 MB at
+    32 x 2048 tokens, 64 heads, 128 x 256).
     """
     ntokens, nheads, headdim = x.shape
     ngroups, dstate = B.shape[1:]
@@ -303,7 +308,8 @@ def ssd_forward(
     blocks = nheads * triton.cdiv(headdim, out_cfg.block_p)
     stored = table.nchunks if keep_states or not whole else 0
     states = torch.empty(stored, nheads, headdim, dstate, device=dev, dtype=x.dtype)
-    final = torch.empty(table.nseqs, nheads, headdim, dstate, device=dev, dtype=torch.float32)
+    final = (torch.empty(table.nseqs, nheads, headdim, dstate, device=dev, dtype=torch.float32)
+             if final_states or not whole else None)
     s = torch.empty(nheads, ntokens, device=dev, dtype=torch.float32)
     dtp = torch.empty_like(s)
     h0 = initial_states.contiguous() if initial_states is not None else None
@@ -370,18 +376,18 @@ def _output_config(x: Tensor, dstate: int, table: ChunkTable, from_zero: bool) -
     return cfg, False
 
 
-def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states: Tensor, final: Tensor, s: Tensor,
-                  dtp: Tensor, D: Optional[Tensor], z: Optional[Tensor], y: Tensor, y_pre: Optional[Tensor],
+def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states: Tensor, final: Optional[Tensor],
+                  s: Tensor, dtp: Tensor, D: Optional[Tensor], z: Optional[Tensor], y: Tensor, y_pre: Optional[Tensor],
                   walks: WalkTable, whole: bool, keep_states: bool, table: ChunkTable, cfg: KernelConfig,
                   prec: str) -> None:
-    """Writes y (and y_pre) by the output walk over `walks` (the Gluon one where cfg.wgmma asks and it can run),
-    once per d_state slice of cfg.block_n: each launch reads its slice of B, C and the chunk states (whole walks:
-    stores its slice of them and of the final states), and adds its output to the y of the slices before it. The
-    first adds the within-chunk term, from the whole C B^T in the table cb (tiles.chunk_cb; None: every slice adds
-    that of its own C B^T), and D x (H200, 8 x 8192 tokens, forward: 64 x 256 1.588 -> 1.397 ms, 128 x 256 3.134 ->
-    2.705 against every slice adding its own); the last the gate. The first, not the last, reads the table so that
-    the slice that adds the earlier y (prefetched a step ahead) is the one with registers to spare: forward 64 x 256
-    1.38-1.40 -> 1.31 ms, 128 x 256 2.67 -> 2.51. Arguments as in ssd_forward."""
+    """Writes y (and y_pre) by the output walk over `walks` (the Gluon one where cfg.wgmma asks and it can run), once
+    per d_state slice of cfg.block_n: each launch reads its slice of B, C and the chunk states (whole walks: stores
+    its slice of them and of the final states, unless final is None), and adds its output to the y of the slices
+    before it. The first adds the within-chunk term, from the whole C B^T in the table cb (tiles.chunk_cb; None:
+    every slice adds that of its own C B^T), and D x (H200, 8 x 8192 tokens, forward: 64 x 256 1.588 -> 1.397 ms, 128
+    x 256 3.134 -> 2.705 against every slice adding its own); the last the gate. The first, not the last, reads the
+    table so that the slice that adds the earlier y (prefetched a step ahead) is the one with registers to spare:
+    forward 64 x 256 1.38-1.40 -> 1.31 ms, 128 x 256 2.67 -> 2.51. Arguments as in ssd_forward."""
     ntokens, nheads, headdim = x.shape
     dstate = B.shape[2]
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), walks.count)
@@ -390,7 +396,8 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
     for n0 in range(0, dstate, cfg.block_n):
         part = (..., slice(n0, n0 + cfg.block_n))
         first, last = n0 == 0, n0 + cfg.block_n >= dstate
-        args = (x, B[part], C[part], cb, states[part], final[part], s, dtp, D, z, y, y_pre, walks.chunk,
+        args = (x, B[part], C[part], cb, states[part], final[part] if final is not None else None, s, dtp, D, z,
+                y, y_pre, walks.chunk,
                 walks.start, walks.length, x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0),
                 C.stride(1), z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0),
                 y.stride(1), ntokens, nheads, headdim, min(cfg.block_n, dstate - n0), dstate, B.shape[1],

@@ -350,12 +350,13 @@ def _scan_fwd_wgmma_kernel(
         mbarrier.invalidate(bars.index(1))
     if WHOLE:  # the final state through a layout conversion (whose scratch reuses the dead tile buffers): stored
         # from the wgmma layout, its pointers were the first load's, kept across the loop (144 more bytes of spills)
-        out_layout: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [gl.num_warps(), 1], [1, 0])
-        offs_fp = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, out_layout))
-        offs_fn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
-        gl.store(final_ptr + (walk * nheads + head) * headdim * state_stride + offs_fp[:, None] * state_stride
-                 + offs_fn[None, :],
-                 gl.convert_layout(h, out_layout), mask=(offs_fp < headdim)[:, None] & (offs_fn < dstate)[None, :])
+        if final_ptr is not None:
+            out_layout: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [gl.num_warps(), 1], [1, 0])
+            offs_fp = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, out_layout))
+            offs_fn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
+            gl.store(final_ptr + (walk * nheads + head) * headdim * state_stride + offs_fp[:, None] * state_stride
+                     + offs_fn[None, :], gl.convert_layout(h, out_layout),
+                     mask=(offs_fp < headdim)[:, None] & (offs_fn < dstate)[None, :])
 
 
 def states_descriptor(states: torch.Tensor, block_p: int, block_n: int) -> Optional[TensorDescriptor]:

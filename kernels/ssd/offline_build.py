@@ -183,16 +183,17 @@ def _inputs(headdim: int, dstate: int, d_per_channel: bool, aligned: bool, initi
 
 
 def record_scan(headdim: int, dstate: int, d_per_channel: bool = False, aligned: bool = False,
-                initial_states: bool = True) -> list[Launch]:
-    """The launches of a bf16 scan's forward and backward (every option on, initial states as asked) and of a
-    decode step at head_dim x d_state, recorded on the CPU (config.py's choices for a machine without the Gluon
-    walks); aligned: sequence boundaries at multiples of 16 (ChunkTable.aligned), as the benchmarks' shapes have
-    them."""
+                initial_states: bool = True, final_states: bool = True) -> list[Launch]:
+    """The launches of a bf16 scan's forward and backward (every option on, initial states and final states as
+    asked) and of a decode step at head_dim x d_state, recorded on the CPU (config.py's choices for a machine
+    without the Gluon walks); aligned: sequence boundaries at multiples of 16 (ChunkTable.aligned), as the
+    benchmarks' shapes have them."""
     with recorded_launches() as launches:
         inputs = _inputs(headdim, dstate, d_per_channel, aligned, initial_states)
-        y, final = ssd_scan_triton(chunk_size=256, dt_softplus=True, dt_limit=(1e-3, 0.1), return_final_states=True,
-                                   **inputs)
-        torch.autograd.backward([y, final], [torch.ones_like(y), torch.ones_like(final)])
+        out = ssd_scan_triton(chunk_size=256, dt_softplus=True, dt_limit=(1e-3, 0.1),
+                              return_final_states=final_states, **inputs)
+        outs = list(out) if final_states else [out]
+        torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
         step_inputs = {k: v.detach()[:, 0] if k in ("x", "dt", "B", "C", "z") else v.detach()
                        for k, v in inputs.items() if k not in ("initial_states", "cu_seqlens")}
         ssd_step_triton(torch.zeros(1, 4, headdim, dstate), dt_softplus=True, **step_inputs)
@@ -222,8 +223,8 @@ def scan_launches() -> list[Launch]:
     segments (segments.py), 64 x 128 with the state passes' tiles that config.fill_sms picks for few programs on
     a GPU (the CPU has no SM count), the output walks over whole sequences (config.whole_walks) at 64 x 64 and
     128 x 128, the output walk in the d_state slices of 64 x 256 (whole and not, sequences aligned and not), whole
-    walks in two warpgroups (64 x 256 over the whole d_state, 128 x 64), and the dx walk at 128 x 128 in the GPU's
-    tiles."""
+    walks in two warpgroups (64 x 256 over the whole d_state, with final states and without; 128 x 64), and the dx
+    walk at 128 x 128 in the GPU's tiles."""
     with forced_config(state="segment=1", state_bwd="segment=1"):
         segmented = record_scan(64, 64, False)
     with forced_config(scan="whole=1"):
@@ -241,7 +242,8 @@ def scan_launches() -> list[Launch]:
     # and not), and in the 128-column head_dim blocks of 128 x 64
     with forced_config(scan="walk=1,block_n=256,block_p=64,num_warps=8,whole=1"):
         sliced += [launch for aligned in (False, True)
-                   for launch in record_scan(64, 256, not aligned, aligned, initial_states=False)
+                   for launch in record_scan(64, 256, not aligned, aligned, initial_states=False,
+                                             final_states=aligned)
                    if launch.fn is forward._scan_fwd_kernel]
     with forced_config(scan="num_warps=8,whole=1"):
         sliced += [launch for launch in record_scan(128, 64, False, True, initial_states=False)

@@ -557,7 +557,7 @@ def test_whole_sequence_walks_leave_calls_with_initial_states_to_the_state_pass(
 def test_whole_sequence_walks_store_the_state_passes_chunk_states_and_none_without_a_backward(
         make_ssd_inputs, monkeypatch) -> None:
     """The chunk states a whole-sequence walk stores (every row, the sequences' first zero) are the state pass's to
-    float32 rounding, as are the final states; under no_grad it stores no chunk states."""
+    float32 rounding, as are the final states (asked for); under no_grad it stores no chunk states."""
     results = []
 
     def recording(*args, **kwargs) -> forward.ForwardResult:
@@ -569,9 +569,9 @@ def test_whole_sequence_walks_store_the_state_passes_chunk_states_and_none_witho
     leaves = {k: v.requires_grad_(True) if k == "x" else v for k, v in inputs.items()}
     for whole in (0, 1):
         monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"walk=1,whole={whole}")
-        ssd_scan_triton(chunk_size=32, **leaves)
+        ssd_scan_triton(chunk_size=32, return_final_states=True, **leaves)
         with torch.no_grad():
-            ssd_scan_triton(chunk_size=32, **inputs)
+            ssd_scan_triton(chunk_size=32, return_final_states=True, **inputs)
     by_pass, by_pass_no_grad, by_walk, by_walk_no_grad = results
     assert by_walk.states.shape == by_pass.states.shape
     assert rel_err(by_walk.states, by_pass.states) < 1e-5
@@ -579,6 +579,47 @@ def test_whole_sequence_walks_store_the_state_passes_chunk_states_and_none_witho
     assert by_walk_no_grad.states.shape[0] == 0
     assert torch.equal(by_walk_no_grad.final_states, by_walk.final_states)
     assert torch.equal(by_walk_no_grad.y, by_walk.y) and torch.equal(by_pass_no_grad.y, by_pass.y)
+
+
+def test_whole_sequence_walks_store_the_final_states_only_when_asked_for(make_ssd_inputs, monkeypatch) -> None:
+    """Whole-sequence walks store the final states only for return_final_states (None in the forward's result
+    otherwise), with the same y either way."""
+    results = []
+
+    def recording(*args, **kwargs) -> forward.ForwardResult:
+        results.append(forward.ssd_forward(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(autograd, "ssd_forward", recording)
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "walk=1,whole=1")
+    inputs = make_ssd_inputs(1, 300, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=[150, 61, 89])
+    y, final = ssd_scan_triton(chunk_size=32, return_final_states=True, **inputs)
+    y_alone = ssd_scan_triton(chunk_size=32, **inputs)
+    asked, not_asked = results
+    assert asked.final_states is final and not_asked.final_states is None
+    assert torch.equal(y_alone, y)
+
+
+@pytest.mark.parametrize("initial", [False, True])
+def test_the_state_gradient_pass_stores_initial_state_gradients_only_for_initial_states(
+        make_ssd_inputs, monkeypatch, initial: bool) -> None:
+    """Without initial states (whose gradient no one asks for) the state-gradient pass over whole sequences gets no
+    array to store that gradient into; with them it does, and the gradients match the reference either way."""
+    stores = []
+    kernel = backward.state_bwd_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                stores.append(args[6])
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(backward, "state_bwd_kernel", Recording())
+    inputs = make_ssd_inputs(1, 200, 2, 32, 1, 16, torch.float32, DEVICE, seqlens=[120, 80], requires_grad=True,
+                             with_initial_states=initial)
+    check_scan(inputs, 32, torch.float32, grads=True)
+    assert len(stores) == 1 and (stores[0] is not None) == initial
 
 
 @pytest.mark.parametrize("walk", ["walk=1,whole=1", "walk=0"])
