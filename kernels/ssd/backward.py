@@ -31,7 +31,7 @@ from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
 from .common import chunk_extent, chunk_tile_pair, dot_precision, exp_ftz, head_chunk_program, mm
 from .config import (KernelConfig, bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, overlap, pow2,
                      state_bwd_config)
-from .descriptors import descriptor, rows_view
+from .descriptors import descriptors
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
 from .segments import carry_backward, chunk_walks, state_walk
@@ -337,14 +337,9 @@ def _dbc_descriptors(x: Tensor, dy: Tensor, states: Tensor, dstates: Tensor,
     headdim = states.shape[2]
     if cfg.tma == 0 or (cfg.tma < 0 and not cfg.split) or headdim % cfg.block_p:
         return None
-    views = (rows_view(x), rows_view(dy), rows_view(states[..., None, :]), rows_view(dstates[..., None, :]))
-    if any(v is None for v in views):
-        return None
     token_box, state_box = [cfg.block_m, cfg.block_p], [cfg.block_p, cfg.block_n]
-    x_rows, dy_rows, states_rows, dstates_rows = views
-    return (descriptor(dy_rows, token_box), descriptor(x_rows, token_box),
-            descriptor(states_rows, state_box),
-            descriptor(dstates_rows, state_box))
+    return descriptors((dy, token_box), (x, token_box), (states[..., None, :], state_box),
+                       (dstates[..., None, :], state_box))
 
 
 def _state_bwd_descriptors(dy: Tensor, C: Tensor, cfg: KernelConfig) -> Optional[tuple[TensorDescriptor, ...]]:
@@ -356,11 +351,7 @@ def _state_bwd_descriptors(dy: Tensor, C: Tensor, cfg: KernelConfig) -> Optional
     headdim, dstate = dy.shape[2], C.shape[2]
     if cfg.tma <= 0 or (headdim * cfg.heads) % cfg.block_p or dstate % cfg.block_n:
         return None
-    views = (rows_view(dy), rows_view(C))
-    if any(v is None for v in views):
-        return None
-    return (descriptor(views[0], [cfg.block_m, cfg.block_p]),
-            descriptor(views[1], [cfg.block_m, cfg.block_n]))
+    return descriptors((dy, [cfg.block_m, cfg.block_p]), (C, [cfg.block_m, cfg.block_n]))
 
 
 class Gradients(NamedTuple):

@@ -335,22 +335,21 @@ def scan_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False)
 
 
 def scan_one_per_sm_config(headdim: int, dstate: int, chunk_size: int) -> Optional[KernelConfig]:
-    """The Gluon output walk's config for whole-sequence walks fewer than the SMs (at least ONE_PER_SM_FILL of
-    them: forward._output_config), and at d_state 256 for all whole-sequence walks, one program per SM; None where
-    the Gluon walk's tiles do not apply. Two
-    warpgroups (8 warps, each taking half of every product's columns) where that leaves each 64 head_dim columns,
-    and at d_state 256 over the whole d_state in 64-column head_dim blocks (64 registers per thread for its half of
-    the state; 219-255 registers, no spills, 196 KB of shared memory: triton 3.6, sm_90); else one warpgroup.
-    H200, 2 x 32768 tokens (128 programs for 132 SMs), forward ms, against the state pass and walks of 4 chunks
-    (64 x 256: the row tiles): 64 x 64 0.822-0.882 -> 0.755 (8 warps: 0.830), 64 x 128 1.121-1.128 ->
-    0.918-0.923 (8 warps: 1.092-1.096), 128 x 64 in 8 warps 1.306-1.318 -> 1.151-1.161, forward+backward 5.30-5.36
-    -> 5.01-5.03 (4 warps: 1.286-1.299 and 5.67-5.70), 64 x 256 2.047 -> 1.446 (in d_state slices of 128: 1.99).
-    With two programs per SM one warpgroup wins (8 x 8192: 64 x 64 0.556 against 0.829 in 8 warps, 128 x 64 0.898
-    against 1.160; 64 x 256 in slices 1.398 against 1.452), and so do the row tiles after a state pass (64 x 256:
-    2.047 against 2.236). Since the walk's x, B and C come in by TMA, d_state 256 is the exception: the whole
-    d_state in two warpgroups beats the slices at every length (H200, forward ms at 8 x 8192 / 32 x 2048 /
-    2 x 32768: 128 x 256 2.55-3.06 / 2.58-2.99 / 2.56-2.71 -> 2.26-2.29 / 2.37 / 2.24; 64 x 256 1.26-1.29 /
-    1.25-1.33 -> 1.15-1.20 / 1.19-1.21); 128 x 64 in 8 warps still loses at 8 x 8192 (0.799 -> 1.106)."""
+    """The Gluon output walk's config for whole-sequence walks fewer than the SMs (at least ONE_PER_SM_FILL of them:
+    forward._output_config), and at d_state 256 for all whole-sequence walks, one program per SM; None where the
+    Gluon walk's tiles do not apply. Two warpgroups (8 warps, each taking half of every product's columns) where that
+    leaves each 64 head_dim columns, and at d_state 256 over the whole d_state in 64-column head_dim blocks (64
+    registers per thread for its half of the state; 219-255 registers, no spills, 196 KB of shared memory: triton
+    3.6, sm_90); else one warpgroup. H200, 2 x 32768 tokens (128 programs for 132 SMs), forward ms, against the state
+    pass and walks of 4 chunks (64 x 256: the row tiles): 64 x 64 0.822-0.882 -> 0.755 (8 warps: 0.830), 64 x 128
+    1.121-1.128 -> 0.918-0.923 (8 warps: 1.092-1.096), 128 x 64 in 8 warps 1.306-1.318 -> 1.151-1.161,
+    forward+backward 5.30-5.36 -> 5.01-5.03 (4 warps: 1.286-1.299 and 5.67-5.70), 64 x 256 2.047 -> 1.446 (in d_state
+    slices of 128: 1.99). With two programs per SM one warpgroup wins (8 x 8192: 64 x 64 0.556 against 0.829 in 8
+    warps, 128 x 64 0.898 against 1.160; 64 x 256 in slices 1.398 against 1.452), and so do the row tiles after a
+    state pass (64 x 256: 2.047 against 2.236). Since the walk's x, B and C come in by TMA, d_state 256 is the
+    exception: the whole d_state in two warpgroups beats the slices at every length (H200, forward ms at 8 x 8192 /
+    32 x 2048 / 2 x 32768: 128 x 256 2.55-3.06 / 2.58-2.99 / 2.56-2.71 -> 2.26-2.29 / 2.37 / 2.24; 64 x 256 1.26-1.29
+    / 1.25-1.33 -> 1.15-1.20 / 1.19-1.21); 128 x 64 in 8 warps still loses at 8 x 8192 (0.799 -> 1.106)."""
     cfg = scan_config(headdim, dstate, chunk_size, wgmma=True)
     if not (cfg.walk and cfg.wgmma) or cfg.block_m != 64:
         return None

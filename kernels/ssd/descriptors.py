@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-__all__ = ["descriptor", "rows_view"]
+__all__ = ["descriptor", "descriptors", "rows_view"]
 
 _MAX_ROWS = 2**31  # TMA coordinates are 32-bit
 
@@ -38,3 +38,11 @@ def rows_view(t: Tensor) -> Optional[Tensor]:
 def descriptor(view: Tensor, box: list[int]) -> TensorDescriptor:
     """The descriptor of a `rows_view` in boxes of `box` (rows x columns)."""
     return TensorDescriptor.from_tensor(view, box)
+
+
+def descriptors(*tiles: tuple[Tensor, list[int]]) -> Optional[tuple[TensorDescriptor, ...]]:
+    """The descriptors of each (array, box) pair's `rows_view`, or None where TMA cannot address one of them."""
+    views = [rows_view(t) for t, _ in tiles]
+    if any(view is None for view in views):
+        return None
+    return tuple(descriptor(view, box) for view, (_, box) in zip(views, tiles))

@@ -25,7 +25,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .common import chunk_tile_pair, exp_ftz, head_chunk_program, mm
 from .config import KernelConfig, bwd_dx_config, cb_config, cb_table_fp32, scan_config
-from .descriptors import descriptor, rows_view
+from .descriptors import descriptors
 from .layout import ChunkTable
 from .state_products import matmul_matches_kernels, state_products
 
@@ -324,9 +324,5 @@ def _dx_descriptors(B: Tensor, dstates: Tensor, cb: Tensor, dy: Tensor,
     headdim, dstate = dstates.shape[2:]
     if cfg.tma == 0 or headdim % cfg.block_p or dstate % cfg.block_n:
         return None
-    views = (rows_view(B), rows_view(dstates[..., None, :]), rows_view(cb[..., None, :]), rows_view(dy))
-    if any(v is None for v in views):
-        return None
-    boxes = ([cfg.block_m, cfg.block_n], [cfg.block_p, cfg.block_n], [cfg.block_k, cfg.block_m],
-             [cfg.block_k, cfg.block_p])
-    return tuple(descriptor(view, box) for view, box in zip(views, boxes))
+    return descriptors((B, [cfg.block_m, cfg.block_n]), (dstates[..., None, :], [cfg.block_p, cfg.block_n]),
+                       (cb[..., None, :], [cfg.block_k, cfg.block_m]), (dy, [cfg.block_k, cfg.block_p]))
