@@ -148,7 +148,7 @@ def _scan_tiles_kernel(
 @triton.jit
 def _state_term_tma(rows_desc, state_desc, token_row, rows_col, state_row, dstate, BLOCK_M: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
-    """`_state_term` through TMA descriptors (tiles.tile_descriptors): the rows from token_row at column rows_col of
+    """`_state_term` through TMA descriptors (`_dx_descriptors`): the rows from token_row at column rows_col of
     rows_desc (B or C, BLOCK_M x BLOCK_N boxes) times the state from row state_row of state_desc (BLOCK_P x BLOCK_N
     boxes) transposed, over d_state in BLOCK_N slices."""
     acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
@@ -170,7 +170,7 @@ def _dx_tiles_kernel(
     BLOCK_N: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, PRODUCTS: tl.constexpr,
     TMA: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
-    """TMA: the state term's and the source loop's tiles come through `tile_descriptors`' boxes; their rows past
+    """TMA: the state term's and the source loop's tiles come through `_dx_descriptors`' boxes; their rows past
     the chunk's end reach only rows of dx that are not stored, but those of dy are zeroed in the chunk's last source
     tile, as masked loads leave them (0 times the next sequence's values, NaN included)."""
     head, group, offs_p, mask_p, chunk, c0, clen = head_chunk_program(chunk_start_ptr, chunk_len_ptr, headdim,
