@@ -29,8 +29,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .backward_states import dt_bwd_kernel, gate_bwd_kernel, state_bwd_kernel
 from .common import chunk_extent, chunk_tile_pair, dot_precision, exp_ftz, head_chunk_program, mm
-from .config import (KernelConfig, bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dt_head_block, overlap, pow2,
-                     state_bwd_config)
+from .config import (KernelConfig, bwd_dbc_config, bwd_dcb_config, bwd_dx_config, dc_beside_state_pass, dt_head_block,
+                     overlap, pow2, state_bwd_config)
 from .descriptors import descriptors
 from .forward import ForwardResult, dt_limit_flags
 from .layout import ChunkTable
@@ -443,8 +443,26 @@ def ssd_backward(
 
     dB = torch.empty(ntokens, ngroups, dstate, device=dev, dtype=B.dtype)
     dC = torch.empty_like(dB)
-    # two streams: the state-gradient pass alongside dCB, which does not need its dstates; then the dx kernel
-    # alongside dB/dC, which need both
+    dbc_cfg = bwd_dbc_config(headdim, dstate, chunk)
+    dbc_descs = _dbc_descriptors(x, dy, fwd.states, dstates, dbc_cfg)
+
+    def dbc(side: int) -> None:
+        grid = ((chunk // dbc_cfg.block_m) * triton.cdiv(dstate, dbc_cfg.block_n), ngroups, table.nchunks)
+        _dbc_kernel[grid](
+            x, dy, B, C, fwd.states, dstates, dcb, fwd.s, fwd.dtp, dB, dC, ds, dsend, table.chunk_start,
+            table.chunk_len,
+            x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
+            C.stride(1), dB.stride(0), dB.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
+            *(dbc_descs if dbc_descs is not None else (None,) * 4),
+            CHUNK=chunk, BLOCK_M=dbc_cfg.block_m, BLOCK_K=dbc_cfg.block_k, BLOCK_P=dbc_cfg.block_p,
+            BLOCK_N=dbc_cfg.block_n, BLOCKS_P=triton.cdiv(headdim, dbc_cfg.block_p), SIDE=side,
+            TMA=dbc_descs is not None, ALIGNED=dbc_cfg.alignment(table.aligned), PREC=prec,
+            **dbc_cfg.launch_options(),
+        )
+
+    # two streams: the state-gradient pass alongside dCB (and dC, config.dc_beside_state_pass), which do not need its
+    # dstates; then the dx kernel alongside dB/dC (or dB), which need them
+    early_dc = bool(dbc_cfg.split) and dc_beside_state_pass(dstate)
     fork = Fork(dev, overlap("backward"))
     with fork.side():
         cfg = walk.cfg
@@ -470,24 +488,14 @@ def ssd_backward(
                   ALIGNED=cfg.alignment(table.aligned))
     _dcb_kernel[grid](*args, **consts, BLOCK_P=cfg.block_p, BLOCKS_P=triton.cdiv(headdim, cfg.block_p), PREC=prec,
                       **cfg.launch_options())
+    if early_dc:
+        dbc(0)
     fork.join()
     fork.follow()
     _dx(x, dy, B, C, cb, dstates, fwd, D, dx, ddtp, dD, table, prec)
     with fork.side():
-        cfg = bwd_dbc_config(headdim, dstate, chunk)
-        grid = ((chunk // cfg.block_m) * triton.cdiv(dstate, cfg.block_n), ngroups, table.nchunks)
-        descs = _dbc_descriptors(x, dy, fwd.states, dstates, cfg)
-        for side in (0, 1) if cfg.split else (2,):
-            _dbc_kernel[grid](
-                x, dy, B, C, fwd.states, dstates, dcb, fwd.s, fwd.dtp, dB, dC, ds, dsend, table.chunk_start,
-                table.chunk_len,
-                x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), B.stride(0), B.stride(1), C.stride(0),
-                C.stride(1), dB.stride(0), dB.stride(1), ntokens, nheads, headdim, dstate, ngroups, per_group,
-                *(descs if descs is not None else (None,) * 4),
-                CHUNK=chunk, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-                BLOCKS_P=triton.cdiv(headdim, cfg.block_p), SIDE=side, TMA=descs is not None,
-                ALIGNED=cfg.alignment(table.aligned), PREC=prec, **cfg.launch_options(),
-            )
+        for side in (1,) if early_dc else (0, 1) if dbc_cfg.split else (2,):
+            dbc(side)
     fork.join()
 
     ddt = torch.empty(ntokens, nheads, device=dev, dtype=dt.dtype)

@@ -483,7 +483,8 @@ def bwd_dbc_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
 
 def overlap(pass_name: str) -> bool:
     """Whether the "forward" or "backward" pass runs launches that do not depend on each other on two streams
-    (streams.Fork): the backward its state-gradient pass alongside dCB, then dB/dC alongside the dx kernel; the
+    (streams.Fork): the backward its state-gradient pass alongside dCB (and dC: `dc_beside_state_pass`), then dB/dC
+    alongside the dx kernel; the
     forward (d_state 256, the output kernel per row tile) the chunks' C B^T alongside the state pass.
     ARCHSPEC_SSD_OVERLAP=backward=0 (or forward=0) keeps a pass on one stream. H200, 8 x 8192 tokens, fwd+bwd ms
     one stream -> state-gradient pass and dx kernel alongside dCB: 64 x 64 3.357 -> 3.362, 64 x 128 4.667 -> 4.599,
@@ -492,3 +493,12 @@ def overlap(pass_name: str) -> bool:
     8.377, 12.826 -> 12.702. Forward ms (two runs each): 64 x 256 2.302 / 2.299 -> 2.278 / 2.275, 128 x 256 3.942
     / 3.946 -> 3.884 / 3.910."""
     return bool(_overrides("overlap").get(pass_name, 1))
+
+
+def dc_beside_state_pass(dstate: int) -> bool:
+    """Whether the backward runs dB/dC's dC programs (split, which need dCB but not the state gradients) after dCB,
+    alongside the state-gradient pass, instead of alongside the dx kernel with dB: from d_state 256. H200, 65,536
+    tokens, fwd+bwd ms, means of 5 paired runs (64 x 256: 3) beside dx -> beside the state pass: 128 x 256 at
+    32 x 2048 10.328 -> 10.288, at 8 x 8192 10.134 -> 10.119; 64 x 256 5.715 -> 5.711 and 5.645 -> 5.603; at
+    d_state 128 it loses (128 x 128: 6.596 -> 6.634 and 6.568 -> 6.617). ARCHSPEC_SSD_OVERLAP=early_dc=0|1 sets it."""
+    return bool(_overrides("overlap").get("early_dc", int(pow2(dstate) > 128)))

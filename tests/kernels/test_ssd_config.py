@@ -10,9 +10,9 @@ import torch
 
 from archspec.kernels.ssd import forward
 from archspec.kernels.ssd.config import (ONE_PER_SM_FILL, SEGMENT_CHUNKS, KernelConfig, auto_segment, bwd_dbc_config,
-                                         bwd_dcb_config, bwd_dx_config, dt_head_block, fill_sms, overlap, scan_config,
-                                         scan_one_per_sm_config, state_bwd_config, state_config, walk_reads_cb,
-                                         walk_span, whole_walks)
+                                         bwd_dcb_config, bwd_dx_config, dc_beside_state_pass, dt_head_block, fill_sms,
+                                         overlap, scan_config, scan_one_per_sm_config, state_bwd_config, state_config,
+                                         walk_reads_cb, walk_span, whole_walks)
 from archspec.kernels.ssd.layout import build_chunk_table
 from archspec.kernels.ssd.wgmma import wgmma_supported, wgmma_tiles
 
@@ -175,6 +175,15 @@ def test_passes_run_independent_launches_on_two_streams_unless_switched_off(
     assert overlap("forward") and overlap("backward")
     monkeypatch.setenv("ARCHSPEC_SSD_OVERLAP", "backward=0")
     assert overlap("forward") and not overlap("backward")
+
+
+def test_dc_runs_beside_the_state_gradient_pass_from_d_state_256_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert dc_beside_state_pass(256) and dc_beside_state_pass(200)
+    assert not dc_beside_state_pass(128) and not dc_beside_state_pass(64)
+    monkeypatch.setenv("ARCHSPEC_SSD_OVERLAP", "early_dc=0")
+    assert not dc_beside_state_pass(256)
+    monkeypatch.setenv("ARCHSPEC_SSD_OVERLAP", "early_dc=1")
+    assert dc_beside_state_pass(128)
 
 
 def test_output_walk_runs_as_the_gluon_kernel_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -313,14 +313,16 @@ def test_state_passes_split_over_head_dim_and_state_blocks_match_naive(make_ssd_
     check_scan(inputs, 32, torch.float32, grads=True)
 
 
-@pytest.mark.parametrize("block_n", [16, 64])
-@pytest.mark.parametrize("tma", [0, 1])
-def test_db_and_dc_in_separate_programs_match_naive(make_ssd_inputs, monkeypatch, block_n: int, tma: int) -> None:
+@pytest.mark.parametrize("block_n,tma,early_dc", [(16, 0, 0), (16, 1, 1), (64, 0, 1), (64, 1, 0)])
+def test_db_and_dc_in_separate_programs_match_naive(make_ssd_inputs, monkeypatch, block_n: int, tma: int,
+                                                    early_dc: int) -> None:
     """split=1: the dB/dC kernel runs as two launches, one computing dC (and its log-decay terms) and one dB
     (and its terms), here with d_state in one tile and in three, on packed sequences with two groups, initial
     states and a final-state gradient: every gradient is the reference's, with the head loop's tiles read through
-    pointers (tma=0) or TMA descriptors (tma=1, whose rows past a chunk's end are the next chunk's)."""
+    pointers (tma=0) or TMA descriptors (tma=1, whose rows past a chunk's end are the next chunk's), and with dC
+    launched before the state gradients exist (early_dc=1) or after them."""
     monkeypatch.setenv("ARCHSPEC_SSD_DBC", f"split=1,block_n={block_n},tma={tma}")
+    monkeypatch.setenv("ARCHSPEC_SSD_OVERLAP", f"early_dc={early_dc}")
     inputs = make_ssd_inputs(1, 100, 4, 32, 2, 48, torch.float32, DEVICE, seqlens=[37, 63], requires_grad=True,
                              with_initial_states=True, with_D=True, with_dt_bias=True, dt_softplus=True)
     check_scan(inputs, 32, torch.float32, grads=True)
