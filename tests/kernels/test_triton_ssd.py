@@ -54,7 +54,8 @@ def record_returns(monkeypatch, module, name: str) -> list:
 
 def check_scan(inputs: dict, chunk_size: int, dtype: torch.dtype, grads: bool, final_grad: bool = True) -> None:
     """Runs ours and the float64 reference on the same inputs; compares y, final states and all gradients (of a
-    loss on y and, with final_grad, on the final states)."""
+    loss on y and, with final_grad, on the final states). The output gradients are drawn on the CPU from a printed
+    seed ($ARCHSPEC_TEST_GRAD_SEED replays it, as $ARCHSPEC_TEST_SEED replays the inputs)."""
     tol_out, tol_grad, tol_reduced = TOL[dtype]
     ref_inputs = float64_leaves(inputs)
     y, final = ssd_scan_triton(chunk_size=chunk_size, return_final_states=True, **inputs)
@@ -66,9 +67,12 @@ def check_scan(inputs: dict, chunk_size: int, dtype: torch.dtype, grads: bool, f
     assert rel_err(final, final_ref) < tol_out, f"final states: {rel_err(final, final_ref):.2e}"
     if not grads:
         return
-    dy = torch.randn(y.shape, device=y.device).to(y.dtype)
+    grad_seed = int(os.environ.get("ARCHSPEC_TEST_GRAD_SEED") or torch.randint(0, 2**31 - 1, ()).item())
+    print(f"check_scan grad seed={grad_seed}")
+    gen = torch.Generator().manual_seed(grad_seed)
+    dy = torch.randn(y.shape, generator=gen).to(y.device, y.dtype)
     if final_grad:
-        dfinal = torch.randn(final.shape, device=y.device)
+        dfinal = torch.randn(final.shape, generator=gen).to(y.device)
         torch.autograd.backward([y, final], [dy, dfinal])
         torch.autograd.backward([y_ref, final_ref], [dy.double(), dfinal.double()])
     else:
