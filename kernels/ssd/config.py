@@ -484,14 +484,13 @@ def bwd_dbc_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
 def overlap(pass_name: str) -> bool:
     """Whether the "forward" or "backward" pass runs launches that do not depend on each other on two streams
     (streams.Fork): the backward its state-gradient pass alongside dCB (and dC: `dc_beside_state_pass`), then dB/dC
-    alongside the dx kernel; the
-    forward (d_state 256, the output kernel per row tile) the chunks' C B^T alongside the state pass.
-    ARCHSPEC_SSD_OVERLAP=backward=0 (or forward=0) keeps a pass on one stream. H200, 8 x 8192 tokens, fwd+bwd ms
-    one stream -> state-gradient pass and dx kernel alongside dCB: 64 x 64 3.357 -> 3.362, 64 x 128 4.667 -> 4.599,
-    64 x 256 7.624 -> 7.417, 128 x 64 5.868 -> 5.710, 128 x 128 8.586 -> 8.522, 128 x 256 13.118 -> 12.881; that
-    -> the schedule above (another run): 3.360 -> 3.352, 4.610 -> 4.609, 7.444 -> 7.399, 5.727 -> 5.704, 8.396 ->
-    8.377, 12.826 -> 12.702. Forward ms (two runs each): 64 x 256 2.302 / 2.299 -> 2.278 / 2.275, 128 x 256 3.942
-    / 3.946 -> 3.884 / 3.910."""
+    alongside the dx kernel; the forward (d_state 256, the output kernel per row tile) the chunks' C B^T alongside the
+    state pass. ARCHSPEC_SSD_OVERLAP=backward=0 (or forward=0) keeps a pass on one stream. H200, 8 x 8192 tokens,
+    fwd+bwd ms one stream -> state-gradient pass and dx kernel alongside dCB: 64 x 64 3.357 -> 3.362, 64 x 128 4.667 ->
+    4.599, 64 x 256 7.624 -> 7.417, 128 x 64 5.868 -> 5.710, 128 x 128 8.586 -> 8.522, 128 x 256 13.118 -> 12.881; that
+    -> the schedule above (another run): 3.360 -> 3.352, 4.610 -> 4.609, 7.444 -> 7.399, 5.727 -> 5.704, 8.396 -> 8.377,
+    12.826 -> 12.702. Forward ms (two runs each): 64 x 256 2.302 / 2.299 -> 2.278 / 2.275, 128 x 256 3.942 / 3.946 ->
+    3.884 / 3.910."""
     return bool(_overrides("overlap").get(pass_name, 1))
 
 
