@@ -32,7 +32,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDes
 from triton.tools.tensor_descriptor import TensorDescriptor
 from triton.runtime.jit import JITFunction, mangle_type
 
-from . import backward, forward
+from . import backward, forward, tiles
 from .autograd import ssd_scan_triton
 from .backward_wgmma import _dx_wgmma_kernel, dx_tma_arguments
 from .forward_wgmma import MIN_BLOCK_P, _scan_fwd_wgmma_kernel, tma_arguments
@@ -223,8 +223,8 @@ def scan_launches() -> list[Launch]:
     segments (segments.py), 64 x 128 with the state passes' tiles that config.fill_sms picks for few programs on
     a GPU (the CPU has no SM count), the output walks over whole sequences (config.whole_walks) at 64 x 64 and
     128 x 128, the output walk in the d_state slices of 64 x 256 (whole and not, sequences aligned and not), whole
-    walks in two warpgroups (64 x 256 over the whole d_state, with final states and without; 128 x 64), and the dx
-    walk at 128 x 128 in the GPU's tiles."""
+    walks in two warpgroups (64 x 256 over the whole d_state, with final states and without; 128 x 64), the dx
+    walk at 128 x 128 in the GPU's tiles, and the dx row tiles of 128 x 256."""
     with forced_config(state="segment=1", state_bwd="segment=1"):
         segmented = record_scan(64, 64, False)
     with forced_config(scan="whole=1"):
@@ -254,10 +254,13 @@ def scan_launches() -> list[Launch]:
         dx_128 = [launch for launch in record_scan(128, 128, True) if launch.fn is backward._dx_kernel]
     with forced_config(state="block_p=16,num_warps=4,maxnreg=0", state_bwd="block_p=32,num_warps=4,maxnreg=0"):
         split = [launch for launch in record_scan(64, 128, False) if "state" in launch.fn.__name__]
+    # the dx row tiles of 128 x 256: head_dim blocks of 128 in 8 warps, forming their own state term (ptxas had
+    # serialized their wgmma, which 64 x 256, taking the term from the batched matmul, did not show)
+    dx_rows = [launch for launch in record_scan(128, 256, False, True) if launch.fn is tiles._dx_tiles_kernel]
     distinct: dict[tuple, Launch] = {}
     walks_and_tiles = [launch for aligned in (False, True)
                        for launch in record_scan(64, 64, True, aligned) + record_scan(64, 256, False, aligned)]
-    for launch in walks_and_tiles + segmented + split + whole + sliced + dx_128:
+    for launch in walks_and_tiles + segmented + split + whole + sliced + dx_128 + dx_rows:
         distinct.setdefault(launch.key(), launch)
     return list(distinct.values())
 

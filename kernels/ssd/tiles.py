@@ -146,20 +146,6 @@ def _scan_tiles_kernel(
 
 
 @triton.jit
-def _state_term_tma(rows_desc, state_desc, token_row, rows_col, state_row, dstate, BLOCK_M: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
-    """`_state_term` through TMA descriptors (`_dx_descriptors`): the rows from token_row at column rows_col of
-    rows_desc (B or C, BLOCK_M x BLOCK_N boxes) times the state from row state_row of state_desc (BLOCK_P x BLOCK_N
-    boxes) transposed, over d_state in BLOCK_N slices."""
-    acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
-    for n0 in range(0, dstate, BLOCK_N):
-        r = rows_desc.load([token_row, rows_col + n0])
-        h = state_desc.load([state_row, n0])
-        acc += mm(r, tl.trans(h).to(r.dtype), PREC)
-    return acc
-
-
-@triton.jit
 def _dx_tiles_kernel(
     x_ptr, dy_ptr, b_ptr, cb_ptr, dstates_ptr, products_ptr, s_ptr, dtp_ptr, d_ptr,
     dx_ptr, ddtp_ptr, dd_ptr, chunk_start_ptr, chunk_len_ptr,
@@ -190,39 +176,49 @@ def _dx_tiles_kernel(
         tile_j = offs_j[:, None] * stride_x_t + offs_p[None, :]
         tile_dy = offs_j[:, None] * stride_dy_t + offs_p[None, :]
 
-        # through the chunk's end state: exp(s_last - s_j) B_j dh^T
+        # through the chunk's end state (exp(s_last - s_j) B_j dh^T) and through the outputs of the same chunk
+        # (W_jt dy_t over the tiles on or below the diagonal, W_jt = CB_tj exp(s_t - s_j))
         if TMA:
+            # transposed, dx^T = dh B_j^T + sum_t dy_t^T W_jt^T, so that every product reads both operands from
+            # shared memory: as W dy, with W a register operand, ptxas serialized every wgmma of the 8-warp build
+            # (triton 3.6, 128 x 256; "non wgmma instructions defining accumulator registers")
             p0 = (tl.program_id(0) % tl.cdiv(headdim, BLOCK_P)) * BLOCK_P  # the block's first head_dim column
-            acc = _state_term_tma(b_desc, dstates_desc, (c0 + pid_j * BLOCK_M).to(tl.int32),
-                                  (group * dstate).to(tl.int32), ((chunk * nheads + head) * headdim + p0).to(tl.int32),
-                                  dstate, BLOCK_M, BLOCK_P, BLOCK_N, PREC)
+            acc_t = tl.zeros((BLOCK_P, BLOCK_M), dtype=tl.float32)
+            for n0 in range(0, dstate, BLOCK_N):
+                r = b_desc.load([(c0 + pid_j * BLOCK_M).to(tl.int32), (group * dstate + n0).to(tl.int32)])
+                h = dstates_desc.load([((chunk * nheads + head) * headdim + p0).to(tl.int32), n0])
+                acc_t += mm(h.to(r.dtype), tl.trans(r), PREC)
+            acc_t = acc_t * exp_ftz(s_last - s_j)[None, :]
+            cb_row = (chunk * ngroups + group) * CHUNK
+            for t0 in range(pid_j * BLOCK_M, clen, BLOCK_K):
+                offs_t = t0 + tl.arange(0, BLOCK_K)
+                mask_t = offs_t < clen
+                cb_tj = cb_desc.load([(cb_row + t0).to(tl.int32), (pid_j * BLOCK_M).to(tl.int32)]).to(tl.float32)
+                dyt = dy_desc.load([(c0 + t0).to(tl.int32), (head * headdim + p0).to(tl.int32)])
+                if clen - t0 < BLOCK_K:
+                    dyt = tl.where(mask_t[:, None], dyt, tl.zeros_like(dyt))
+                s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
+                w_t = cb_tj * exp_ftz(tl.minimum(s_t[:, None] - s_j[None, :], 0.0))
+                w_t = tl.where((offs_t[:, None] >= offs_j[None, :]) & mask_t[:, None], w_t, 0.0)
+                acc_t += mm(tl.trans(dyt), w_t.to(dyt.dtype), PREC)
+            acc = tl.trans(acc_t)
         else:
             acc = _state_term(b_base, stride_b_t, dstates_ptr + (chunk * nheads + head) * headdim * dstate,
                               products_ptr, chunk, group, head, offs_j, mask_j, offs_p, mask_p, dstate, ngroups,
                               heads_per_group, headdim, CHUNK, BLOCK_N, PRODUCTS, PREC)
-        acc = acc * exp_ftz(s_last - s_j)[:, None]
-
-        # through the outputs of the same chunk, tiles on or below the diagonal
-        cb_base = cb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
-        cb_row = (chunk * ngroups + group) * CHUNK
-        for t0 in range(pid_j * BLOCK_M, clen, BLOCK_K):
-            offs_t = t0 + tl.arange(0, BLOCK_K)
-            mask_t = offs_t < clen
-            if TMA:
-                cb_t = tl.trans(cb_desc.load([(cb_row + t0).to(tl.int32), (pid_j * BLOCK_M).to(tl.int32)]))
-                cb_t = cb_t.to(tl.float32)
-                dyt = dy_desc.load([(c0 + t0).to(tl.int32), (head * headdim + p0).to(tl.int32)])
-                if clen - t0 < BLOCK_K:
-                    dyt = tl.where(mask_t[:, None], dyt, tl.zeros_like(dyt))
-            else:
+            acc = acc * exp_ftz(s_last - s_j)[:, None]
+            cb_base = cb_ptr + (chunk.to(tl.int64) * ngroups + group) * CHUNK * CHUNK
+            for t0 in range(pid_j * BLOCK_M, clen, BLOCK_K):
+                offs_t = t0 + tl.arange(0, BLOCK_K)
+                mask_t = offs_t < clen
                 cb_t = tl.load(cb_base + offs_t[None, :] * CHUNK + offs_j[:, None],
                                mask=mask_j[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
                 dyt = tl.load(dy_base + offs_t[:, None] * stride_dy_t + offs_p[None, :],
                               mask=mask_t[:, None] & mask_p[None, :], other=0.0)
-            s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
-            w = cb_t * exp_ftz(tl.minimum(s_t[None, :] - s_j[:, None], 0.0))
-            w = tl.where((offs_t[None, :] >= offs_j[:, None]) & mask_t[None, :], w, 0.0)
-            acc += mm(w.to(dyt.dtype), dyt, PREC)
+                s_t = tl.load(s_ptr + row + offs_t, mask=mask_t, other=0.0)
+                w = cb_t * exp_ftz(tl.minimum(s_t[None, :] - s_j[:, None], 0.0))
+                w = tl.where((offs_t[None, :] >= offs_j[:, None]) & mask_t[None, :], w, 0.0)
+                acc += mm(w.to(dyt.dtype), dyt, PREC)
 
         xj = tl.load(x_base + tile_j, mask=mask, other=0.0).to(tl.float32)
         dyj = tl.load(dy_base + tile_dy, mask=mask, other=0.0).to(tl.float32)
@@ -319,7 +315,7 @@ def _dx_descriptors(B: Tensor, dstates: Tensor, cb: Tensor, dy: Tensor,
     d_state not a multiple of the kernel's blocks, whose boxes would take the next head's or group's columns; a
     layout TMA cannot address): B (ntokens, ngroups * dstate) in boxes of block_m x block_n, the state gradients
     (nchunks * nheads * headdim, dstate) in boxes of block_p x block_n, the C B^T table (nchunks * ngroups * chunk,
-    chunk) in boxes of block_k x block_m (read transposed), dy (ntokens, nheads * headdim) in boxes of block_k x
+    chunk) in boxes of block_k x block_m, dy (ntokens, nheads * headdim) in boxes of block_k x
     block_p."""
     headdim, dstate = dstates.shape[2:]
     if cfg.tma == 0 or headdim % cfg.block_p or dstate % cfg.block_n:
