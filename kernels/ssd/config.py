@@ -54,9 +54,8 @@ class KernelConfig:
     state itself, so that the forward runs no state pass (calls without initial states only: the Gluon walk
     loading them gave wrong outputs at 128 x 128 on the H200, not understood); 0 never; -1 lets `whole_walks`
     choose per call.
-    table (output walk): 1 takes the within-chunk term from the per-chunk C B^T table (tiles.chunk_cb) in the
-    walk's first d_state slice, and the other slices leave it out; 0 has every slice form its own C B^T; -1 lets
-    `walk_reads_cb` choose per call.
+    table (output walk): 1 takes the within-chunk term from the per-chunk C B^T table (tiles.chunk_cb); 0 has the
+    walk form its own C B^T; -1 lets `walk_reads_cb` choose per call.
     heads (state passes): 2 makes a tile the whole head_dim of two heads of one group (block_p = 2 x head_dim, a
     power of two), so that one program's B (C) tile serves both; 1 a block of one head's head_dim.
     split (dB/dC kernel): 1 computes dC and dB in separate programs (two launches), each of which reads one of
@@ -289,49 +288,51 @@ def cb_table_fp32() -> bool:
 
 def _chunk_kernel_config(name: str, headdim: int, dstate: int, chunk_size: int, walk_max_state: int,
                          walk_block_m: int, tiles_maxnreg: dict[int, int], walk_wgmma: int = 0,
-                         walk_max_p: int = 256, tiles_block_n: int = 64, tiles_stages: int = 2,
-                         walk_slice: int = 0) -> KernelConfig:
+                         walk_max_p: int = 256, tiles_block_n: int = 64, tiles_stages: int = 2) -> KernelConfig:
     """Output or dx kernel: the chunk walk while d_state <= 128 and the whole state (pow2(d_state) x
     pow2(head_dim)) has at most walk_max_state elements, else the kernel per row tile, which steps through d_state
     in block_n slices; tiles_maxnreg maps the latter's num_warps to its register cap; walk_wgmma is the walk's
     wgmma field, walk_max_p its largest head_dim block, tiles_block_n the row-tile kernel's d_state slice and
-    tiles_stages its num_stages; walk_slice (0: none) a d_state tile in whose slices wider d_states walk, one launch
-    each (forward.py's `_output_walks`). The row-tile kernel takes its state term from one batched matmul (gemm) from
+    tiles_stages its num_stages. The row-tile kernel takes its state term from one batched matmul (gemm) from
     d_state 256 up to head_dim 64 (H200, 8 x 8192 tokens, kernel ms output / dx: 64 x 256 1.313 / 1.728 ->
     1.004 / 1.416 plus 0.27 each for the matmul, forward+backward 6.665 -> 6.549); at head_dim 128 the matmul
     takes what the kernels save (128 x 256: 2.465 / 3.080 -> 1.909 / 2.527 plus 0.55, 11.756 -> 11.717) and
-    its product, as large as y, would only add memory."""
+    its product, as large as y, would only add memory. ARCHSPEC_SSD_<NAME>'s fields override the result."""
     t = _token_tile(chunk_size)
     bn = pow2(dstate)
-    wn = min(bn, walk_slice) if walk_slice else bn
     fields = _overrides(name)
-    if fields.get("walk", int(wn <= 128 and wn * pow2(headdim) <= walk_max_state)):
-        cfg = KernelConfig(min(walk_block_m, t), t, min(pow2(headdim), max(16, 8192 // wn), walk_max_p), wn, 4, 2,
+    if fields.get("walk", int(bn <= 128 and bn * pow2(headdim) <= walk_max_state)):
+        cfg = KernelConfig(min(walk_block_m, t), t, min(pow2(headdim), max(16, 8192 // bn), walk_max_p), bn, 4, 2,
                            1, wgmma=walk_wgmma)
     else:
         bp = min(pow2(headdim), 128)
         warps = 4 if bp <= 64 else 8
         cfg = KernelConfig(t, t, bp, min(bn, tiles_block_n), warps, tiles_stages, 0, tiles_maxnreg.get(warps, 0),
                            gemm=int(bn > 128 and bp <= 64))
-    return replace(cfg, **fields)
+    return _whole_state_walk(name, replace(cfg, **fields), dstate)
 
 
-def scan_config(headdim: int, dstate: int, chunk_size: int, wgmma: bool = False) -> KernelConfig:
+def _whole_state_walk(name: str, cfg: KernelConfig, dstate: int) -> KernelConfig:
+    """cfg, checked that a walk (cfg.walk) holds the whole d_state in its state tile: the output and dx walks carry
+    h (dh) across the chunks, which a narrower block_n (from ARCHSPEC_SSD_<NAME>) would leave part of."""
+    if cfg.walk and cfg.block_n < pow2(dstate):
+        raise ValueError(f"ARCHSPEC_SSD_{name.upper()}: block_n={cfg.block_n} is narrower than d_state {dstate}, which "
+                         "the walk (walk=1) holds whole; set walk=0 for the kernel per row tile, which steps through "
+                         "d_state in block_n slices")
+    return cfg
+
+
+def scan_config(headdim: int, dstate: int, chunk_size: int) -> KernelConfig:
     """Forward output kernel. H200, 65,536 tokens, 64 heads: the walk wins up to d_state 128 (head_dim 64, d_state
     128: 2.0 vs 3.1 ms for the whole forward; head_dim 128: 3.9 vs 4.7) and loses at 256 (5.1 vs 4.2). There the
     per-row-tile kernel's 4-warp programs run best capped at 128 registers (head_dim 64: 4.20 -> 3.96 ms; the
     8-warp ones of head_dim 128 gain nothing from it), the 8-warp ones step through d_state in slices of 128
     (128 x 256: 2.668 -> 2.406 ms for the kernel). The walk runs as the Gluon kernel where it can (whole
     forward at 8K tokens per sequence: 64 x 64 1.43 -> 1.17 ms, 64 x 128 1.92 -> 1.69, 128 x 64 2.61 -> 2.13,
-    128 x 128 3.75 -> 3.31). wgmma: whether forward_wgmma.py's Gluon walk can run (bf16 / fp16 on sm_90); with it,
-    d_state 256 walks whole sequences in place of the state pass, its matmul and the row tiles: in two slices of
-    128, one launch each, from this config (H200, 8 x 8192 tokens, forward: 64 x 256 2.06 -> 1.40 ms, 128 x 256
-    3.82 -> 2.70), which forward._output_config now takes only where ARCHSPEC_SSD_SCAN sets block_n=128 and
-    num_warps=4, else the whole d_state in two warpgroups (scan_one_per_sm_config, faster still);
-    ARCHSPEC_SSD_SCAN=wgmma=0 keeps the Triton kernels' rule."""
+    128 x 128 3.75 -> 3.31); on Hopper, d_state 256 walks whole sequences in two warpgroups instead of the row tiles
+    (scan_one_per_sm_config). ARCHSPEC_SSD_SCAN=wgmma=0 keeps the Triton kernels' rule."""
     return _chunk_kernel_config("scan", headdim, dstate, chunk_size, 128 * 128, 64, tiles_maxnreg={4: 128},
-                                walk_wgmma=1, tiles_block_n=128 if pow2(headdim) > 64 else 64,
-                                walk_slice=128 if wgmma and _overrides("scan").get("wgmma", 1) else 0)
+                                walk_wgmma=1, tiles_block_n=128 if pow2(headdim) > 64 else 64)
 
 
 def scan_one_per_sm_config(headdim: int, dstate: int, chunk_size: int) -> Optional[KernelConfig]:
@@ -347,32 +348,36 @@ def scan_one_per_sm_config(headdim: int, dstate: int, chunk_size: int) -> Option
     slices of 128: 1.99). With two programs per SM one warpgroup wins (8 x 8192: 64 x 64 0.556 against 0.829 in 8
     warps, 128 x 64 0.898 against 1.160; 64 x 256 in slices 1.398 against 1.452), and so do the row tiles after a
     state pass (64 x 256: 2.047 against 2.236). Since the walk's x, B and C come in by TMA, d_state 256 is the
-    exception: the whole d_state in two warpgroups beats the slices at every length (H200, forward ms at 8 x 8192 /
-    32 x 2048 / 2 x 32768: 128 x 256 2.55-3.06 / 2.58-2.99 / 2.56-2.71 -> 2.26-2.29 / 2.37 / 2.24; 64 x 256 1.26-1.29
-    / 1.25-1.33 -> 1.15-1.20 / 1.19-1.21); 128 x 64 in 8 warps still loses at 8 x 8192 (0.799 -> 1.106)."""
-    cfg = scan_config(headdim, dstate, chunk_size, wgmma=True)
+    exception: the whole d_state in two warpgroups beats one-warpgroup walks in d_state slices of 128 (since
+    removed: slower at every d_state 256 row timed again in the twenty-sixth session, benchmarks/RESULTS.md) at every
+    length (H200, forward ms at 8 x 8192 / 32 x 2048 / 2 x 32768: 128 x 256 2.55-3.06 / 2.58-2.99 / 2.56-2.71 ->
+    2.26-2.29 / 2.37 / 2.24; 64 x 256 1.26-1.29 / 1.25-1.33 -> 1.15-1.20 / 1.19-1.21); 128 x 64 in 8 warps still
+    loses at 8 x 8192 (0.799 -> 1.106)."""
+    if pow2(dstate) > 256:
+        return None
+    cfg = scan_config(headdim, min(dstate, 128), chunk_size)  # d_state 256 widens the tiles of 128
     if not (cfg.walk and cfg.wgmma) or cfg.block_m != 64:
         return None
     if cfg.block_n < pow2(dstate):
-        if pow2(dstate) != 256 or cfg.block_p != 64:
+        if cfg.block_p != 64:
             return None
         fields = {"block_n": 256, "num_warps": 8}
     else:
         fields = {"num_warps": 8 if cfg.block_p >= 128 else 4}
-    return replace(cfg, **{**fields, **_overrides("scan")})
+    cfg = replace(cfg, **{**fields, **_overrides("scan")})
+    return cfg if cfg.block_n >= pow2(dstate) else None
 
 
-def walk_reads_cb(cfg: KernelConfig, dstate: int, chunk_size: int) -> bool:
+def walk_reads_cb(cfg: KernelConfig, chunk_size: int) -> bool:
     """Whether the output walk (cfg) takes its within-chunk term from the per-chunk C B^T table: cfg.table when 0
     or 1; else where steps of cfg.block_m divide the chunk (the Gluon walk copies one step's tile of the table at a
-    time) and the walk runs in d_state slices (H200, 8 x 8192 tokens, forward: 64 x 256 1.588 -> 1.397 ms,
-    128 x 256 3.134 -> 2.705 against every slice forming its own) or over a d_state tile wider than 128 (the
-    two-warpgroup walk, scan_one_per_sm_config: 64 x 256 at 2 x 32768 1.550 -> 1.446)."""
+    time) and the walk's d_state tile is wider than 128 (the two-warpgroup walk, scan_one_per_sm_config: 64 x 256 at
+    2 x 32768 1.550 -> 1.446 ms; H200, forward)."""
     if cfg.table == 1 and chunk_size % cfg.block_m:
         raise ValueError(f"ARCHSPEC_SSD_SCAN: table=1 needs block_m={cfg.block_m} to divide chunk_size={chunk_size}")
     if cfg.table >= 0:
         return bool(cfg.table)
-    return chunk_size % cfg.block_m == 0 and (cfg.block_n < dstate or cfg.block_n > 128)
+    return chunk_size % cfg.block_m == 0 and cfg.block_n > 128
 
 
 WALK_TOKENS = 1024

@@ -21,9 +21,7 @@ and the final states themselves, since they compute every chunk's state on their
 d_state too wide for the Gluon walk's one-warpgroup state tile (256) walks in two warpgroups, one program per SM
 (config.scan_one_per_sm_config), with the within-chunk term from the whole C B^T, read from `_cb_kernel`'s table.
 Where the whole walks would be somewhat fewer than the SMs, the Gluon walk runs them anyway in that config: in two
-warpgroups where each then has 64 head_dim columns, else one. ARCHSPEC_SSD_SCAN=block_n=128,num_warps=4 walks
-d_state 256 in one-warpgroup slices of 128 instead, one launch each, the later adding their output to the earlier's
-y (`_output_walks`: C h is a sum over d_state), the first reading the table.
+warpgroups where each then has 64 head_dim columns, else one.
 """
 
 from __future__ import annotations
@@ -150,20 +148,18 @@ def _scan_fwd_kernel(
     x_ptr, b_ptr, c_ptr, cb_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
     walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
-    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, state_stride, ngroups, heads_per_group, chunk_size,
+    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, ngroups, heads_per_group, chunk_size,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, STEPS_PER_CHUNK: tl.constexpr,
-    WHOLE: tl.constexpr, STORE_STATES: tl.constexpr, ADD_Y: tl.constexpr, INTRA: tl.constexpr,
+    WHOLE: tl.constexpr, STORE_STATES: tl.constexpr, CB_TABLE: tl.constexpr,
     HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr, ALIGNED: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (head and head_dim block, walk of layout.WalkTable): from the state entering the walk's first
     chunk, through its chunks in BLOCK_T-token steps (STEPS_PER_CHUNK to a chunk), carrying h in float32 from one
     chunk into the next; s, the log-decay, restarts from 0 at each chunk. WHOLE: walk w is all of sequence w, which
     starts from zero (no initial states) instead of a stored chunk state, and ends by storing its final state into
-    final_ptr (unless None); STORE_STATES: it stores the state entering each of its chunks into states_ptr. B, C, the
-    states and the final states may be a slice of d_state (`dstate` wide, rows `state_stride` apart in the state
-    arrays); ADD_Y: y holds the output of the d_state slices before this one, which this slice's output adds to.
-    INTRA: the within-chunk term from this launch's C B^T (1), from the whole d_state's, read from the per-chunk
-    table at cb_ptr (2: tiles.chunk_cb, (nchunks, ngroups, chunk_size, chunk_size)), or left to another slice (0)."""
+    final_ptr (unless None); STORE_STATES: it stores the state entering each of its chunks into states_ptr.
+    CB_TABLE: the within-chunk term's C B^T is read from the per-chunk table at cb_ptr (tiles.chunk_cb, (nchunks,
+    ngroups, chunk_size, chunk_size)) instead of formed from the step's C and B tiles."""
     head, group, offs_p, mask_p, walk, c0, clen = head_chunk_program(walk_start_ptr, walk_len_ptr, headdim,
                                                                       heads_per_group, BLOCK_P, 1, ALIGNED)
     chunk = tl.load(walk_chunk_ptr + walk).to(tl.int64)
@@ -176,15 +172,15 @@ def _scan_fwd_kernel(
     y_off = c0 * stride_y_t + head * stride_y_h
 
     # h^T (d_state x head_dim block): the state after the tokens walked so far, decayed to the last of them
-    h_tile = offs_p[None, :] * state_stride + offs_n[:, None]
+    h_tile = offs_p[None, :] * dstate + offs_n[:, None]
     h_mask = mask_n[:, None] & mask_p[None, :]
     if WHOLE:
         h = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
         if STORE_STATES:
-            tl.store(states_ptr + (chunk * nheads + head) * headdim * state_stride + h_tile,
+            tl.store(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile,
                      h.to(states_ptr.dtype.element_ty), mask=h_mask)
     else:
-        h = tl.load(states_ptr + (chunk * nheads + head) * headdim * state_stride + h_tile, mask=h_mask,
+        h = tl.load(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile, mask=h_mask,
                     other=0.0).to(tl.float32)
     s_prev = tl.zeros((), dtype=tl.float32)
     for t0 in range(0, clen, BLOCK_T):
@@ -202,19 +198,18 @@ def _scan_fwd_kernel(
 
         decay_in = tl.where(mask_t, exp_ftz(s_t - s_prev), 0.0)
         acc = mm(c, h.to(c.dtype), PREC) * decay_in[:, None]
-        if INTRA > 0:
-            if INTRA == 1:
-                cb = mm(c, tl.trans(b), PREC)
-            else:  # the step's diagonal tile of its chunk's C B^T (chunk k of the walk, rows r of that chunk)
-                k = t0 // BLOCK_T // STEPS_PER_CHUNK
-                r = offs_t - k * chunk_size
-                inside = r < tl.minimum(chunk_size, clen - k * chunk_size)
-                cb = tl.load(cb_ptr + ((chunk + k) * ngroups + group) * chunk_size * chunk_size
-                             + r[:, None] * chunk_size + r[None, :], mask=inside[:, None] & inside[None, :],
-                             other=0.0).to(tl.float32)
-            w = cb * exp_ftz(tl.minimum(s_t[:, None] - s_t[None, :], 0.0)) * dt_t[None, :]
-            w = tl.where(offs_t[None, :] <= offs_t[:, None], w, 0.0)
-            acc += mm(w.to(xt.dtype), xt, PREC)
+        if CB_TABLE:  # the step's diagonal tile of its chunk's C B^T (chunk k of the walk, rows r of that chunk)
+            k = t0 // BLOCK_T // STEPS_PER_CHUNK
+            r = offs_t - k * chunk_size
+            inside = r < tl.minimum(chunk_size, clen - k * chunk_size)
+            cb = tl.load(cb_ptr + ((chunk + k) * ngroups + group) * chunk_size * chunk_size
+                         + r[:, None] * chunk_size + r[None, :], mask=inside[:, None] & inside[None, :],
+                         other=0.0).to(tl.float32)
+        else:
+            cb = mm(c, tl.trans(b), PREC)
+        w = cb * exp_ftz(tl.minimum(s_t[:, None] - s_t[None, :], 0.0)) * dt_t[None, :]
+        w = tl.where(offs_t[None, :] <= offs_t[:, None], w, 0.0)
+        acc += mm(w.to(xt.dtype), xt, PREC)
 
         decay_out = tl.where(mask_t, exp_ftz(s_last - s_t) * dt_t, 0.0)
         xw = (xt.to(tl.float32) * decay_out[:, None]).to(b.dtype)
@@ -224,12 +219,10 @@ def _scan_fwd_kernel(
         if STORE_STATES:
             if chunk_end & (t0 + BLOCK_T < clen):
                 entered = chunk + (t0 // BLOCK_T + 1) // STEPS_PER_CHUNK
-                tl.store(states_ptr + (entered * nheads + head) * headdim * state_stride + h_tile,
+                tl.store(states_ptr + (entered * nheads + head) * headdim * dstate + h_tile,
                          h.to(states_ptr.dtype.element_ty), mask=h_mask)
 
         tile = offs_t[:, None] * stride_y_t + offs_p[None, :]
-        if ADD_Y:
-            acc += tl.load(y_ptr + y_off + tile, mask=mask, other=0.0).to(tl.float32)
         if HAS_D:
             if D_HAS_HDIM:
                 dvec = tl.load(d_ptr + head * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
@@ -245,7 +238,7 @@ def _scan_fwd_kernel(
         tl.store(y_ptr + y_off + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)
     if WHOLE:
         if final_ptr is not None:
-            tl.store(final_ptr + (walk * nheads + head) * headdim * state_stride + h_tile, h, mask=h_mask)
+            tl.store(final_ptr + (walk * nheads + head) * headdim * dstate + h_tile, h, mask=h_mask)
 
 
 class ForwardResult(NamedTuple):
@@ -315,7 +308,7 @@ def ssd_forward(
     h0 = initial_states.contiguous() if initial_states is not None else None
     # the output kernel per row tile reads the chunks' C B^T, and so may the walk (config.walk_reads_cb): formed on
     # a second stream alongside the state pass, into a table allocated before the fork (streams.Fork)
-    reads_cb = not out_cfg.walk or walk_reads_cb(out_cfg, dstate, chunk)
+    reads_cb = not out_cfg.walk or walk_reads_cb(out_cfg, chunk)
     cb = (torch.empty(table.nchunks, ngroups, chunk, chunk, device=dev, dtype=cb_table_dtype(x.dtype)) if reads_cb
           else None)
     fork = Fork(dev, overlap("forward") and cb is not None)
@@ -351,11 +344,11 @@ def _output_config(x: Tensor, dstate: int, table: ChunkTable, from_zero: bool) -
     (config.whole_walks; only for sequences that start from zero). Where those walks would be fewer than the SMs
     but at least ONE_PER_SM_FILL of them, the Gluon walk runs them anyway, one program per SM
     (config.scan_one_per_sm_config). A d_state wider than the Gluon walk's one-warpgroup tile (256) walks whole in
-    that config's two warpgroups, from ONE_PER_SM_FILL of the SMs up, rather than in one-warpgroup slices: since
-    the walk's x, B and C came in by TMA it gained (H200, 8 x 8192 tokens, forward / forward+backward ms: 128 x 256
-    2.50-2.57 / 10.56-10.61 -> 2.26 / 10.39-10.48, 64 x 256 1.25-1.26 / 5.79-5.99 -> 1.19-1.20 / 5.63-5.77), where
-    before it had lost (64 x 256: 1.452 against 1.398). After a state pass the walks cost more than the row-tile
-    kernel (H200, 2 x 32768 tokens, 64 x 256 forward 2.05 -> 2.40 ms in slices)."""
+    that config's two warpgroups, from ONE_PER_SM_FILL of the SMs up (H200, 8 x 8192 tokens, forward /
+    forward+backward ms: 128 x 256 2.50-2.57 / 10.56-10.61 -> 2.26 / 10.39-10.48, 64 x 256 1.25-1.26 / 5.79-5.99 ->
+    1.19-1.20 / 5.63-5.77 against one-warpgroup walks in d_state slices of 128, since removed), else in the row
+    tiles: after a state pass the walks cost more (H200, 2 x 32768 tokens, 64 x 256 forward 2.05 -> 2.40 ms in
+    slices)."""
     nheads, headdim = x.shape[1:]
     chunk = table.chunk_size
     gluon = scan_fwd_wgmma is not None and wgmma_supported(x, min(chunk, 64), min(pow2(dstate), 128))
@@ -364,15 +357,12 @@ def _output_config(x: Tensor, dstate: int, table: ChunkTable, from_zero: bool) -
         programs = nheads * triton.cdiv(headdim, cfg.block_p) * table.nseqs
         return bool(cfg.walk) and from_zero and whole_walks(cfg, chunk, programs, sm_count(x.device), fill)
 
-    cfg = scan_config(headdim, dstate, chunk, wgmma=gluon)
-    one_per_sm = scan_one_per_sm_config(headdim, dstate, chunk) if gluon else None
-    wider = one_per_sm is not None and one_per_sm.block_n > cfg.block_n
-    if not wider and whole(cfg):
+    cfg = scan_config(headdim, dstate, chunk)
+    if whole(cfg):
         return cfg, True
+    one_per_sm = scan_one_per_sm_config(headdim, dstate, chunk) if gluon else None
     if one_per_sm is not None and whole(one_per_sm, ONE_PER_SM_FILL):
         return one_per_sm, True
-    if gluon and cfg.walk and cfg.block_n < dstate:
-        cfg = scan_config(headdim, dstate, chunk)
     return cfg, False
 
 
@@ -380,39 +370,26 @@ def _output_walks(x: Tensor, B: Tensor, C: Tensor, cb: Optional[Tensor], states:
                   s: Tensor, dtp: Tensor, D: Optional[Tensor], z: Optional[Tensor], y: Tensor, y_pre: Optional[Tensor],
                   walks: WalkTable, whole: bool, keep_states: bool, table: ChunkTable, cfg: KernelConfig,
                   prec: str) -> None:
-    """Writes y (and y_pre) by the output walk over `walks` (the Gluon one where cfg.wgmma asks and it can run), once
-    per d_state slice of cfg.block_n: each launch reads its slice of B, C and the chunk states (whole walks: stores
-    its slice of them and of the final states, unless final is None), and adds its output to the y of the slices
-    before it. The first adds the within-chunk term, from the whole C B^T in the table cb (tiles.chunk_cb; None:
-    every slice adds that of its own C B^T), and D x (H200, 8 x 8192 tokens, forward: 64 x 256 1.588 -> 1.397 ms, 128
-    x 256 3.134 -> 2.705 against every slice adding its own); the last the gate. The first, not the last, reads the
-    table so that the slice that adds the earlier y (prefetched a step ahead) is the one with registers to spare:
-    forward 64 x 256 1.38-1.40 -> 1.31 ms, 128 x 256 2.67 -> 2.51. Arguments as in ssd_forward."""
+    """Writes y (and y_pre) by the output walk over `walks` (the Gluon one where cfg.wgmma asks and it can run),
+    one launch over the whole d_state (config._whole_state_walk): whole walks also store the chunk states (where
+    keep_states) and the final states (unless final is None). With the table cb (tiles.chunk_cb; None: the walk
+    forms C B^T itself) it reads the within-chunk term's C B^T from there. Arguments as in ssd_forward."""
     ntokens, nheads, headdim = x.shape
-    dstate = B.shape[2]
     grid = (nheads * triton.cdiv(headdim, cfg.block_p), walks.count)
     gluon = (cfg.wgmma and scan_fwd_wgmma is not None and cfg.block_p >= MIN_BLOCK_P
              and wgmma_supported(x, cfg.block_m, cfg.block_n, cfg.num_warps))
-    for n0 in range(0, dstate, cfg.block_n):
-        part = (..., slice(n0, n0 + cfg.block_n))
-        first, last = n0 == 0, n0 + cfg.block_n >= dstate
-        args = (x, B[part], C[part], cb, states[part], final[part] if final is not None else None, s, dtp, D, z,
-                y, y_pre, walks.chunk,
-                walks.start, walks.length, x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0),
-                C.stride(1), z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, y.stride(0),
-                y.stride(1), ntokens, nheads, headdim, min(cfg.block_n, dstate - n0), dstate, B.shape[1],
-                nheads // B.shape[1], table.chunk_size)
-        consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
-                      STEPS_PER_CHUNK=triton.cdiv(table.chunk_size, cfg.block_m), WHOLE=whole,
-                      STORE_STATES=whole and keep_states, ADD_Y=not first,
-                      INTRA=(2 if first else 0) if cb is not None else 1,
-                      HAS_D=D is not None and (first if cb is not None else last),
-                      D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None and last,
-                      ALIGNED=cfg.alignment(table.aligned))
-        if gluon:
-            scan_fwd_wgmma(grid, args, consts, cfg.num_warps, cfg.register_cap(), states[part], y, y_pre, cfg.tma)
-        else:
-            _scan_fwd_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
+    args = (x, B, C, cb, states, final, s, dtp, D, z, y, y_pre, walks.chunk, walks.start, walks.length, x.stride(0),
+            x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1), z.stride(0) if z is not None else 0,
+            z.stride(1) if z is not None else 0, y.stride(0), y.stride(1), ntokens, nheads, headdim, B.shape[2],
+            B.shape[1], nheads // B.shape[1], table.chunk_size)
+    consts = dict(BLOCK_T=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_N=cfg.block_n,
+                  STEPS_PER_CHUNK=triton.cdiv(table.chunk_size, cfg.block_m), WHOLE=whole,
+                  STORE_STATES=whole and keep_states, CB_TABLE=cb is not None, HAS_D=D is not None,
+                  D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None, ALIGNED=cfg.alignment(table.aligned))
+    if gluon:
+        scan_fwd_wgmma(grid, args, consts, cfg.num_warps, cfg.register_cap(), states, y, y_pre, cfg.tma)
+    else:
+        _scan_fwd_kernel[grid](*args, **consts, PREC=prec, **cfg.launch_options())
 
 
 def _state_pass(x: Tensor, B: Tensor, s: Tensor, dtp: Tensor, h0: Optional[Tensor], states: Tensor, final: Tensor,

@@ -8,9 +8,8 @@ another (Triton waits for each wgmma right after issuing it, benchmarks/NOTES-ss
     C B^T, C h, B^T (decay_out * x) issued at once; the masked decay of C B^T computed while the last two run;
     then W x accumulated onto decay_in * C h.
 
-A walk over a slice of d_state (forward.py's `_output_walks`) may instead read C B^T's tile from the per-chunk
-table (INTRA 2, one more shared buffer: 112 KB, still two programs per SM) or leave the W x term to another
-slice (INTRA 0: two products per step).
+A walk may instead read C B^T's tile from the per-chunk table (CB_TABLE, config.walk_reads_cb: the two-warpgroup
+walk over d_state 256), into one more shared buffer, so that each step issues three products.
 
 The head_dim block is the state update's M, so at least 64 rows (MIN_BLOCK_P). In 4 warps (one warpgroup) the state
 tile has 64 or 128 d_state columns; in 8 warps (two warpgroups, wgmma.mma_layout) each warpgroup takes half of every
@@ -25,10 +24,9 @@ buffer where `tma_arguments` allows, else by cp.async. y leaves through shared m
 
 Differences from the Triton walk, all within bf16 rounding: a D per head is added to the diagonal of W (so D x_i
 comes out of the W x product, with D rounded to the dot dtype: y differs from mamba_ssm by ~2.7e-3 instead of
-~1e-3, relative), with z the gate multiplies y after its rounding to the output dtype, and a later d_state slice
-(ADD_Y) adds the earlier slices' y to its own after that rounding. For bf16 / fp16 inputs on sm_90 with the walk's
-tile sizes (wgmma.wgmma_tiles); forward.py runs the Triton kernel everywhere else, and the CPU interpreter cannot
-run Gluon, so the tests compare the two on a GPU (tests/kernels/test_ssd_wgmma.py).
+~1e-3, relative), and with z the gate multiplies y after its rounding to the output dtype. For bf16 / fp16
+inputs on sm_90 with the walk's tile sizes (wgmma.wgmma_tiles); forward.py runs the Triton kernel everywhere else,
+and the CPU interpreter cannot run Gluon, so the tests compare the two on a GPU (tests/kernels/test_ssd_wgmma.py).
 """
 
 from __future__ import annotations
@@ -58,15 +56,15 @@ MIN_BLOCK_P = 64  # the state update's wgmma has the head_dim block as its M: 64
 
 
 @gluon.jit
-def _store_state(base, h_smem, p0, dstate, state_stride, headdim, BLOCK_N: gl.constexpr, BLOCK_P: gl.constexpr):
+def _store_state(base, h_smem, p0, dstate, headdim, BLOCK_N: gl.constexpr, BLOCK_P: gl.constexpr):
     """Stores the walk's h, as it is in h_smem (head_dim block x d_state, the dot dtype), into the (headdim,
-    dstate) state at base (rows state_stride apart), 16 contiguous bytes a thread. With h^T in shared memory
+    dstate) state at base, 16 contiguous bytes a thread. With h^T in shared memory
     (read back in columns of 8 rows a thread) the stores of every chunk state cost the 128 x 256 forward's
     walks 0.86 ms (H200, 8 x 8192 tokens: 1.31 / 1.15 ms -> 1.78 / 1.54)."""
     layout: gl.constexpr = copy_layout(BLOCK_N, gl.num_warps())
     offs_p = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, layout))
     offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
-    gl.store(base + offs_p[:, None] * state_stride + offs_n[None, :], h_smem.load(layout),
+    gl.store(base + offs_p[:, None] * dstate + offs_n[None, :], h_smem.load(layout),
              mask=(offs_p < headdim)[:, None] & (offs_n < dstate)[None, :])
 
 
@@ -99,11 +97,11 @@ def _scan_fwd_wgmma_kernel(
     x_ptr, b_ptr, c_ptr, cb_ptr, states_ptr, final_ptr, s_ptr, dtp_ptr, d_ptr, z_ptr, y_ptr, ypre_ptr,
     walk_chunk_ptr, walk_start_ptr, walk_len_ptr,
     stride_x_t, stride_x_h, stride_b_t, stride_b_g, stride_c_t, stride_c_g, stride_z_t, stride_z_h,
-    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, state_stride, ngroups, heads_per_group, chunk_size,
+    stride_y_t, stride_y_h, ntokens, nheads, headdim, dstate, ngroups, heads_per_group, chunk_size,
     states_desc, y_desc, ypre_desc, x_desc, b_desc, c_desc, TMA_STATES: gl.constexpr, TMA_Y: gl.constexpr,
     TMA_LOADS: gl.constexpr,
     BLOCK_T: gl.constexpr, BLOCK_P: gl.constexpr, BLOCK_N: gl.constexpr, STEPS_PER_CHUNK: gl.constexpr,
-    WHOLE: gl.constexpr, STORE_STATES: gl.constexpr, ADD_Y: gl.constexpr, INTRA: gl.constexpr, HAS_D: gl.constexpr,
+    WHOLE: gl.constexpr, STORE_STATES: gl.constexpr, CB_TABLE: gl.constexpr, HAS_D: gl.constexpr,
     D_HAS_HDIM: gl.constexpr, HAS_Z: gl.constexpr, ALIGNED: gl.constexpr,
 ):
     STORE_PRE: gl.constexpr = HAS_Z and ypre_ptr is not None
@@ -141,7 +139,7 @@ def _scan_fwd_wgmma_kernel(
     copy_step(c_smem.index(0), b_smem.index(0), x_smem.index(0), bars.index(0), c_desc, b_desc, x_desc, c_base,
               b_base, x_base, stride_c_t, stride_b_t, stride_x_t, c0, 0, clen, col_bc, col_x, dstate, headdim - p0,
               BLOCK_T, BLOCK_N, BLOCK_P, TMA_LOADS)
-    if INTRA == 2:  # one buffer: each step's C B^T tile is copied once the step before has read its own
+    if CB_TABLE:  # one buffer: each step's C B^T tile is copied once the step before has read its own
         cb_dtype: gl.constexpr = cb_ptr.dtype.element_ty
         cb_smem = gl.allocate_shared_memory(cb_dtype, [BLOCK_T, BLOCK_T],
                                             gl.NVMMASharedLayout.get_default_for([BLOCK_T, BLOCK_T], cb_dtype))
@@ -153,14 +151,14 @@ def _scan_fwd_wgmma_kernel(
     mask_p = offs_p < headdim
     offs_hp = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, mma_h))
     offs_hn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma_h))
-    h_tile = offs_hp[:, None] * state_stride + offs_hn[None, :]
+    h_tile = offs_hp[:, None] * dstate + offs_hn[None, :]
     h_mask = (offs_hp < headdim)[:, None] & (offs_hn < dstate)[None, :]
     if WHOLE:  # walk w is all of sequence w, from zero
         h = gl.zeros((BLOCK_P, BLOCK_N), gl.float32, mma_h)
         if STORE_STATES:
-            gl.store(states_ptr + (chunk * nheads + head) * headdim * state_stride + h_tile, h.to(dtype), mask=h_mask)
+            gl.store(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile, h.to(dtype), mask=h_mask)
     else:
-        h = gl.load(states_ptr + (chunk * nheads + head) * headdim * state_stride + h_tile, mask=h_mask,
+        h = gl.load(states_ptr + (chunk * nheads + head) * headdim * dstate + h_tile, mask=h_mask,
                     other=0.0).to(gl.float32)
     h_smem.store(h.to(dtype))
     fence_async_shared()
@@ -185,13 +183,9 @@ def _scan_fwd_wgmma_kernel(
     nsteps = gl.cdiv(clen, BLOCK_T)
     # y leaves through stores that the next fence_async_shared (MEMBAR.ALL.CTA in the SASS) waits for: where the
     # registers allow, each step's y is stored once the next step has passed its first two fences
-    DELAY_Y: gl.constexpr = INTRA == 2 and not ADD_Y and not TMA_Y
+    DELAY_Y: gl.constexpr = CB_TABLE and not TMA_Y
     if DELAY_Y:
         y_prev = gl.zeros((BLOCK_T, BLOCK_P), dtype, io_p)
-    if ADD_Y:
-        if INTRA == 0:  # the earlier d_state slices' y, loaded a step ahead where the registers allow
-            offs_y, mask = _y_tile(offs_io_t, offs_io_p, c0, 0, clen, head, headdim, stride_y_t, stride_y_h)
-            y_before = gl.load(y_ptr + offs_y, mask=mask, other=0.0)
     for step in range(0, nsteps):
         t0 = step * BLOCK_T
         t_next = t0 + BLOCK_T
@@ -218,7 +212,7 @@ def _scan_fwd_wgmma_kernel(
                   TMA_LOADS)
         fence_async_shared()
 
-        if INTRA == 1:
+        if not CB_TABLE:
             cb = warpgroup_mma(c_tile, b_tile.permute((1, 0)), gl.zeros((BLOCK_T, BLOCK_T), gl.float32, mma_t),
                                use_acc=False, is_async=True)
         ch = warpgroup_mma(c_tile, h_smem.permute((1, 0)), gl.zeros((BLOCK_T, BLOCK_P), gl.float32, mma_p),
@@ -236,33 +230,28 @@ def _scan_fwd_wgmma_kernel(
         h_next = warpgroup_mma(xw_smem.permute((1, 0)), b_tile, h * exp_ftz(s_last - s_prev), is_async=True)
         offs_y, mask = _y_tile(offs_io_t, offs_io_p, c0, t0, clen, head, headdim, stride_y_t, stride_y_h)
 
-        if INTRA > 0:
-            s_i = gl.convert_layout(s_r, rows_t)
-            s_j = gl.convert_layout(s_r, cols_t)
-            dt_j = gl.convert_layout(dt_r, cols_t)
-            if INTRA == 1:
-                cb = warpgroup_mma_wait(num_outstanding=2, deps=(cb,))
-            else:
-                cb = cb_smem.load(mma_t).to(gl.float32)
-                _barrier()  # every warp has read the tile before the next one overwrites it
-                _copy_cb_tile(cb_smem, cb_ptr, chunk, group, ngroups, chunk_size, clen, step + 1, BLOCK_T,
-                              STEPS_PER_CHUNK)
-                async_copy.commit_group()
-            w = cb * exp_ftz(gl.minimum(s_i[:, None] - s_j[None, :], 0.0)) * dt_j[None, :]
-            w = gl.where(offs_j[None, :] <= offs_i[:, None], w, 0.0)
-            if HAS_D:
-                if not D_HAS_HDIM:  # D x_i as D on the diagonal of the scores (D rounded to the dot dtype)
-                    w = gl.where(offs_j[None, :] == offs_i[:, None], w + d_head, w)
-            w = gl.convert_layout(w.to(dtype), w_layout)
+        s_i = gl.convert_layout(s_r, rows_t)
+        s_j = gl.convert_layout(s_r, cols_t)
+        dt_j = gl.convert_layout(dt_r, cols_t)
+        if CB_TABLE:
+            cb = cb_smem.load(mma_t).to(gl.float32)
+            _barrier()  # every warp has read the tile before the next one overwrites it
+            _copy_cb_tile(cb_smem, cb_ptr, chunk, group, ngroups, chunk_size, clen, step + 1, BLOCK_T,
+                          STEPS_PER_CHUNK)
+            async_copy.commit_group()
+        else:
+            cb = warpgroup_mma_wait(num_outstanding=2, deps=(cb,))
+        w = cb * exp_ftz(gl.minimum(s_i[:, None] - s_j[None, :], 0.0)) * dt_j[None, :]
+        w = gl.where(offs_j[None, :] <= offs_i[:, None], w, 0.0)
+        if HAS_D:
+            if not D_HAS_HDIM:  # D x_i as D on the diagonal of the scores (D rounded to the dot dtype)
+                w = gl.where(offs_j[None, :] == offs_i[:, None], w + d_head, w)
+        w = gl.convert_layout(w.to(dtype), w_layout)
 
         ch = warpgroup_mma_wait(num_outstanding=1, deps=(ch,))
         decay_in = gl.where(mask_r, exp_ftz(s_r - s_prev), 0.0)
-        if INTRA > 0:
-            acc = warpgroup_mma(w, x_tile, ch * decay_in[:, None], is_async=True)
-            h = warpgroup_mma_wait(num_outstanding=1, deps=(h_next,))
-        else:  # a slice without the within-chunk term (and so without D per head, which rides on W)
-            acc = ch * decay_in[:, None]
-            h = warpgroup_mma_wait(num_outstanding=0, deps=(h_next,))
+        acc = warpgroup_mma(w, x_tile, ch * decay_in[:, None], is_async=True)
+        h = warpgroup_mma_wait(num_outstanding=1, deps=(h_next,))
         h_smem.store(h.to(dtype))
         fence_async_shared()
         chunk_end = (step + 1) % STEPS_PER_CHUNK == 0
@@ -275,13 +264,12 @@ def _scan_fwd_wgmma_kernel(
                     row_h = ((entered * nheads + head) * headdim + p0).to(gl.int32)
                     tma_store(states_desc, [row_h, 0], h_smem)
                 else:
-                    _store_state(states_ptr + (entered * nheads + head) * headdim * state_stride, h_smem, p0,
-                                 dstate, state_stride, headdim, BLOCK_N, BLOCK_P)
+                    _store_state(states_ptr + (entered * nheads + head) * headdim * dstate, h_smem, p0, dstate,
+                                 headdim, BLOCK_N, BLOCK_P)
         s_r = s_r_next
         dt_r = dt_r_next
         s_last = s_last_next
-        if INTRA > 0:
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         if HAS_D:
             if D_HAS_HDIM:  # from x in registers: reading x_tile again here gave wrong values on the H200 (triton 3.6)
                 acc += x_reg.to(gl.float32) * dvec[None, :]
@@ -292,7 +280,7 @@ def _scan_fwd_wgmma_kernel(
         y_row = (c0 + t0).to(gl.int32)
         y_col = (head * headdim + p0).to(gl.int32)
         whole_tile = t_next <= clen
-        DIRECT: gl.constexpr = TMA_Y and not ADD_Y and not HAS_Z  # y is the accumulator as it stands
+        DIRECT: gl.constexpr = TMA_Y and not HAS_Z  # y is the accumulator as it stands
         if DIRECT:
             if whole_tile:
                 fence_async_shared()
@@ -302,11 +290,6 @@ def _scan_fwd_wgmma_kernel(
                 gl.store(y_ptr + offs_y, xw_smem.load(io_p), mask=mask)
         else:
             out = xw_smem.load(io_p)
-            if ADD_Y:  # the earlier slices' y, added to this slice's rounded y (added to the accumulator, it cost
-                # 16 -> 176 bytes of spills and 5% of the time, H200, triton 3.6)
-                if INTRA > 0:
-                    y_before = gl.load(y_ptr + offs_y, mask=mask, other=0.0)
-                out = (out.to(gl.float32) + y_before.to(gl.float32)).to(dtype)
             if HAS_Z:
                 if STORE_PRE:
                     if TMA_Y:
@@ -333,10 +316,6 @@ def _scan_fwd_wgmma_kernel(
                 y_prev = out
             else:
                 gl.store(y_ptr + offs_y, out, mask=mask)
-        if ADD_Y:
-            if INTRA == 0:
-                _, mask_next = _y_tile(offs_io_t, offs_io_p, c0, t_next, clen, head, headdim, stride_y_t, stride_y_h)
-                y_before = gl.load(y_ptr + offs_y + BLOCK_T * stride_y_t, mask=mask_next, other=0.0)
     if DELAY_Y:
         if nsteps > 0:
             offs_y, mask = _y_tile(offs_io_t, offs_io_p, c0, (nsteps - 1) * BLOCK_T, clen, head, headdim, stride_y_t,
@@ -354,23 +333,20 @@ def _scan_fwd_wgmma_kernel(
             out_layout: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [gl.num_warps(), 1], [1, 0])
             offs_fp = p0 + gl.arange(0, BLOCK_P, layout=gl.SliceLayout(1, out_layout))
             offs_fn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))
-            gl.store(final_ptr + (walk * nheads + head) * headdim * state_stride + offs_fp[:, None] * state_stride
+            gl.store(final_ptr + (walk * nheads + head) * headdim * dstate + offs_fp[:, None] * dstate
                      + offs_fn[None, :], gl.convert_layout(h, out_layout),
                      mask=(offs_fp < headdim)[:, None] & (offs_fn < dstate)[None, :])
 
 
 def states_descriptor(states: torch.Tensor, block_p: int, block_n: int) -> Optional[TensorDescriptor]:
-    """A TMA descriptor of the chunk states `states` (nchunks, nheads, headdim, width: a d_state slice of width
-    columns, rows `states.stride(2)` apart) as rows of head_dim (nchunks * nheads * headdim, width) in boxes of
-    block_p x block_n, for the walk's copies of h out of shared memory; None where a box would cross into the next
-    head (headdim not a multiple of block_p) or TMA cannot address the rows."""
-    nchunks, nheads, headdim, width = states.shape
-    row = states.stride(2)
-    dense = states.stride(1) == headdim * row and states.stride(0) == nheads * headdim * row
-    if headdim % block_p or not dense:
+    """A TMA descriptor of the chunk states `states` (nchunks, nheads, headdim, dstate) as rows of head_dim
+    (nchunks * nheads * headdim, dstate) in boxes of block_p x block_n, for the walk's copies of h out of shared
+    memory; None where a box would cross into the next head (headdim not a multiple of block_p) or TMA cannot address
+    the rows."""
+    nchunks, nheads, headdim, dstate = states.shape
+    if headdim % block_p or not states.is_contiguous():
         return None
-    return rows_descriptor(torch.as_strided(states, (nchunks * nheads * headdim, width), (row, states.stride(3))),
-                            [block_p, block_n])
+    return rows_descriptor(states.view(nchunks * nheads * headdim, dstate), [block_p, block_n])
 
 
 def output_descriptor(y: torch.Tensor, block_t: int, block_p: int) -> Optional[TensorDescriptor]:
@@ -383,25 +359,21 @@ def output_descriptor(y: torch.Tensor, block_t: int, block_p: int) -> Optional[T
 def tma_arguments(consts: dict, x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, states: torch.Tensor,
                   y: torch.Tensor, y_pre: Optional[torch.Tensor], loads: int = -1) -> dict:
     """The walk's TMA descriptors and their constexprs for `_scan_fwd_kernel`'s constexprs `consts`: its inputs'
-    (x, b, c: `input_descriptors`; TMA_LOADS where all have one and `loads`, KernelConfig.tma, asks), the chunk
-    states' (states: the walk's d_state slice of them, used where it stores them, STORE_STATES) and y's (and
-    y_pre's: None where the walk stores none).
-    With loads -1, tiles come in by TMA but in a d_state slice adding the earlier y without a backward to come: H200,
+    (x, b, c: `input_descriptors`; TMA_LOADS where all have one and `loads`, KernelConfig.tma, is not 0: H200,
     8 x 8192 tokens, walks without / with grad, 128 x 128 1.246 / 1.353 -> 1.185 / 1.225 ms, 64 x 64 0.524 / 0.534
-    -> 0.467 / 0.495, 128 x 256 slices 1.280 / 1.340 -> 1.203 / 1.233 and 1.137 / 1.475 -> 1.262 / 1.378.
-    y leaves by TMA (TMA_Y) only where every output has a descriptor, in walks over the whole d_state that store no
+    -> 0.467 / 0.495), the chunk states' (states, used where the walk stores them, STORE_STATES) and y's (and
+    y_pre's: None where the walk stores none).
+    y leaves by TMA (TMA_Y) only where every output has a descriptor, in walks that form their own C B^T and store no
     chunk states (a forward without a backward): there the 128 x 128 walk took 1.34 -> 1.245 ms and 64 x 64 0.542 ->
-    0.526 (H200, 8 x 8192 tokens). It lost with chunk states stored (128 x 128 1.35 -> 1.37) and in the d_state
-    slices (the one adding the earlier y 1.14 -> 1.43)."""
+    0.526 (H200, 8 x 8192 tokens). It lost with chunk states stored (128 x 128 1.35 -> 1.37)."""
     block_t, block_p = consts["BLOCK_T"], consts["BLOCK_P"]
     states = states if consts["STORE_STATES"] else None
-    by_tma = loads > 0 or (loads < 0 and not (consts["ADD_Y"] and states is None))
-    inputs = input_descriptors(x, b, c, block_t, block_p, consts["BLOCK_N"]) if by_tma else None
+    inputs = input_descriptors(x, b, c, block_t, block_p, consts["BLOCK_N"]) if loads != 0 else None
     states_desc = states_descriptor(states, block_p, consts["BLOCK_N"]) if states is not None else None
     y_desc = output_descriptor(y, block_t, block_p)
     ypre_desc = output_descriptor(y_pre, block_t, block_p) if y_pre is not None and consts["HAS_Z"] else None
     tma_y = (y_desc is not None and (ypre_desc is not None or y_pre is None or not consts["HAS_Z"])
-             and states is None and not consts["ADD_Y"] and consts["INTRA"] != 2)
+             and states is None and not consts["CB_TABLE"])
     x_desc, b_desc, c_desc = inputs if inputs is not None else (None, None, None)
     return dict(states_desc=states_desc, TMA_STATES=states_desc is not None, y_desc=y_desc if tma_y else None,
                 ypre_desc=ypre_desc if tma_y else None, TMA_Y=tma_y, x_desc=x_desc, b_desc=b_desc, c_desc=c_desc,
@@ -412,7 +384,7 @@ def scan_fwd_wgmma(grid: tuple[int, int], args: tuple, consts: dict, num_warps: 
                    states: torch.Tensor, y: torch.Tensor, y_pre: Optional[torch.Tensor], loads: int = -1) -> None:
     """Launches the Gluon output walk in num_warps (4: one warpgroup; 8: two, each with half the head_dim block) on
     `_scan_fwd_kernel`'s arguments and constexprs (its PREC left out: the products take the inputs' 16-bit dtype);
-    options: KernelConfig.register_cap(); states: the chunk states (the walk's d_state slice);
+    options: KernelConfig.register_cap(); states: the chunk states;
     y, y_pre: its outputs (as in args); loads: KernelConfig.tma. Tiles come in and leave by TMA where
     `tma_arguments` allows."""
     x, b, c = args[:3]

@@ -222,32 +222,23 @@ def scan_launches() -> list[Launch]:
     per head (the per-row-tile kernels), both with and without aligned sequences, 64 x 64 with the state passes in
     segments (segments.py), 64 x 128 with the state passes' tiles that config.fill_sms picks for few programs on
     a GPU (the CPU has no SM count), the output walks over whole sequences (config.whole_walks) at 64 x 64 and
-    128 x 128, the output walk in the d_state slices of 64 x 256 (whole and not, sequences aligned and not), whole
-    walks in two warpgroups (64 x 256 over the whole d_state, with final states and without; 128 x 64), the dx
-    walk at 128 x 128 in the GPU's tiles, and the dx row tiles of 128 x 256."""
+    128 x 128, whole walks in two warpgroups (64 x 256 over the whole d_state, with final states and without;
+    128 x 64), the dx walk at 128 x 128 in the GPU's tiles, and the dx row tiles of 128 x 256."""
     with forced_config(state="segment=1", state_bwd="segment=1"):
         segmented = record_scan(64, 64, False)
     with forced_config(scan="whole=1"):
         whole = [launch for shape in ((64, 64), (128, 128))
                  for launch in record_scan(*shape, True, initial_states=False) if launch.fn is forward._scan_fwd_kernel]
-    # the output walk in d_state slices of 128 that d_state 256 takes on a GPU, after the state pass (sequences
-    # aligned and not: the first slice's copies of C B^T tiles) and whole
-    with forced_config(scan="walk=1,block_n=128,block_p=64"):
-        sliced = [launch for aligned in (False, True) for launch in record_scan(64, 256, True, aligned)
-                  if launch.fn is forward._scan_fwd_kernel]
-    with forced_config(scan="walk=1,block_n=128,block_p=64,whole=1"):
-        sliced += [launch for launch in record_scan(64, 256, False, True, initial_states=False)
-                   if launch.fn is forward._scan_fwd_kernel]
     # the whole walks in two warpgroups (config.scan_one_per_sm_config): over all of d_state 256 (sequences aligned
-    # and not), and in the 128-column head_dim blocks of 128 x 64
+    # and not: the copies of C B^T tiles), and in the 128-column head_dim blocks of 128 x 64
     with forced_config(scan="walk=1,block_n=256,block_p=64,num_warps=8,whole=1"):
-        sliced += [launch for aligned in (False, True)
-                   for launch in record_scan(64, 256, not aligned, aligned, initial_states=False,
-                                             final_states=aligned)
-                   if launch.fn is forward._scan_fwd_kernel]
+        two_warpgroups = [launch for aligned in (False, True)
+                          for launch in record_scan(64, 256, not aligned, aligned, initial_states=False,
+                                                    final_states=aligned)
+                          if launch.fn is forward._scan_fwd_kernel]
     with forced_config(scan="num_warps=8,whole=1"):
-        sliced += [launch for launch in record_scan(128, 64, False, True, initial_states=False)
-                   if launch.fn is forward._scan_fwd_kernel]
+        two_warpgroups += [launch for launch in record_scan(128, 64, False, True, initial_states=False)
+                           if launch.fn is forward._scan_fwd_kernel]
     # the Gluon dx walk with the d_state tiles of 128 it takes on a GPU (the CPU's config picks the row-tile kernel)
     gpu_dx = bwd_dx_config(128, 128, 256, wgmma=True)
     with forced_config(dx=f"walk=1,block_m={gpu_dx.block_m},block_p={gpu_dx.block_p},block_n={gpu_dx.block_n}"):
@@ -260,7 +251,7 @@ def scan_launches() -> list[Launch]:
     distinct: dict[tuple, Launch] = {}
     walks_and_tiles = [launch for aligned in (False, True)
                        for launch in record_scan(64, 64, True, aligned) + record_scan(64, 256, False, aligned)]
-    for launch in walks_and_tiles + segmented + split + whole + sliced + dx_128 + dx_rows:
+    for launch in walks_and_tiles + segmented + split + whole + two_warpgroups + dx_128 + dx_rows:
         distinct.setdefault(launch.key(), launch)
     return list(distinct.values())
 

@@ -327,16 +327,22 @@ def test_d_state_256_walks_whole_in_two_warpgroups_only_as_whole_sequence_walks(
                 "tiles": (0, 64 if headdim == 64 else 128, 4 if headdim == 64 else 8, False)}[walk]
     assert (cfg.walk, cfg.block_n, cfg.num_warps, whole) == expected
     if cfg.walk:
-        assert cfg.block_p == 64 and walk_reads_cb(cfg, 256, 256)
+        assert cfg.block_p == 64 and walk_reads_cb(cfg, 256)
 
 
-def test_d_state_256_walks_in_one_warpgroup_slices_where_the_scan_override_asks(monkeypatch) -> None:
-    """ARCHSPEC_SSD_SCAN=block_n=128,num_warps=4 keeps the one-warpgroup walk, which then runs d_state 256 in two
-    slices of 128 as whole-sequence walks, the first reading the C B^T table."""
+def test_a_scan_override_narrower_than_d_state_is_for_the_row_tiles_and_an_error_for_the_walk(monkeypatch) -> None:
+    """The output walk holds the whole d_state: ARCHSPEC_SSD_SCAN=block_n=128 at d_state 256 sets the row tiles'
+    d_state slice (there is no two-warpgroup walk then), and a block_n below d_state where the walk runs is an
+    error that names the override."""
     monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "block_n=128,num_warps=4")
     cfg, whole = _gpu_output_config(monkeypatch, 8, 8192, 128, 256, True)
-    assert (cfg.walk, cfg.block_p, cfg.block_n, cfg.num_warps, whole) == (1, 64, 128, 4, True)
-    assert walk_reads_cb(cfg, 256, 256)
+    assert (cfg.walk, cfg.block_n, cfg.num_warps, whole) == (0, 128, 4, False)
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "block_n=64")
+    with pytest.raises(ValueError, match="ARCHSPEC_SSD_SCAN: block_n=64 is narrower than d_state 128, which the walk"):
+        scan_config(64, 128, 256)
+    monkeypatch.setenv("ARCHSPEC_SSD_DX", "walk=1,block_n=64")
+    with pytest.raises(ValueError, match="ARCHSPEC_SSD_DX: block_n=64 is narrower than d_state 256"):
+        bwd_dx_config(64, 256, 256)
 
 
 def _gpu_output_config(monkeypatch: pytest.MonkeyPatch, batch: int, seqlen: int, headdim: int, dstate: int,
@@ -373,9 +379,11 @@ def test_one_per_sm_walk_config_is_the_gluon_walks_in_two_warpgroups_for_d_state
     assert scan_one_per_sm_config(64, 128, 256).num_warps == 4
     assert scan_one_per_sm_config(32, 256, 256) is None, "head_dim blocks of 32"
     assert scan_one_per_sm_config(64, 256, 32) is None, "32-token steps"
-    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "maxnreg=240,block_n=128")
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "maxnreg=240")
     cfg = scan_one_per_sm_config(64, 256, 256)
-    assert (cfg.maxnreg, cfg.block_n) == (240, 128)
+    assert (cfg.maxnreg, cfg.block_n) == (240, 256)
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "block_n=128")
+    assert scan_one_per_sm_config(64, 256, 256) is None, "narrower than d_state"
     monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "wgmma=0")
     assert scan_one_per_sm_config(128, 64, 256) is None, "the Triton kernels' rule"
 
@@ -388,20 +396,17 @@ def test_whole_walks_one_per_sm_need_only_a_fill_of_the_sms() -> None:
     assert not whole_walks(cfg, 256, programs=128, sm_count=132)
 
 
-def test_output_walk_reads_the_cb_table_in_d_state_slices_and_tiles_over_128_where_its_steps_divide_the_chunk(
-        monkeypatch) -> None:
+def test_output_walk_reads_the_cb_table_in_state_tiles_over_128_where_its_steps_divide_the_chunk(monkeypatch) -> None:
     """ARCHSPEC_SSD_SCAN table=0 / table=1 decide; table=1 where the steps cannot divide the chunk is an error."""
-    walk = scan_config(64, 128, 256)
-    assert not walk_reads_cb(walk, 128, 256), "one slice of at most 128 forms its own C B^T"
-    assert walk_reads_cb(walk, 256, 256), "slices of 128"
-    assert walk_reads_cb(scan_one_per_sm_config(64, 256, 256), 256, 256), "one tile of 256"
-    assert not walk_reads_cb(walk, 256, 96), "64-token steps and 32 left"
+    assert not walk_reads_cb(scan_config(64, 128, 256), 256), "a tile of 128 forms its own C B^T"
+    assert walk_reads_cb(scan_one_per_sm_config(64, 256, 256), 256), "one tile of 256"
+    assert not walk_reads_cb(scan_one_per_sm_config(64, 256, 256), 96), "64-token steps and 32 left"
     monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "table=1")
-    assert walk_reads_cb(scan_config(64, 128, 256), 128, 256)
+    assert walk_reads_cb(scan_config(64, 128, 256), 256)
     with pytest.raises(ValueError, match="table=1 needs block_m=64 to divide chunk_size=96"):
-        walk_reads_cb(scan_config(64, 128, 96), 128, 96)
+        walk_reads_cb(scan_config(64, 128, 96), 96)
     monkeypatch.setenv("ARCHSPEC_SSD_SCAN", "table=0")
-    assert not walk_reads_cb(scan_config(64, 128, 256), 256, 256)
+    assert not walk_reads_cb(scan_one_per_sm_config(64, 256, 256), 256)
 
 
 def test_gluon_walk_tiles_are_64_or_128_d_state_rows_in_one_warpgroup_and_also_256_in_two() -> None:

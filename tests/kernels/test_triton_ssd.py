@@ -246,38 +246,25 @@ def test_chunk_walking_and_row_tile_kernels_both_match_naive(make_ssd_inputs, mo
     check_scan(inputs, 128, torch.float32, grads=True)
 
 
-@pytest.mark.parametrize("chunk_size,block_m,initial_states", [(128, 64, False), (128, 64, True), (32, 64, True)],
-                         ids=["whole_walks", "walks_from_the_state_pass", "steps_not_dividing_the_chunk"])
+@pytest.mark.parametrize("table,chunk_size,initial_states", [
+    (1, 128, False), (1, 128, True), (0, 128, False), (0, 128, True), (-1, 32, True)],
+    ids=["reading_the_cb_table-whole_walks", "reading_the_cb_table-walks_from_the_state_pass",
+         "forming_its_own_cb-whole_walks", "forming_its_own_cb-walks_from_the_state_pass",
+         "steps_not_dividing_the_chunk-walks_from_the_state_pass"])
 @pytest.mark.parametrize("d_per_channel", [False, True], ids=["D_per_head", "D_per_channel"])
-def test_output_walk_in_d_state_slices_matches_naive(make_ssd_inputs, monkeypatch, chunk_size: int, block_m: int,
-                                                     initial_states: bool, d_per_channel: bool) -> None:
-    """The output walk takes a d_state wider than its block_n in slices, one launch each (on Hopper, d_state 256 in
-    two slices of 128): each later slice adds its output to the y of those before; the first adds the within-chunk
-    term, from the whole C B^T read from the per-chunk table where the walk's steps divide the chunk (else every
-    slice adds that of its own C B^T: the Gluon walk's copies of the table's tiles would run past a chunk shorter
-    than a step), and D x; the last the gate. Whole-sequence walks store every slice of the chunk states
-    (read by the backward) and final states, walks after the state pass read theirs. Here d_state 40 in slices of
-    16, 16 and 8 (a masked one), packed sequences."""
+def test_output_walk_takes_the_within_chunk_term_from_the_cb_table_or_forms_it(
+        make_ssd_inputs, monkeypatch, table: int, chunk_size: int, initial_states: bool, d_per_channel: bool) -> None:
+    """table=1: the output walk adds the within-chunk term from the per-chunk C B^T table (as the two-warpgroup Gluon
+    walk takes d_state 256); table=0: it forms C B^T from its C and B tiles; with 64-token steps in chunks of 32 it
+    forms its own too (the Gluon walk copies the table's tiles a step at a time; whole-sequence walks need the steps
+    to divide the chunk). Whole-sequence walks store the chunk states (read by the backward) and the final states,
+    walks after the state pass read theirs. Here
+    d_state 40 (a masked state tile), packed sequences, D and z."""
     whole = "" if initial_states else ",whole=1"
-    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"walk=1,block_n=16,block_m={block_m}{whole}")
+    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"walk=1,table={table},block_m=64{whole}")
     inputs = make_ssd_inputs(1, 300, 2, 32, 1, 40, torch.float32, DEVICE, seqlens=[70, 1, 229], requires_grad=True,
                              with_initial_states=initial_states, with_D=True, D_has_hdim=d_per_channel, with_z=True)
     check_scan(inputs, chunk_size, torch.float32, grads=True)
-
-
-@pytest.mark.parametrize("scan", ["walk=1,block_n=64,table=1", "walk=1,block_n=16,table=0"],
-                         ids=["one_tile_reading_the_table", "slices_forming_their_own"])
-@pytest.mark.parametrize("initial_states", [False, True], ids=["whole_walks", "walks_from_the_state_pass"])
-def test_output_walk_takes_the_within_chunk_term_from_the_cb_table_or_forms_it(make_ssd_inputs, monkeypatch,
-                                                                              scan: str, initial_states: bool) -> None:
-    """table=1: a walk over the whole d_state in one tile (as the two-warpgroup Gluon walk takes d_state 256) adds
-    the within-chunk term from the per-chunk C B^T table; table=0: every d_state slice forms its own C B^T and adds
-    its own term. Here d_state 40, packed sequences, D per channel and z."""
-    whole = "" if initial_states else ",whole=1"
-    monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"{scan},block_m=64{whole}")
-    inputs = make_ssd_inputs(1, 300, 2, 32, 1, 40, torch.float32, DEVICE, seqlens=[70, 1, 229], requires_grad=True,
-                             with_initial_states=initial_states, with_D=True, D_has_hdim=True, with_z=True)
-    check_scan(inputs, 128, torch.float32, grads=True)
 
 
 @pytest.mark.parametrize("seqlens", [None, [70, 1, 229]], ids=["full_chunks", "packed"])
