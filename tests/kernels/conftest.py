@@ -121,7 +121,8 @@ def poison_empty(monkeypatch: pytest.MonkeyPatch) -> None:
     empty, empty_like = torch.empty, torch.empty_like
 
     def fill(t: torch.Tensor) -> torch.Tensor:
-        return t.fill_(float("nan") if t.is_floating_point() else -1)
+        with torch.no_grad():  # a leaf that requires grad (torch.utils.checkpoint makes one) may not be filled in place
+            return t.fill_(float("nan") if t.is_floating_point() else -1)
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))

@@ -775,6 +775,13 @@ def test_activation_checkpointing_recomputes_the_same_gradients(make_ssd_inputs,
         assert rel_err(leaf.grad, plain[name]) < 1e-6, name
 
 
+def test_poisoned_torch_empty_still_makes_leaves_that_require_grad() -> None:
+    """conftest's NaN-filled torch.empty serves torch.utils.checkpoint too, whose non-reentrant form (torch 2.11)
+    makes `torch.empty((0,), requires_grad=True)`: that must stay a leaf that requires grad."""
+    t = torch.empty(3, requires_grad=True)
+    assert t.is_leaf and t.requires_grad and torch.isnan(t).all()
+
+
 def test_rejects_chunks_below_sixteen_and_float64(make_ssd_inputs) -> None:
     inputs = make_ssd_inputs(1, 32, 2, 32, 1, 16, torch.float32, DEVICE)
     with pytest.raises(ValueError, match="chunk_size"):
