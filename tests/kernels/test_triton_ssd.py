@@ -258,8 +258,7 @@ def test_output_walk_takes_the_within_chunk_term_from_the_cb_table_or_forms_it(
     walk takes d_state 256); table=0: it forms C B^T from its C and B tiles; with 64-token steps in chunks of 32 it
     forms its own too (the Gluon walk copies the table's tiles a step at a time; whole-sequence walks need the steps
     to divide the chunk). Whole-sequence walks store the chunk states (read by the backward) and the final states,
-    walks after the state pass read theirs. Here
-    d_state 40 (a masked state tile), packed sequences, D and z."""
+    walks after the state pass read theirs. Here d_state 40 (a masked state tile), packed sequences, D and z."""
     whole = "" if initial_states else ",whole=1"
     monkeypatch.setenv("ARCHSPEC_SSD_SCAN", f"walk=1,table={table},block_m=64{whole}")
     inputs = make_ssd_inputs(1, 300, 2, 32, 1, 40, torch.float32, DEVICE, seqlens=[70, 1, 229], requires_grad=True,
